@@ -1,0 +1,289 @@
+"""``export_onnx``: the general front end (any ``.onnx`` classifier → explainable graph)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+from onnx import version_converter
+
+from onnxcam import __version__, contract
+from onnxcam.errors import ExportError, ModelLoadError
+
+from .graph import GraphView
+from .layers import (
+    Head,
+    InputSpec,
+    LayerInfo,
+    candidate_layers,
+    find_head,
+    image_input,
+    input_layout,
+    resolve_layer,
+)
+from .passes import (
+    ExportState,
+    Target,
+    add_backward,
+    add_cam_weights,
+    add_score,
+    expose_activations,
+    make_targets,
+    verify_forward,
+    write_metadata,
+)
+
+MIN_OPSET = 17
+
+ModelSource = str | os.PathLike | bytes | onnx.ModelProto
+
+
+@dataclass
+class ExportResult:
+    """What ``export_onnx`` / ``export_torch`` produced."""
+
+    model: onnx.ModelProto
+    path: Path | None
+    targets: list[Target]
+    input: InputSpec
+    head: Head
+    seconds: float
+    max_output_diff: float
+    """Largest change of the model's own outputs seen by the verification run (should be 0)."""
+
+
+def load_model(src: ModelSource) -> onnx.ModelProto:
+    """Load an ONNX model from a path, bytes or a proto; errors become ``ModelLoadError``."""
+    if isinstance(src, onnx.ModelProto):
+        m = onnx.ModelProto()
+        m.CopyFrom(src)
+        return m
+    try:
+        if isinstance(src, bytes):
+            m = onnx.load_from_string(src)
+        else:
+            path = Path(src)
+            if not path.is_file():
+                raise ModelLoadError(f"{path}: no such file")
+            m = onnx.load(str(path))
+    except ModelLoadError:
+        raise
+    except Exception as e:
+        raise ModelLoadError(
+            f"{src if not isinstance(src, bytes) else 'model'}: not a readable ONNX "
+            f"model ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
+        ) from None
+    if not m.graph.node:
+        raise ModelLoadError(
+            f"{src if not isinstance(src, bytes) else 'model'}: not an ONNX model (no graph nodes)"
+        )
+    return m
+
+
+def _label(src: ModelSource) -> str:
+    return "model" if isinstance(src, bytes) else str(src)
+
+
+def load_labels(path: str | os.PathLike) -> list[str]:
+    """Class names from a text file (one per line) or JSON (a list, or {index: name})."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ExportError(f"cannot read labels file {p}: {e.strerror}") from None
+    if p.suffix.lower() == ".json":
+        data = json.loads(text)
+        if isinstance(data, dict):
+            return [str(data[k]) for k in sorted(data, key=lambda k: int(k))]
+        return [str(x) for x in data]
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _normalize_opset(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset >= MIN_OPSET:
+        return model, opset
+    try:
+        converted = version_converter.convert_version(model, MIN_OPSET)
+    except Exception as e:
+        raise ExportError(
+            f"the model uses opset {opset}; converting it to opset {MIN_OPSET} failed: {e}"
+        ) from None
+    return converted, opset
+
+
+def _fix_size(model: onnx.ModelProto, name: str, layout: str, size: Sequence[int]) -> None:
+    vi = next(i for i in model.graph.input if i.name == name)
+    dims = vi.type.tensor_type.shape.dim
+    axes = (1, 2) if layout == contract.LAYOUT_NHWC else (2, 3)
+    for axis, want in zip(axes, size, strict=True):
+        d = dims[axis]
+        if d.HasField("dim_value") and d.dim_value != want:
+            raise ExportError(
+                f"the model input {name!r} is fixed at {dims[axes[0]].dim_value}x"
+                f"{dims[axes[1]].dim_value}; --size {size[0]} {size[1]} does not match"
+            )
+        d.Clear()
+        d.dim_value = int(want)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (b.exists() and os.path.samefile(a, b))
+    except OSError:
+        return False
+
+
+def check_output_path(src: ModelSource, output: str | os.PathLike | None) -> Path | None:
+    """Refuse, before any work, to overwrite the input or to write where we cannot."""
+    if output is None:
+        return None
+    out = Path(output)
+    if isinstance(src, (str, os.PathLike)) and _same_file(Path(src), out):
+        raise ExportError(f"refusing to overwrite the input model {out}; choose another -o path")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise ExportError(f"output directory {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise ExportError(f"output directory {parent} is not writable")
+    return out
+
+
+def list_layers(model: ModelSource, output: str | None = None) -> list[LayerInfo]:
+    """Candidate target layers of a model, the default marked (``LayerInfo.default``)."""
+    m, _ = _normalize_opset(load_model(model))
+    view = GraphView(m)
+    return candidate_layers(view, find_head(view, output))
+
+
+def export_onnx(
+    model: ModelSource,
+    output: str | os.PathLike | None = None,
+    *,
+    layers: Sequence[str] | None = None,
+    size: Sequence[int] | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    scale: float | None = None,
+    color: str | None = None,
+    labels: str | os.PathLike | Sequence[str] | None = None,
+    model_output: str | None = None,
+    verify: bool = True,
+    layer_names: Sequence[str] | None = None,
+    layer_notes: Sequence[str | None] | None = None,
+    drop_outputs: Sequence[str] = (),
+) -> ExportResult:
+    """Rewrite an ONNX classifier into an explainable graph (graph contract v1).
+
+    ``layers`` are ONNX tensor or node names (default: the last 4-D feature map feeding the
+    head). ``size`` fixes a dynamic input size; ``mean``/``std``/``scale``/``color`` describe the
+    preprocessing the runtime must apply. ``output`` is written atomically and never equals the
+    input. Front ends may pass ``layer_names``/``layer_notes`` (how targets are named and
+    annotated in the metadata) and ``drop_outputs`` (helper outputs removed after verification).
+    """
+    t0 = time.perf_counter()
+    out_path = check_output_path(model, output)
+    m = load_model(model)
+    props = {p.key for p in m.metadata_props}
+    if contract.META_VERSION in props:
+        raise ExportError("this model was already exported by onnxcam; export the original model")
+    original = m.SerializeToString()
+    m, source_opset = _normalize_opset(m)
+    if m.ir_version < 8:
+        m.ir_version = 8
+    view = GraphView(m)
+    image = image_input(view)
+    layout = input_layout(view, image)
+    if size is not None:
+        _fix_size(m, image, layout, size)
+        view = GraphView(m)
+    label_list = (
+        load_labels(labels)
+        if isinstance(labels, (str, os.PathLike))
+        else (list(labels) if labels is not None else None)
+    )
+    head = find_head(view, model_output)
+    if label_list is not None and head.num_classes and len(label_list) != head.num_classes:
+        raise ExportError(f"{len(label_list)} labels given for {head.num_classes} classes")
+    candidates = candidate_layers(view, head)
+    if layers:
+        tensors = [resolve_layer(view, name, candidates) for name in layers]
+        users = list(layer_names) if layer_names else list(layers)
+    else:
+        default = next(c for c in candidates if c.default)
+        tensors, users = [default.tensor], [default.tensor]
+    shape = view.shape(image) or (None,) * 4
+    hw = (shape[1], shape[2]) if layout == contract.LAYOUT_NHWC else (shape[2], shape[3])
+    channels = shape[3] if layout == contract.LAYOUT_NHWC else shape[1]
+    spec = InputSpec(
+        name=image,
+        layout=layout,
+        height=hw[0] if isinstance(hw[0], int) else None,
+        width=hw[1] if isinstance(hw[1], int) else None,
+        channels=channels if isinstance(channels, int) else 3,
+    )
+    if channels == 1:
+        spec.color, spec.mean, spec.std = "GRAY", (0.5,), (0.5,)
+    if color is not None:
+        spec.color = color.upper()
+    if mean is not None:
+        spec.mean = tuple(float(v) for v in mean)
+    if std is not None:
+        spec.std = tuple(float(v) for v in std)
+    if scale is not None:
+        spec.scale = float(scale)
+    _check_spec(spec)
+    st = ExportState(view, head, spec, make_targets(view, list(zip(users, tensors, strict=True))))
+    for t, note in zip(st.targets, layer_notes or [None] * len(st.targets), strict=True):
+        t.note = note
+    expose_activations(st)
+    add_score(st)
+    add_backward(st)
+    add_cam_weights(st)
+    seconds = time.perf_counter() - t0
+    write_metadata(
+        st,
+        label_list,
+        {
+            "name": "onnxcam",
+            "version": __version__,
+            "source_opset": source_opset,
+            "opset": view.opset if view.opset >= MIN_OPSET else MIN_OPSET,
+            "seconds": round(seconds, 3),
+        },
+    )
+    try:
+        onnx.checker.check_model(m, full_check=True)
+    except Exception as e:
+        raise ExportError(f"internal: the exported graph fails onnx.checker: {e}") from None
+    diff = 0.0
+    if verify:
+        batch = 2 if not isinstance((view.shape(image) or [1])[0], int) else view.shape(image)[0]
+        diff = verify_forward(original, m, spec, batch)
+    if drop_outputs:
+        keep = [o for o in m.graph.output if o.name not in set(drop_outputs)]
+        del m.graph.output[:]
+        m.graph.output.extend(keep)
+    if out_path is not None:
+        tmp = out_path.with_name(out_path.name + ".partial")
+        try:
+            onnx.save(m, str(tmp))
+            os.replace(tmp, out_path)
+        except OSError as e:
+            raise ExportError(f"cannot write {out_path}: {e.strerror}") from None
+    return ExportResult(m, out_path, st.targets, spec, head, time.perf_counter() - t0, diff)
+
+
+def _check_spec(spec: InputSpec) -> None:
+    if spec.color not in contract.COLOR_ORDERS:
+        raise ExportError(f"color must be one of {', '.join(contract.COLOR_ORDERS)}")
+    for what, v in (("mean", spec.mean), ("std", spec.std)):
+        if len(v) not in (1, spec.channels):
+            raise ExportError(f"{what} needs 1 or {spec.channels} values, got {len(v)}")
+    if any(s == 0 for s in spec.std):
+        raise ExportError("std values must be non-zero")

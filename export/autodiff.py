@@ -1,0 +1,101 @@
+"""Reverse-mode autodiff over an ONNX graph, emitted as standard ONNX ops.
+
+The walker owns everything that is not op-specific:
+
+1. **path pruning** — only float tensors that depend on a ``wrt`` tensor *and* feed a seeded
+   tensor are visited, so the layers before the target and side branches cost nothing;
+2. **fan-out** — a tensor consumed k times gets the ``Sum`` of its k incoming gradients;
+3. **un-broadcasting** — for ops in ``BROADCASTING`` every input gradient is summed back to
+   that input's shape (``GradBuilder.unbroadcast``, written once);
+4. **dispatch** — one VJP rule per op type from ``VJP_RULES``; a missing rule is an
+   ``UnsupportedOpError`` naming the op, the node and the supported ops.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import onnx
+
+from onnxcam.errors import ExportError, UnsupportedOpError
+
+from .builder import GradBuilder
+from .graph import GraphView, node_label
+from .rules import BROADCASTING, VJP_RULES, supported_ops
+
+
+def path_tensors(view: GraphView, wrt: Sequence[str], outputs: Sequence[str]) -> set[str]:
+    """Float tensors that depend on ``wrt`` and that ``outputs`` depend on."""
+    return view.descendants(wrt, data_only=True) & view.ancestors(outputs, data_only=True)
+
+
+def path_nodes(view: GraphView, on_path: set[str]) -> list[onnx.NodeProto]:
+    """Nodes with an input and an output on the path, in topological order."""
+    return [
+        n
+        for n in view.topo_order()
+        if any(o in on_path for o in n.output) and any(i in on_path for i in n.input)
+    ]
+
+
+def _rule_for(node: onnx.NodeProto):
+    rule = VJP_RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+    if rule is None:
+        op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
+        raise UnsupportedOpError(
+            f"no gradient rule for op {op!r} (node {node_label(node)!r}) on the path from the "
+            f"target layer to the score; supported ops: {', '.join(supported_ops())}"
+        )
+    return rule
+
+
+def build_backward(
+    view: GraphView,
+    seeds: Mapping[str, str],
+    wrt: Sequence[str],
+    consts: dict | None = None,
+) -> dict[str, str]:
+    """Append nodes computing ∂(Σ_y ⟨seed_y, y⟩)/∂x for every x in ``wrt``.
+
+    ``seeds`` maps forward tensors y to the tensors holding their incoming gradient (for a
+    class score that is the one-hot of the explained class over the logits). Returns
+    ``{x: name of its gradient tensor}``.
+    """
+    consts = {} if consts is None else consts
+    on_path = path_tensors(view, wrt, list(seeds)) | set(seeds)
+    for x in wrt:
+        if x not in on_path or not (view.descendants([x], data_only=True) & set(seeds)):
+            raise ExportError(f"tensor {x!r} does not influence the score: no gradient path")
+    grads: dict[str, list[str]] = {y: [g] for y, g in seeds.items()}
+    acc = GradBuilder(view, "onnxcam/accumulate", consts)
+
+    def total(t: str) -> str | None:
+        parts = grads.get(t)
+        if not parts:
+            return None
+        if len(parts) > 1:  # fan-out: sum once, then reuse the sum
+            grads[t] = [acc.Sum(*parts)]
+        return grads[t][0]
+
+    for node in reversed(path_nodes(view, on_path)):
+        gy = [total(o) if o in on_path else None for o in node.output]
+        if all(g is None for g in gy):
+            continue
+        need = [bool(i) and i in on_path for i in node.input]
+        rule = _rule_for(node)
+        b = GradBuilder.for_node(view, node, consts)
+        gx = [*rule(b, node, gy, need), *[None] * len(need)][: len(need)]
+        out_shape = view.shape(node.output[0])
+        for name, flag, g in zip(node.input, need, gx, strict=True):
+            if not flag or g is None:
+                continue
+            if node.op_type in BROADCASTING:
+                g = b.unbroadcast(g, out_shape, name)
+            grads.setdefault(name, []).append(g)
+    result = {}
+    for x in wrt:
+        g = total(x)
+        if g is None:
+            raise ExportError(f"tensor {x!r} received no gradient")
+        result[x] = g
+    return result

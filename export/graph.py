@@ -1,0 +1,247 @@
+"""A read-mostly view over an ONNX graph: producers, consumers, shapes, dtypes and constants.
+
+Passes ask this view questions ("who produces x?", "what is x's static shape?", "is x a
+constant, and what is its value?") instead of walking protobufs themselves. New nodes and
+initializers are appended through ``add_node`` / ``add_initializer`` so the indices stay valid.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from onnxcam.errors import ExportError
+
+Dim = int | str | None
+"""A static dimension: an int, a symbolic name, or None when unknown."""
+
+FLOAT_TYPES = {
+    onnx.TensorProto.FLOAT,
+    onnx.TensorProto.DOUBLE,
+    onnx.TensorProto.FLOAT16,
+    onnx.TensorProto.BFLOAT16,
+}
+
+
+def _dims(type_proto: onnx.TypeProto) -> tuple[Dim, ...] | None:
+    tt = type_proto.tensor_type
+    if not tt.HasField("shape"):
+        return None
+    out: list[Dim] = []
+    for d in tt.shape.dim:
+        if d.HasField("dim_value"):
+            out.append(int(d.dim_value))
+        elif d.HasField("dim_param"):
+            out.append(d.dim_param)
+        else:
+            out.append(None)
+    return tuple(out)
+
+
+class GraphView:
+    """Indexes a ``ModelProto``'s main graph; the model is edited in place by the passes."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.model = model
+        self.graph = model.graph
+        self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+        self.producer: dict[str, onnx.NodeProto] = {}
+        self.consumers: dict[str, list[onnx.NodeProto]] = {}
+        self.initializers: dict[str, onnx.TensorProto] = {i.name: i for i in self.graph.initializer}
+        self._const_cache: dict[str, np.ndarray] = {}
+        self.shapes: dict[str, tuple[Dim, ...] | None] = {}
+        self.dtypes: dict[str, int] = {}
+        self.taken: set[str] = {i.name for i in self.graph.input} | set(self.initializers)
+        for n in self.graph.node:
+            self._index(n)
+        self.refresh_shapes()
+
+    # -- indexing -----------------------------------------------------------------------------
+    def _index(self, node: onnx.NodeProto) -> None:
+        self.taken.add(node.name)
+        self.taken.update(node.output)
+        for o in node.output:
+            if o:
+                self.producer[o] = node
+        for i in node.input:
+            if i:
+                self.consumers.setdefault(i, []).append(node)
+
+    def refresh_shapes(self) -> None:
+        """Re-run ONNX shape inference and record every tensor's static shape and dtype."""
+        try:
+            inferred = onnx.shape_inference.infer_shapes(self.model, data_prop=True)
+        except Exception:  # inference is best effort; fall back to what the model declares
+            inferred = self.model
+        g = inferred.graph
+        for vi in [*g.input, *g.value_info, *g.output]:
+            if vi.type.HasField("tensor_type"):
+                self.shapes[vi.name] = _dims(vi.type)
+                self.dtypes[vi.name] = vi.type.tensor_type.elem_type
+        for init in self.graph.initializer:
+            self.shapes[init.name] = tuple(int(d) for d in init.dims)
+            self.dtypes[init.name] = init.data_type
+
+    def add_node(self, node: onnx.NodeProto) -> onnx.NodeProto:
+        """Append a node to the graph and to the indices."""
+        self.graph.node.append(node)
+        added = self.graph.node[-1]
+        self._index(added)
+        return added
+
+    def add_initializer(self, name: str, value: np.ndarray) -> str:
+        """Append a constant tensor under ``name`` (which must be new)."""
+        if name in self.initializers or name in self.producer:
+            raise ExportError(f"internal: tensor name {name!r} is already taken")
+        t = numpy_helper.from_array(np.asarray(value), name)
+        self.graph.initializer.append(t)
+        self.initializers[name] = self.graph.initializer[-1]
+        self.taken.add(name)
+        self.shapes[name] = tuple(int(d) for d in t.dims)
+        self.dtypes[name] = t.data_type
+        return name
+
+    # -- questions ----------------------------------------------------------------------------
+    @property
+    def graph_inputs(self) -> list[str]:
+        """Real inputs (graph inputs that are not initializers)."""
+        return [i.name for i in self.graph.input if i.name not in self.initializers]
+
+    def shape(self, name: str) -> tuple[Dim, ...] | None:
+        """Static shape of a tensor, or None when not even its rank is known."""
+        return self.shapes.get(name)
+
+    def static_shape(self, name: str) -> tuple[int, ...] | None:
+        """Shape when every dimension is a known int, else None."""
+        s = self.shapes.get(name)
+        if s is None or any(not isinstance(d, int) for d in s):
+            return None
+        return tuple(int(d) for d in s)  # type: ignore[arg-type]
+
+    def rank(self, name: str) -> int | None:
+        s = self.shapes.get(name)
+        return None if s is None else len(s)
+
+    def dtype(self, name: str) -> int:
+        """ONNX elem type of a tensor (FLOAT when unknown)."""
+        return self.dtypes.get(name, onnx.TensorProto.FLOAT)
+
+    def np_dtype(self, name: str) -> np.dtype:
+        return np.dtype(helper.tensor_dtype_to_np_dtype(self.dtype(name)))
+
+    def is_float(self, name: str) -> bool:
+        if name in self.dtypes:
+            return self.dtypes[name] in FLOAT_TYPES
+        return True
+
+    def is_const(self, name: str) -> bool:
+        """True for initializers (not overridable inputs) and outputs of Constant nodes."""
+        if name in self.initializers:
+            return name not in {i.name for i in self.graph.input}
+        p = self.producer.get(name)
+        return p is not None and p.op_type == "Constant"
+
+    def const(self, name: str) -> np.ndarray | None:
+        """Value of a constant tensor, or None if ``name`` is not a constant."""
+        if not name:
+            return None
+        if name in self._const_cache:
+            return self._const_cache[name]
+        value: np.ndarray | None = None
+        if self.is_const(name) and name in self.initializers:
+            value = numpy_helper.to_array(self.initializers[name])
+        else:
+            p = self.producer.get(name)
+            if p is not None and p.op_type == "Constant":
+                value = _constant_node_value(p)
+        if value is not None:
+            self._const_cache[name] = value
+        return value
+
+    def topo_order(self) -> list[onnx.NodeProto]:
+        """Nodes in the order they appear (ONNX requires a topologically sorted node list)."""
+        return list(self.graph.node)
+
+    def ancestors(self, names: Iterable[str], data_only: bool = False) -> set[str]:
+        """Every tensor that ``names`` depend on (inclusive).
+
+        ``data_only`` follows float edges only, so ``Reshape(x, Shape(input))`` does not make
+        the input an ancestor through its shape.
+        """
+        seen: set[str] = set()
+        stack = [n for n in names if n]
+        while stack:
+            t = stack.pop()
+            if t in seen or (data_only and not self.is_float(t)):
+                continue
+            seen.add(t)
+            p = self.producer.get(t)
+            if p is not None:
+                stack.extend(i for i in p.input if i)
+        return seen
+
+    def descendants(self, names: Iterable[str], data_only: bool = False) -> set[str]:
+        """Every tensor computed from ``names`` (inclusive); ``data_only``: float edges only."""
+        seen: set[str] = set()
+        stack = [n for n in names if n]
+        while stack:
+            t = stack.pop()
+            if t in seen or (data_only and not self.is_float(t)):
+                continue
+            seen.add(t)
+            for c in self.consumers.get(t, []):
+                stack.extend(o for o in c.output if o)
+        return seen
+
+    def unique_name(self, base: str) -> str:
+        """A tensor/node name not used anywhere in the graph yet."""
+        if base not in self.taken:
+            self.taken.add(base)
+            return base
+        k = 1
+        while f"{base}_{k}" in self.taken:
+            k += 1
+        self.taken.add(f"{base}_{k}")
+        return f"{base}_{k}"
+
+
+def _constant_node_value(node: onnx.NodeProto) -> np.ndarray | None:
+    for a in node.attribute:
+        if a.name == "value":
+            return numpy_helper.to_array(a.t)
+        if a.name == "value_float":
+            return np.array(a.f, dtype=np.float32)
+        if a.name == "value_floats":
+            return np.array(list(a.floats), dtype=np.float32)
+        if a.name == "value_int":
+            return np.array(a.i, dtype=np.int64)
+        if a.name == "value_ints":
+            return np.array(list(a.ints), dtype=np.int64)
+    return None
+
+
+def attr(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
+    """A node attribute's Python value, or ``default``."""
+    for a in node.attribute:
+        if a.name == name:
+            v = helper.get_attribute_value(a)
+            return v.decode() if isinstance(v, bytes) else v
+    return default
+
+
+def node_label(node: onnx.NodeProto) -> str:
+    """How a node is named in messages: its name, else its first output."""
+    return node.name or (node.output[0] if node.output else "<unnamed>")
+
+
+def input_or_none(node: onnx.NodeProto, k: int) -> str | None:
+    """The k-th input name, or None when absent or empty (optional input left out)."""
+    return node.input[k] if len(node.input) > k and node.input[k] else None
+
+
+def ints(values: Sequence[int] | np.ndarray) -> list[int]:
+    return [int(v) for v in np.asarray(values).reshape(-1)]

@@ -1,0 +1,322 @@
+"""The export passes, in order: each appends to the graph and never edits forward nodes.
+
+resolve targets → expose activations → add class selection and score → add backward →
+add CAM weights → write metadata → verify forward (original outputs unchanged) → check model.
+
+The one forward edit allowed is switching on an optional output (MaxPool ``Indices``), which
+the MaxPool VJP rule records in the node's ``doc_string``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxcam import contract
+from onnxcam.errors import ExportError
+
+from .autodiff import build_backward
+from .builder import GradBuilder
+from .graph import GraphView
+from .layers import ClassifierHead, Head, InputSpec, LayerInfo, find_gap_linear, tensor_layout
+
+
+@dataclass
+class Target:
+    """One target layer as exported."""
+
+    name: str
+    """What the user asked for (ONNX tensor/node name, or torch module name)."""
+    tensor: str
+    layout: str
+    shape: list
+    producer: str
+    activation: str = ""
+    gradient: str = ""
+    cam_weight: str | None = None
+    classifier: ClassifierHead | None = None
+    note: str | None = None
+
+    def to_json(self, k: int) -> dict:
+        d = {
+            "index": k,
+            "name": self.name,
+            "tensor": self.tensor,
+            "layout": self.layout,
+            "shape": self.shape,
+            "producer": self.producer,
+            "activation": self.activation,
+            "gradient": self.gradient,
+            "cam_weight": self.cam_weight,
+        }
+        if self.note:
+            d["note"] = self.note
+        return d
+
+
+@dataclass
+class ExportState:
+    """What the passes share while rewriting one model."""
+
+    view: GraphView
+    head: Head
+    spec: InputSpec
+    targets: list[Target]
+    consts: dict = field(default_factory=dict)
+    onehot: str = ""
+    cls: str = ""
+
+
+def _value_info(view: GraphView, name: str, like: str, shape=None) -> onnx.ValueInfoProto:
+    dims = view.shape(like) if shape is None else shape
+    return helper.make_tensor_value_info(
+        name, view.dtype(like), None if dims is None else list(dims)
+    )
+
+
+def _vi(name: str, dtype: int, shape: list) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, dtype, shape)
+
+
+def _identity(src: str, dst: str) -> onnx.NodeProto:
+    """The node that publishes an internal tensor under a contract output name."""
+    return helper.make_node("Identity", [src], [dst], name=dst)
+
+
+def make_targets(view: GraphView, names: Sequence[tuple[str, str]]) -> list[Target]:
+    """(user name, tensor) pairs → ``Target`` records with layout, shape and producer."""
+    targets = []
+    seen = set()
+    for user, tensor in names:
+        if tensor in seen:
+            raise ExportError(f"layer {user!r} was requested twice")
+        seen.add(tensor)
+        p = view.producer.get(tensor)
+        shape = list(view.shape(tensor) or [])
+        targets.append(
+            Target(user, tensor, tensor_layout(view, tensor), shape, p.op_type if p else "input")
+        )
+    return targets
+
+
+def expose_activations(st: ExportState) -> None:
+    """Output each target tensor as ``onnxcam_activation_k``."""
+    g = st.view.graph
+    for k, t in enumerate(st.targets):
+        t.activation = contract.activation_name(k)
+        st.view.add_node(
+            helper.make_node("Identity", [t.tensor], [t.activation], name=t.activation)
+        )
+        g.output.append(_value_info(st.view, t.activation, t.tensor))
+
+
+def add_score(st: ExportState) -> None:
+    """Class selector input, explained class and score outputs, and the one-hot gradient seed.
+
+    cls = sel if sel ≥ 0 else argmax(logits);  score = Σ_k logits[:, k]·onehot(cls)[:, k].
+    The selector is an input with a default ``[-1]`` initializer, so ``run(None, {image})``
+    explains the top-1 class and callers may feed one class per sample.
+    """
+    view, logits = st.view, st.head.logits
+    b = GradBuilder(view, "onnxcam/score", st.consts)
+    g = view.graph
+    batch = (view.shape(logits) or ["batch"])[0]
+    g.input.append(helper.make_tensor_value_info(contract.CLASS_INPUT, TensorProto.INT64, [batch]))
+    view.add_initializer(contract.CLASS_INPUT, np.array([-1], dtype=np.int64))
+    top1 = b.ArgMax(logits, axis=1, keepdims=0)
+    chosen = b.Less(contract.CLASS_INPUT, b.const(np.array(0, dtype=np.int64)))
+    view.add_node(
+        helper.make_node(
+            "Where",
+            [chosen, top1, contract.CLASS_INPUT],
+            [contract.CLASS_OUTPUT],
+            name=contract.CLASS_OUTPUT,
+        )
+    )
+    classes = b.Range(
+        b.const(np.array(0, dtype=np.int64)),
+        b.Squeeze(b.Shape(logits, start=1, end=2), b.ints(0)),
+        b.const(np.array(1, dtype=np.int64)),
+    )
+    hit = b.Equal(b.Unsqueeze(contract.CLASS_OUTPUT, b.ints(1)), classes)
+    st.onehot = b.Cast(hit, to=view.dtype(logits))
+    view.add_node(
+        helper.make_node(
+            "ReduceSum",
+            [b.Mul(logits, st.onehot), b.ints(1)],
+            [contract.SCORE_OUTPUT],
+            name=contract.SCORE_OUTPUT,
+            keepdims=0,
+        )
+    )
+    g.output.append(
+        helper.make_tensor_value_info(contract.CLASS_OUTPUT, TensorProto.INT64, [batch])
+    )
+    g.output.append(
+        helper.make_tensor_value_info(contract.SCORE_OUTPUT, view.dtype(logits), [batch])
+    )
+    st.cls = contract.CLASS_OUTPUT
+
+
+def add_backward(st: ExportState) -> None:
+    """Append dScore/dA for every target and output it as ``onnxcam_gradient_k``."""
+    view = st.view
+    grads = build_backward(
+        view, {st.head.logits: st.onehot}, [t.tensor for t in st.targets], st.consts
+    )
+    for k, t in enumerate(st.targets):
+        t.gradient = contract.gradient_name(k)
+        view.add_node(
+            helper.make_node("Identity", [grads[t.tensor]], [t.gradient], name=t.gradient)
+        )
+        view.graph.output.append(_value_info(view, t.gradient, t.tensor))
+
+
+def add_cam_weights(st: ExportState) -> None:
+    """For a GAP→Linear head, output the explained class's classifier row as [batch, C]."""
+    view = st.view
+    for k, t in enumerate(st.targets):
+        cls = find_gap_linear(view, t.tensor, t.layout, st.head)
+        if cls is None:
+            continue
+        b = GradBuilder(view, f"onnxcam/cam_weight_{k}", st.consts)
+        if cls.rows_are_classes:  # W: [K, C]
+            w = b.Gather(cls.weight, st.cls, axis=0)
+        else:  # W: [C, K]
+            w = b.Transpose(b.Gather(cls.weight, st.cls, axis=1), perm=[1, 0])
+        if cls.alpha != 1.0:
+            w = b.Mul(w, b.scalar(cls.alpha, cls.weight))
+        t.cam_weight, t.classifier = contract.cam_weight_name(k), cls
+        view.add_node(_identity(w, t.cam_weight))
+        channels = t.shape[3] if t.layout == contract.LAYOUT_NHWC else t.shape[1]
+        batch = (view.shape(st.head.logits) or ["batch"])[0]
+        view.graph.output.append(_vi(t.cam_weight, view.dtype(cls.weight), [batch, channels]))
+
+
+def write_metadata(st: ExportState, labels: list[str] | None, exporter_info: dict) -> None:
+    """Record the contract in ``metadata_props`` (other existing entries are kept)."""
+    props = {p.key: p.value for p in st.view.model.metadata_props}
+    for key in contract.ALL_META_KEYS:
+        props.pop(key, None)
+    props[contract.META_VERSION] = str(contract.VERSION)
+    props[contract.META_EXPORTER] = json.dumps(exporter_info)
+    props[contract.META_TARGETS] = json.dumps([t.to_json(k) for k, t in enumerate(st.targets)])
+    props[contract.META_INPUT] = json.dumps(st.spec.to_json())
+    props[contract.META_SCORE] = json.dumps(
+        {
+            "logits": st.head.logits,
+            "output": st.head.output,
+            "activation": st.head.activation,
+            "num_classes": st.head.num_classes,
+            "class_input": contract.CLASS_INPUT,
+            "class_output": contract.CLASS_OUTPUT,
+            "score_output": contract.SCORE_OUTPUT,
+        }
+    )
+    if labels is not None:
+        props[contract.META_LABELS] = json.dumps(labels)
+    cam = next(((k, t) for k, t in enumerate(st.targets) if t.classifier), None)
+    if cam is not None:
+        k, t = cam
+        c = t.classifier
+        props[contract.META_CLASSIFIER] = json.dumps(
+            {
+                "weight": c.weight,
+                "bias": c.bias,
+                "weight_layout": "classes_first" if c.rows_are_classes else "channels_first",
+                "alpha": c.alpha,
+                "target": k,
+            }
+        )
+    del st.view.model.metadata_props[:]
+    for key, value in props.items():
+        st.view.model.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
+
+
+def random_feeds(model: onnx.ModelProto, spec: InputSpec, batch: int, seed: int = 0) -> dict:
+    """Random inputs for every real graph input (image ~ N(0, 1))."""
+    rng = np.random.default_rng(seed)
+    inits = {i.name for i in model.graph.initializer}
+    feeds = {}
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        tt = vi.type.tensor_type
+        dims = [
+            d.dim_value if d.HasField("dim_value") else (batch if k == 0 else None)
+            for k, d in enumerate(tt.shape.dim)
+        ]
+        if vi.name == spec.name:
+            hw = {"NCHW": (2, 3), "NHWC": (1, 2)}[spec.layout]
+            dims[hw[0]] = dims[hw[0]] or spec.height
+            dims[hw[1]] = dims[hw[1]] or spec.width
+        if any(d is None for d in dims):
+            raise ExportError(f"cannot make a test input for {vi.name!r}: shape {dims} not static")
+        dt = helper.tensor_dtype_to_np_dtype(tt.elem_type)
+        feeds[vi.name] = rng.normal(size=dims).astype(dt)
+    return feeds
+
+
+def verify_forward(
+    original: bytes, exported: onnx.ModelProto, spec: InputSpec, batch: int, atol: float = 1e-5
+) -> float:
+    """Run old and new graphs in onnxruntime; the model's own outputs must be unchanged.
+
+    Returns the largest absolute difference seen. Also fails if any gradient is not finite.
+    """
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    providers = ["CPUExecutionProvider"]
+    old = ort.InferenceSession(original, opts, providers=providers)
+    new = ort.InferenceSession(exported.SerializeToString(), opts, providers=providers)
+    feeds = random_feeds(exported, spec, batch)
+    names = [o.name for o in old.get_outputs()]
+    ref = old.run(names, feeds)
+    outs = new.run(None, feeds)
+    by_name = dict(zip([o.name for o in new.get_outputs()], outs, strict=True))
+    worst = 0.0
+    for name, r in zip(names, ref, strict=True):
+        got = by_name[name]
+        if got.shape != r.shape:
+            raise ExportError(f"verification failed: output {name!r} changed shape")
+        if r.size and np.issubdtype(r.dtype, np.floating):
+            diff = float(np.max(np.abs(got.astype(np.float64) - r)))
+            scale = max(1.0, float(np.max(np.abs(r))))
+            worst = max(worst, diff)
+            if diff > atol * scale:
+                raise ExportError(
+                    f"verification failed: output {name!r} changed by {diff:.3g} after export"
+                )
+        elif not np.array_equal(got, r):
+            raise ExportError(f"verification failed: output {name!r} changed after export")
+    for name, value in by_name.items():
+        floating = np.issubdtype(value.dtype, np.floating)
+        if name.startswith("onnxcam_") and floating and not np.all(np.isfinite(value)):
+            raise ExportError(f"verification failed: {name!r} is not finite")
+    return worst
+
+
+def tensor_size_bytes(model: onnx.ModelProto) -> int:
+    return sum(numpy_helper.to_array(i).nbytes for i in model.graph.initializer)
+
+
+__all__ = [
+    "ExportState",
+    "LayerInfo",
+    "Target",
+    "add_backward",
+    "add_cam_weights",
+    "add_score",
+    "expose_activations",
+    "make_targets",
+    "random_feeds",
+    "verify_forward",
+    "write_metadata",
+]

@@ -1,0 +1,302 @@
+"""VJP rules of element-wise ops: activations and broadcasting arithmetic.
+
+Notation: x = input 0, y = output 0, g = dScore/dy. Every rule returns dScore/dx.
+Masks follow torch's conventions at the kinks (e.g. ReLU6 passes gradient only strictly inside
+(min, max)), so exported gradients match ``torch.autograd`` on the same weights.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..graph import attr, input_or_none
+from .registry import vjp
+
+
+def _zero(b, like):
+    return b.scalar(0.0, like)
+
+
+@vjp("Identity", "Dropout")
+def _identity(b, n, gy, need):
+    # Dropout at inference is the identity; its mask output carries no gradient.
+    return [gy[0]]
+
+
+@vjp("Cast")
+def _cast(b, n, gy, need):
+    return [b.Cast(gy[0], to=b.view.dtype(n.input[0]))]
+
+
+@vjp("Neg")
+def _neg(b, n, gy, need):
+    return [b.Neg(gy[0])]
+
+
+@vjp("Relu")
+def _relu(b, n, gy, need):
+    # dx = g · [y > 0]
+    y = n.output[0]
+    return [b.Where(b.Greater(y, _zero(b, y)), gy[0], _zero(b, y))]
+
+
+@vjp("LeakyRelu")
+def _leaky_relu(b, n, gy, need):
+    # dx = g if x > 0 else alpha · g
+    x, g = n.input[0], gy[0]
+    alpha = b.scalar(attr(n, "alpha", 0.01), x)
+    return [b.Where(b.Greater(x, _zero(b, x)), g, b.Mul(g, alpha))]
+
+
+@vjp("PRelu")
+def _prelu(b, n, gy, need):
+    # dx = g if x > 0 else slope · g  (slope broadcasts; its own gradient is never needed)
+    x, g = n.input[0], gy[0]
+    return [b.Where(b.Greater(x, _zero(b, x)), g, b.Mul(g, n.input[1])), None]
+
+
+@vjp("Elu")
+def _elu(b, n, gy, need):
+    # dx = g if x > 0 else g · (y + alpha)
+    x, y, g = n.input[0], n.output[0], gy[0]
+    alpha = b.scalar(attr(n, "alpha", 1.0), x)
+    return [b.Where(b.Greater(x, _zero(b, x)), g, b.Mul(g, b.Add(y, alpha)))]
+
+
+@vjp("Selu")
+def _selu(b, n, gy, need):
+    # dx = gamma · g if x > 0 else g · (y + alpha · gamma)
+    x, y, g = n.input[0], n.output[0], gy[0]
+    alpha, gamma = (
+        attr(n, "alpha", 1.67326319217681884765625),
+        attr(n, "gamma", 1.05070102214813232421875),
+    )
+    pos = b.Mul(g, b.scalar(gamma, x))
+    neg = b.Mul(g, b.Add(y, b.scalar(alpha * gamma, x)))
+    return [b.Where(b.Greater(x, _zero(b, x)), pos, neg)]
+
+
+@vjp("Softplus")
+def _softplus(b, n, gy, need):
+    # dx = g · sigmoid(x)
+    return [b.Mul(gy[0], b.Sigmoid(n.input[0]))]
+
+
+@vjp("Clip")
+def _clip(b, n, gy, need):
+    # dx = g · [min < x < max]  (torch's hardtanh/ReLU6 convention at the bounds)
+    x, g = n.input[0], gy[0]
+    lo, hi = input_or_none(n, 1), input_or_none(n, 2)
+    if lo is None and hi is None:  # opset < 11 keeps the bounds in attributes
+        lo_v, hi_v = attr(n, "min"), attr(n, "max")
+        lo = None if lo_v is None else b.scalar(lo_v, x)
+        hi = None if hi_v is None else b.scalar(hi_v, x)
+    masks = []
+    if lo is not None:
+        masks.append(b.Greater(x, lo))
+    if hi is not None:
+        masks.append(b.Less(x, hi))
+    if not masks:
+        return [g, None, None]
+    mask = masks[0] if len(masks) == 1 else b.And(*masks)
+    return [b.Where(mask, g, _zero(b, x)), None, None]
+
+
+@vjp("Sigmoid")
+def _sigmoid(b, n, gy, need):
+    # dx = g · y · (1 − y)
+    y = n.output[0]
+    return [b.Mul(gy[0], b.Mul(y, b.Sub(b.scalar(1.0, y), y)))]
+
+
+@vjp("HardSigmoid")
+def _hard_sigmoid(b, n, gy, need):
+    # y = clip(alpha·x + beta, 0, 1);  dx = alpha · g · [0 < alpha·x + beta < 1]
+    x, g = n.input[0], gy[0]
+    alpha, beta = attr(n, "alpha", 0.2), attr(n, "beta", 0.5)
+    t = b.Add(b.Mul(x, b.scalar(alpha, x)), b.scalar(beta, x))
+    inside = b.And(b.Greater(t, _zero(b, x)), b.Less(t, b.scalar(1.0, x)))
+    return [b.Where(inside, b.Mul(g, b.scalar(alpha, x)), _zero(b, x))]
+
+
+@vjp("HardSwish")
+def _hard_swish(b, n, gy, need):
+    # y = x · relu6(x + 3) / 6;  dx = 0 (x < −3),  g · (x/3 + 1/2) (−3 ≤ x ≤ 3),  g (x > 3)
+    x, g = n.input[0], gy[0]
+    mid = b.Mul(g, b.Add(b.Mul(x, b.scalar(1.0 / 3.0, x)), b.scalar(0.5, x)))
+    upper = b.Where(b.Greater(x, b.scalar(3.0, x)), g, mid)
+    return [b.Where(b.Less(x, b.scalar(-3.0, x)), _zero(b, x), upper)]
+
+
+@vjp("Tanh")
+def _tanh(b, n, gy, need):
+    # dx = g · (1 − y²)
+    y = n.output[0]
+    return [b.Mul(gy[0], b.Sub(b.scalar(1.0, y), b.Mul(y, y)))]
+
+
+@vjp("Erf")
+def _erf(b, n, gy, need):
+    # dx = g · 2/√π · exp(−x²)
+    x = n.input[0]
+    e = b.Exp(b.Neg(b.Mul(x, x)))
+    return [b.Mul(gy[0], b.Mul(e, b.scalar(2.0 / math.sqrt(math.pi), x)))]
+
+
+@vjp("Gelu")
+def _gelu(b, n, gy, need):
+    x, g = n.input[0], gy[0]
+    if attr(n, "approximate", "none") == "tanh":
+        # y = x/2 · (1 + tanh(u)), u = √(2/π)(x + 0.044715 x³)
+        # dy/dx = (1 + t)/2 + x/2 · (1 − t²) · √(2/π)(1 + 3·0.044715 x²)
+        c = math.sqrt(2.0 / math.pi)
+        x2 = b.Mul(x, x)
+        u = b.Mul(b.Add(x, b.Mul(b.Mul(x2, x), b.scalar(0.044715, x))), b.scalar(c, x))
+        t = b.Tanh(u)
+        du = b.Mul(b.Add(b.scalar(1.0, x), b.Mul(x2, b.scalar(3 * 0.044715, x))), b.scalar(c, x))
+        left = b.Mul(b.Add(b.scalar(1.0, x), t), b.scalar(0.5, x))
+        right = b.Mul(b.Mul(b.Mul(x, b.scalar(0.5, x)), b.Sub(b.scalar(1.0, x), b.Mul(t, t))), du)
+        return [b.Mul(g, b.Add(left, right))]
+    # exact: dy/dx = Φ(x) + x·φ(x)
+    cdf = b.Mul(
+        b.Add(b.Erf(b.Mul(x, b.scalar(1 / math.sqrt(2), x))), b.scalar(1.0, x)), b.scalar(0.5, x)
+    )
+    pdf = b.Mul(
+        b.Exp(b.Mul(b.Mul(x, x), b.scalar(-0.5, x))), b.scalar(1 / math.sqrt(2 * math.pi), x)
+    )
+    return [b.Mul(g, b.Add(cdf, b.Mul(x, pdf)))]
+
+
+@vjp("Exp")
+def _exp(b, n, gy, need):
+    return [b.Mul(gy[0], n.output[0])]
+
+
+@vjp("Log")
+def _log(b, n, gy, need):
+    return [b.Div(gy[0], n.input[0])]
+
+
+@vjp("Reciprocal")
+def _reciprocal(b, n, gy, need):
+    # y = 1/x;  dx = −g · y²
+    y = n.output[0]
+    return [b.Neg(b.Mul(gy[0], b.Mul(y, y)))]
+
+
+@vjp("Abs")
+def _abs(b, n, gy, need):
+    return [b.Mul(gy[0], b.Sign(n.input[0]))]
+
+
+@vjp("Sqrt")
+def _sqrt(b, n, gy, need):
+    # dx = g / (2y)
+    y = n.output[0]
+    return [b.Div(b.Mul(gy[0], b.scalar(0.5, y)), y)]
+
+
+@vjp("Softmax")
+def _softmax(b, n, gy, need):
+    # dx = y · (g − Σ_axis g·y)
+    y, g = n.output[0], gy[0]
+    axes = b.ints(attr(n, "axis", -1))
+    s = b.ReduceSum(b.Mul(g, y), axes, keepdims=1)
+    return [b.Mul(y, b.Sub(g, s))]
+
+
+@vjp("LogSoftmax")
+def _log_softmax(b, n, gy, need):
+    # dx = g − exp(y) · Σ_axis g
+    y, g = n.output[0], gy[0]
+    s = b.ReduceSum(g, b.ints(attr(n, "axis", -1)), keepdims=1)
+    return [b.Sub(g, b.Mul(b.Exp(y), s))]
+
+
+# --- broadcasting arithmetic: gradients at the output shape; the walker un-broadcasts ----------
+
+
+@vjp("Add", broadcasting=True)
+def _add(b, n, gy, need):
+    return [gy[0], gy[0]]
+
+
+@vjp("Sub", broadcasting=True)
+def _sub(b, n, gy, need):
+    return [gy[0], b.Neg(gy[0]) if need[1] else None]
+
+
+@vjp("Mul", broadcasting=True)
+def _mul(b, n, gy, need):
+    a, c = n.input[0], n.input[1]
+    return [b.Mul(gy[0], c) if need[0] else None, b.Mul(gy[0], a) if need[1] else None]
+
+
+@vjp("Div", broadcasting=True)
+def _div(b, n, gy, need):
+    # y = a / c;  da = g / c;  dc = −g · y / c
+    a, c = n.input[0], n.input[1]
+    da = b.Div(gy[0], c) if need[0] else None
+    dc = b.Neg(b.Div(b.Mul(gy[0], n.output[0]), c)) if need[1] else None
+    del a
+    return [da, dc]
+
+
+@vjp("Pow", broadcasting=True)
+def _pow(b, n, gy, need):
+    # y = a^p;  da = g · p · a^(p−1);  dp = g · y · ln(a)
+    a, p, g = n.input[0], n.input[1], gy[0]
+    da = dp = None
+    if need[0]:
+        pv = b.view.const(p)
+        if pv is not None:
+            dt = b.view.np_dtype(a)
+            if pv.size == 1 and float(pv.reshape(-1)[0]) == 2.0:
+                da = b.Mul(g, b.Mul(a, b.scalar(2.0, a)))
+            else:
+                pm1 = b.Pow(a, b.const(np.asarray(pv, dtype=dt) - 1))
+                da = b.Mul(g, b.Mul(pm1, b.const(np.asarray(pv, dtype=dt))))
+        else:
+            pc = b.Cast(p, to=b.view.dtype(a))
+            da = b.Mul(g, b.Mul(b.Pow(a, b.Sub(pc, b.scalar(1.0, a))), pc))
+    if need[1]:
+        dp = b.Mul(g, b.Mul(n.output[0], b.Log(a)))
+    return [da, dp]
+
+
+@vjp("Sum", broadcasting=True)
+def _sum(b, n, gy, need):
+    return [gy[0]] * len(n.input)
+
+
+@vjp("Mean", broadcasting=True)
+def _mean(b, n, gy, need):
+    g = b.Mul(gy[0], b.scalar(1.0 / len(n.input), n.output[0]))
+    return [g] * len(n.input)
+
+
+@vjp("Max", "Min", broadcasting=True)
+def _max_min(b, n, gy, need):
+    # the gradient flows to the input(s) equal to the result
+    y, g = n.output[0], gy[0]
+    return [
+        b.Where(b.Equal(x, y), g, _zero(b, y)) if need[k] else None for k, x in enumerate(n.input)
+    ]
+
+
+@vjp("Where", broadcasting=True)
+def _where(b, n, gy, need):
+    cond, g = n.input[0], gy[0]
+    z = _zero(b, n.output[0])
+    return [
+        None,
+        b.Where(cond, g, z) if need[1] else None,
+        b.Where(cond, z, g) if need[2] else None,
+    ]
+
+
+@vjp("Expand", broadcasting=True)
+def _expand(b, n, gy, need):
+    return [gy[0], None]

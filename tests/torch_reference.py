@@ -1,0 +1,71 @@
+"""Reference gradients from torch autograd, and the torchvision models the tests export."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+# (torchvision constructor, last feature block, one block earlier, input size)
+TORCHVISION_CASES = {
+    "resnet18": ("resnet18", "layer4", "layer3", 224),
+    "resnet50": ("resnet50", "layer4", "layer3", 224),
+    "vgg16": ("vgg16", "features", "features.23", 224),
+    "mobilenet_v2": ("mobilenet_v2", "features.18", "features.17", 224),
+    "mobilenet_v3_small": ("mobilenet_v3_small", "features.12", "features.11", 224),
+    "efficientnet_b0": ("efficientnet_b0", "features.8", "features.7", 224),
+    "densenet121": ("densenet121", "features", "features.denseblock4", 224),
+    "convnext_tiny": ("convnext_tiny", "features.7", "features.5", 224),
+    "squeezenet1_1": ("squeezenet1_1", "features", "features.10", 224),
+}
+
+
+def torchvision_model(name: str, seed: int = 0) -> torch.nn.Module:
+    """A random-init torchvision model in eval mode, with in-place activations switched off."""
+    import torchvision
+
+    torch.manual_seed(seed)
+    model = getattr(torchvision.models, name)(weights=None).eval()
+    for m in model.modules():
+        if hasattr(m, "inplace"):
+            m.inplace = False
+    with torch.no_grad():  # random-init BN statistics make a degenerate net; give them spread
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.1, 0.1)
+    return model
+
+
+def torch_layer_gradients(
+    model: torch.nn.Module, x: np.ndarray, layers: list[str], classes: np.ndarray | None = None
+) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
+    """Logits, activations and d(score)/d(activation) per layer; score = logit of the class
+    (top-1 per sample unless ``classes`` is given), summed over the batch."""
+    captured: dict[str, torch.Tensor] = {}
+    hooks = [
+        model.get_submodule(name).register_forward_hook(
+            lambda _m, _i, out, name=name: captured.__setitem__(name, out)
+        )
+        for name in layers
+    ]
+    try:
+        logits = model(torch.from_numpy(x))
+    finally:
+        for h in hooks:
+            h.remove()
+    cls = logits.argmax(1) if classes is None else torch.from_numpy(classes)
+    score = logits.gather(1, cls[:, None]).sum()
+    acts = [captured[n] for n in layers]
+    grads = torch.autograd.grad(score, acts)
+    return (
+        logits.detach().numpy(),
+        [a.detach().numpy() for a in acts],
+        [g.numpy() for g in grads],
+    )
+
+
+def max_rel_err(got: np.ndarray, ref: np.ndarray) -> float:
+    """max |got − ref| / max |ref|  (relative to the tensor's scale, not element-wise)."""
+    return float(np.max(np.abs(got.astype(np.float64) - ref)) / max(np.max(np.abs(ref)), 1e-30))
