@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -149,8 +150,11 @@ def check_output_path(src: ModelSource, output: str | os.PathLike | None) -> Pat
     parent = out.parent if str(out.parent) else Path(".")
     if not parent.is_dir():
         raise ExportError(f"output directory {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise ExportError(f"output directory {parent} is not writable")
+    try:  # a real write probe: os.access() says yes to root even on read-only mounts
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".onnxcam-probe-"):
+            pass
+    except OSError as e:
+        raise ExportError(f"output directory {parent} is not writable ({e.strerror})") from None
     return out
 
 

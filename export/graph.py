@@ -58,6 +58,7 @@ class GraphView:
         self.taken: set[str] = {i.name for i in self.graph.input} | set(self.initializers)
         for n in self.graph.node:
             self._index(n)
+        self.folded: dict[str, np.ndarray] = fold_constants(model, set(self.graph_inputs))
         self.refresh_shapes()
 
     # -- indexing -----------------------------------------------------------------------------
@@ -73,12 +74,27 @@ class GraphView:
 
     def refresh_shapes(self) -> None:
         """Re-run ONNX shape inference and record every tensor's static shape and dtype."""
+        # Declared output shapes may be vaguer than what inference finds (torch marks every
+        # dim of an extra output symbolic): infer with the outputs' shapes left open.
+        # Constant subgraphs (e.g. pads computed by the TorchScript exporter through
+        # Concat/Transpose/Cast) are replaced by their folded values in that copy only.
+        probe = onnx.ModelProto()
+        probe.CopyFrom(self.model)
+        for o in probe.graph.output:
+            o.type.tensor_type.ClearField("shape")
+        if self.folded:
+            keep = [n for n in probe.graph.node if not any(o in self.folded for o in n.output)]
+            del probe.graph.node[:]
+            probe.graph.node.extend(keep)
+            probe.graph.initializer.extend(
+                numpy_helper.from_array(v, k) for k, v in self.folded.items()
+            )
         try:
-            inferred = onnx.shape_inference.infer_shapes(self.model, data_prop=True)
+            inferred = onnx.shape_inference.infer_shapes(probe, data_prop=True)
         except Exception:  # inference is best effort; fall back to what the model declares
             inferred = self.model
         g = inferred.graph
-        for vi in [*g.input, *g.value_info, *g.output]:
+        for vi in [*self.graph.output, *g.input, *g.value_info, *g.output]:
             if vi.type.HasField("tensor_type"):
                 self.shapes[vi.name] = _dims(vi.type)
                 self.dtypes[vi.name] = vi.type.tensor_type.elem_type
@@ -142,6 +158,8 @@ class GraphView:
         """True for initializers (not overridable inputs) and outputs of Constant nodes."""
         if name in self.initializers:
             return name not in {i.name for i in self.graph.input}
+        if name in self.folded:
+            return True
         p = self.producer.get(name)
         return p is not None and p.op_type == "Constant"
 
@@ -154,6 +172,8 @@ class GraphView:
         value: np.ndarray | None = None
         if self.is_const(name) and name in self.initializers:
             value = numpy_helper.to_array(self.initializers[name])
+        elif name in self.folded:
+            value = self.folded[name]
         else:
             p = self.producer.get(name)
             if p is not None and p.op_type == "Constant":
@@ -245,3 +265,67 @@ def input_or_none(node: onnx.NodeProto, k: int) -> str | None:
 
 def ints(values: Sequence[int] | np.ndarray) -> list[int]:
     return [int(v) for v in np.asarray(values).reshape(-1)]
+
+
+FOLD_MAX_ELEMENTS = 4096
+"""Only small tensors are folded: shape arithmetic, pads, axes — never weights."""
+
+_NOT_FOLDABLE = {
+    "RandomNormal",
+    "RandomUniform",
+    "RandomNormalLike",
+    "RandomUniformLike",
+    "Multinomial",
+    "Bernoulli",
+    "If",
+    "Loop",
+    "Scan",
+}
+
+
+def fold_constants(model: onnx.ModelProto, graph_inputs: set[str]) -> dict[str, np.ndarray]:
+    """Values of small tensors computed only from constants (evaluated with onnx.reference).
+
+    The graph itself is not changed; the values serve shape inference and ``GraphView.const``.
+    """
+    from onnx.reference import ReferenceEvaluator
+
+    sizes = {
+        i.name: int(np.prod(i.dims)) for i in model.graph.initializer if i.name not in graph_inputs
+    }
+    known = {k for k, n in sizes.items() if n <= FOLD_MAX_ELEMENTS}
+    nodes = []
+    for node in model.graph.node:
+        if node.op_type in _NOT_FOLDABLE or node.domain not in ("", "ai.onnx"):
+            continue
+        if node.op_type == "Constant":
+            value = _constant_node_value(node)
+            if value is not None and value.size <= FOLD_MAX_ELEMENTS:
+                known.add(node.output[0])
+            continue
+        if any(a.type == onnx.AttributeProto.GRAPH for a in node.attribute):
+            continue
+        if all(not i or i in known for i in node.input) and any(node.input):
+            nodes.append(node)
+            known.update(o for o in node.output if o)
+    if not nodes:
+        return {}
+    needed = {i for n in nodes for i in n.input if i}
+    produced = {o for n in nodes for o in n.output if o}
+    consts = [n for n in model.graph.node if n.op_type == "Constant" and n.output[0] in needed]
+    inits = [i for i in model.graph.initializer if i.name in needed]
+    outs = sorted(produced)
+    graph = helper.make_graph(
+        consts + nodes, "fold", [], [helper.make_empty_tensor_value_info(o) for o in outs], inits
+    )
+    sub = helper.make_model(graph, opset_imports=list(model.opset_import))
+    sub.ir_version = model.ir_version
+    try:
+        values = ReferenceEvaluator(sub).run(outs, {})
+    except Exception:  # folding is an optimisation of the analysis, never a requirement
+        return {}
+    return {
+        name: np.asarray(v)
+        for name, v in zip(outs, values, strict=True)
+        if v is not None and np.asarray(v).size <= FOLD_MAX_ELEMENTS
+    }

@@ -148,6 +148,7 @@ def check_case(case: Case) -> dict[str, float]:
             plus[x].flat[i] += h
             minus[x].flat[i] -= h
             fd.flat[i] = (f(plus) - f(minus)) / (2 * h)
+        assert np.isfinite(g).all(), f"{case.id}: gradient of {x} is not finite"
         scale = max(np.abs(fd).max(), 1e-3)
         worst_fd = max(worst_fd, float(np.abs(g - fd).max() / scale))
         t = np.random.default_rng(7).normal(size=fd.shape)

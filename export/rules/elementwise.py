@@ -11,7 +11,9 @@ import math
 
 import numpy as np
 
-from ..graph import attr, input_or_none
+from onnxcam.errors import UnsupportedOpError
+
+from ..graph import attr, input_or_none, node_label
 from .registry import vjp
 
 
@@ -19,10 +21,18 @@ def _zero(b, like):
     return b.scalar(0.0, like)
 
 
-@vjp("Identity", "Dropout")
+@vjp("Identity")
 def _identity(b, n, gy, need):
-    # Dropout at inference is the identity; its mask output carries no gradient.
     return [gy[0]]
+
+
+@vjp("Dropout")
+def _dropout(b, n, gy, need):
+    # inference: the identity (its mask output carries no gradient)
+    mode = input_or_none(n, 2)
+    if mode is not None and (b.view.const(mode) is None or bool(b.view.const(mode))):
+        raise UnsupportedOpError(f"Dropout node {node_label(n)!r}: training_mode is not off")
+    return [gy[0], None, None]
 
 
 @vjp("Cast")

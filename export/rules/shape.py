@@ -114,7 +114,7 @@ def _slice(b, n, gy, need):
     scatters = []
     for a, s, e, st in zip(axes, ints(starts), ints(ends), steps, strict=True):
         dim = _static_dim(b, n, x, a)
-        idx = np.arange(dim)[slice(*slice(s, e, st).indices(dim))]
+        idx = _slice_indices(s, e, st, dim)
         if st == 1:
             lo = int(idx[0]) if idx.size else 0
             pads[a], pads[rank + a] = lo, dim - lo - idx.size
@@ -125,6 +125,19 @@ def _slice(b, n, gy, need):
     if any(pads):
         g = b.Pad(g, b.ints(pads))
     return [g, None, None, None, None]
+
+
+def _slice_indices(start: int, end: int, step: int, dim: int) -> np.ndarray:
+    """Positions ONNX Slice reads along one axis (its clamping differs from Python's)."""
+    if step == 0:
+        raise ExportError("Slice with step 0")
+    start = start + dim if start < 0 else start
+    end = end + dim if end < 0 else end
+    if step > 0:
+        start, end = min(max(start, 0), dim), min(max(end, 0), dim)
+    else:
+        start, end = min(max(start, 0), dim - 1), min(max(end, -1), dim - 1)
+    return np.arange(start, end, step, dtype=np.int64)
 
 
 @vjp("Gather")

@@ -1,0 +1,74 @@
+"""Shared fixtures: small real models exported through onnxcam, built fresh per session."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+def pytest_configure(config):
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(3)
+
+
+@pytest.fixture(scope="session")
+def tiny_torch_model():
+    """A small GAP→Linear CNN with BN, max-pool and a residual add (random init, eval mode)."""
+    import torch
+    from torch import nn
+
+    class Tiny(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.BatchNorm2d(8), nn.ReLU())
+            self.pool = nn.MaxPool2d(3, 2, 1)
+            self.block = nn.Sequential(
+                nn.Conv2d(8, 8, 3, 1, 1), nn.ReLU(), nn.Conv2d(8, 8, 3, 1, 1)
+            )
+            self.head_conv = nn.Conv2d(8, 16, 1)
+            self.act = nn.ReLU()
+            self.gap = nn.AdaptiveAvgPool2d(1)
+            self.fc = nn.Linear(16, 5)
+
+        def forward(self, x):
+            x = self.pool(self.stem(x))
+            x = self.act(x + self.block(x))
+            x = self.act(self.head_conv(x))
+            return self.fc(torch.flatten(self.gap(x), 1))
+
+    torch.manual_seed(0)
+    return Tiny().eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tmp_path_factory, tiny_torch_model) -> Path:
+    """The tiny model as a plain ONNX file (dynamic batch), written by torch.onnx.export."""
+    import warnings
+
+    import torch
+
+    path = tmp_path_factory.mktemp("tiny") / "tiny.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            tiny_torch_model,
+            (torch.randn(1, 3, 32, 32),),
+            str(path),
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            opset_version=17,
+            dynamo=False,
+        )
+    return path
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
