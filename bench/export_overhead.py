@@ -1,0 +1,110 @@
+"""Cost of the exported graph vs the original model, onnxruntime CPU, side by side.
+
+For ResNet-50 (random init) and EfficientNet-Lite0 (real ImageNet weights), batch 1 and 8:
+median latency of the original model and of the onnxcam graph with *all* outputs fetched
+(prediction + class + score + activations + gradients + CAM weights), and the file-size ratio.
+
+    python bench/export_overhead.py [--repeats 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+sys.path.insert(0, str(Path(__file__).parent))
+from harness import interleaved, markdown_table, median_ms, save, session
+
+
+def plain_onnx(module, size: int) -> bytes:
+    import torch
+
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module.eval(),
+            (torch.randn(1, 3, size, size),),
+            buf,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            opset_version=17,
+            dynamo=False,
+        )
+    return buf.getvalue()
+
+
+def models() -> dict:
+    import torchvision
+
+    from onnxcam.models import efficientnet_lite0
+
+    return {
+        "ResNet-50": (torchvision.models.resnet50(weights=None), {}),
+        "EfficientNet-Lite0": (efficientnet_lite0.build(), efficientnet_lite0.PREPROCESSING),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--repeats", type=int, default=20)
+    args = ap.parse_args()
+    from onnxcam.export import export_onnx
+
+    ort.set_default_logger_severity(3)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, (module, prep) in models().items():
+            src = Path(tmp) / "plain.onnx"
+            src.write_bytes(plain_onnx(module, 224))
+            dst = Path(tmp) / "cam.onnx"
+            res = export_onnx(src, dst, **prep)
+            size_ratio = dst.stat().st_size / src.stat().st_size
+            plain, cam = session(src), session(dst)
+            for batch in (1, 8):
+                x = np.random.default_rng(0).normal(size=(batch, 3, 224, 224)).astype(np.float32)
+                times = interleaved(
+                    {
+                        "plain": lambda x=x, s=plain: s.run(None, {"input": x}),
+                        "onnxcam": lambda x=x, s=cam: s.run(None, {"input": x}),
+                    },
+                    repeats=args.repeats,
+                )
+                p, c = median_ms(times["plain"]), median_ms(times["onnxcam"])
+                rows.append(
+                    {
+                        "model": name,
+                        "batch": batch,
+                        "target": res.targets[0].tensor,
+                        "plain_ms": p,
+                        "onnxcam_ms": c,
+                        "ratio": c / p,
+                        "size_ratio": size_ratio,
+                    }
+                )
+                print(
+                    f"{name} b{batch}: plain {p:.1f} ms, onnxcam {c:.1f} ms ({c / p:.3f}x)",
+                    flush=True,
+                )
+    cols = [
+        ("model", "model"),
+        ("batch", "batch"),
+        ("plain_ms", "plain ORT (ms)"),
+        ("onnxcam_ms", "onnxcam graph, all outputs (ms)"),
+        ("ratio", "latency ratio"),
+        ("size_ratio", "file size ratio"),
+    ]
+    print(markdown_table(rows, cols))
+    print("saved", save("export_overhead", rows, {"repeats": args.repeats}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""Benchmark harness: interleaved timing, medians, a printed table and a JSON record.
+
+Machines here are shared and noisy, so variants are timed *side by side*: each repeat runs
+every variant once, in rotating order, and we compare medians measured in the same run.
+Never used by tests; run the scripts under ``bench/`` by hand (see docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def interleaved(
+    variants: dict[str, Callable[[], object]], repeats: int = 20, warmup: int = 3
+) -> dict[str, list[float]]:
+    """Seconds per call for each variant, measured round-robin."""
+    names = list(variants)
+    for _ in range(warmup):
+        for n in names:
+            variants[n]()
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(repeats):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        for n in order:
+            t0 = time.perf_counter()
+            variants[n]()
+            times[n].append(time.perf_counter() - t0)
+    return times
+
+
+def session(model, providers: list[str] | None = None):
+    """An onnxruntime session for side-by-side timing.
+
+    Spin-waiting is off: with it on, a session's idle worker threads keep spinning after its
+    run and steal the cores from the next variant, which biases interleaved comparisons.
+    """
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.log_severity_level = 3
+    src = model if isinstance(model, (bytes, str)) else str(model)
+    return ort.InferenceSession(src, opts, providers=providers or ["CPUExecutionProvider"])
+
+
+def median_ms(samples: list[float]) -> float:
+    return 1000.0 * statistics.median(samples)
+
+
+def machine() -> dict:
+    """What the numbers were measured on."""
+    import onnxruntime as ort
+
+    info = {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "onnxruntime": ort.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return info
+
+
+def markdown_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
+    """rows → a markdown table; columns are (key, header); floats get 3 significant digits."""
+
+    def fmt(v: object) -> str:
+        if isinstance(v, float):
+            return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+        return str(v)
+
+    head = "| " + " | ".join(h for _, h in columns) + " |"
+    sep = "|" + "|".join("---" for _ in columns) + "|"
+    body = ["| " + " | ".join(fmt(r.get(k, "")) for k, _ in columns) + " |" for r in rows]
+    return "\n".join([head, sep, *body])
+
+
+def save(name: str, rows: list[dict], extra: dict | None = None) -> Path:
+    """Write ``bench/results/<name>.json`` with the machine description."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps({"machine": machine(), **(extra or {}), "rows": rows}, indent=1))
+    return path
