@@ -175,6 +175,104 @@ def layers_cmd(model, model_output, as_json) -> None:
         click.echo(f"{mark} {c.tensor:<{width}}  {c.op:<20} {shape}  {c.layout}")
 
 
+def _method_help() -> str:
+    from .methods import METHODS
+
+    return "Comma-separated methods or 'all': " + ", ".join(METHODS) + "."
+
+
+@cli.command("run")
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "-m", "--method", "methods", default="gradcam", show_default=True, help=_method_help()
+)
+@click.option(
+    "--class",
+    "target",
+    default=None,
+    metavar="K|NAME",
+    help="Class to explain: an index or a label name (default: top-1).",
+)
+@click.option(
+    "--topk",
+    type=click.IntRange(1, 50),
+    default=1,
+    show_default=True,
+    help="Explain each of the top-K classes.",
+)
+@click.option(
+    "-o",
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("onnxcam-out"),
+    show_default=True,
+    help="Where overlays are written.",
+)
+@click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
+)
+@click.option("--batch-size", type=click.IntRange(1, 4096), default=8, show_default=True)
+@click.option(
+    "--layer",
+    default=None,
+    metavar="K|NAME|all",
+    help="Exported target layer to use (default: the first).",
+)
+@click.option("--fuse", is_flag=True, help="Average the maps of the selected layers.")
+@click.option(
+    "--alpha",
+    type=click.FloatRange(0, 1),
+    default=0.5,
+    show_default=True,
+    help="Heatmap weight in the overlay.",
+)
+@click.option("--colormap", default="jet", show_default=True, help="OpenCV colormap name.")
+@click.option("--save-npy", is_flag=True, help="Also save each map (model-input size) as .npy.")
+@click.option("--recursive", is_flag=True, help="Search folders recursively.")
+@click.option("--json", "as_json", is_flag=True, help="Print results as JSON (for machines).")
+def run_cmd(
+    model,
+    images,
+    methods,
+    target,
+    topk,
+    out_dir,
+    device,
+    batch_size,
+    layer,
+    fuse,
+    alpha,
+    colormap,
+    save_npy,
+    recursive,
+    as_json,
+) -> None:
+    """Explain IMAGES (files or folders) with MODEL; write overlay PNGs to --out."""
+    from .runner import run_images
+
+    failures = run_images(
+        model,
+        images,
+        methods=methods,
+        target=target,
+        topk=topk,
+        out_dir=out_dir,
+        device=device,
+        batch_size=batch_size,
+        layer=layer,
+        fuse=fuse,
+        alpha=alpha,
+        colormap=colormap,
+        save_npy=save_npy,
+        recursive=recursive,
+        as_json=as_json,
+    )
+    if failures:
+        raise click.exceptions.Exit(1)
+
+
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="onnxcam")

@@ -1,0 +1,123 @@
+"""Image input with OpenCV: any size, grayscale, RGBA, 16-bit, EXIF orientation → model tensor."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .errors import ImageError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as RGB float32 in [0, 255], shape (H, W, 3); EXIF orientation applied.
+
+    8- and 16-bit, grayscale and RGBA files are accepted (alpha is composited over black,
+    16-bit is scaled to 0–255). Raises ``ImageError`` with the reason when the file is
+    missing, empty or not decodable.
+    """
+    p = Path(path)
+    try:
+        data = np.fromfile(p, dtype=np.uint8)
+    except OSError as e:
+        raise ImageError(f"{p}: cannot read ({e.strerror or e})") from None
+    if data.size == 0:
+        raise ImageError(f"{p}: empty file")
+    # ANYDEPTH|ANYCOLOR keeps 16-bit and grayscale and still applies EXIF orientation
+    # (IMREAD_UNCHANGED would ignore the orientation tag).
+    img = cv2.imdecode(data, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
+    if img is None or img.size == 0:
+        raise ImageError(f"{p}: not a decodable image")
+    rgb = to_rgb(img)
+    if _may_have_alpha(data):  # composite over black; the colour decode above drops alpha
+        full = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+        has = full is not None and full.ndim == 3 and full.shape[2] == 4
+        if has and full.shape[:2] == rgb.shape[:2]:
+            rgb = rgb * (_to_float255(full[..., 3])[..., None] / 255.0)
+    return rgb
+
+
+def _may_have_alpha(data: np.ndarray) -> bool:
+    head = data[:12].tobytes()
+    return head.startswith(b"\x89PNG") or head[8:12] == b"WEBP" or head[:2] in (b"II", b"MM")
+
+
+def _to_float255(a: np.ndarray) -> np.ndarray:
+    if a.dtype == np.uint8:
+        return a.astype(np.float32)
+    if a.dtype == np.uint16:
+        return a.astype(np.float32) / 257.0
+    if np.issubdtype(a.dtype, np.floating):
+        f = a.astype(np.float32)
+        return np.clip(f * 255.0 if f.max(initial=0) <= 1.0 else f, 0, 255)
+    return np.clip(a.astype(np.float32), 0, 255)
+
+
+def to_rgb(img: np.ndarray) -> np.ndarray:
+    """OpenCV BGR/BGRA/gray array (any depth) → RGB float32 in [0, 255]."""
+    f = _to_float255(img)
+    if f.ndim == 2:
+        return np.repeat(f[..., None], 3, axis=2)
+    if f.shape[2] == 1:
+        return np.repeat(f, 3, axis=2)
+    return np.ascontiguousarray(f[..., 2::-1]) if f.shape[2] >= 3 else f
+
+
+def as_rgb_array(image: np.ndarray) -> np.ndarray:
+    """A caller's array (H, W), (H, W, 1|3|4) in RGB(A), uint8/uint16/float → RGB float 0–255."""
+    a = np.asarray(image)
+    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (1, 3, 4)) or a.size == 0:
+        raise ImageError(f"expected an image array (H, W[, 1|3|4]), got shape {a.shape}")
+    f = _to_float255(a)
+    if f.ndim == 2:
+        return np.repeat(f[..., None], 3, axis=2)
+    if f.shape[2] == 1:
+        return np.repeat(f, 3, axis=2)
+    if f.shape[2] == 4:
+        return f[..., :3] * (f[..., 3:] / 255.0)
+    return f
+
+
+def preprocess(images: Sequence[np.ndarray], spec) -> np.ndarray:
+    """RGB float images → the model's input batch per the recorded spec.
+
+    Each image is resized (bilinear; area when shrinking) to the model size, converted to the
+    model's colour order, then ``(pixel · scale − mean) / std``, in NCHW or NHWC.
+    """
+    h, w = spec.height, spec.width
+    batch = np.empty((len(images), h, w, spec.channels), dtype=np.float32)
+    mean = np.asarray(spec.mean, dtype=np.float32)
+    std = np.asarray(spec.std, dtype=np.float32)
+    for i, img in enumerate(images):
+        shrink = img.shape[0] > h and img.shape[1] > w
+        interp = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+        r = cv2.resize(img, (w, h), interpolation=interp)
+        if spec.color == "BGR":
+            r = r[..., ::-1]
+        elif spec.color == "GRAY":
+            r = (r @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
+        batch[i] = (r * spec.scale - mean) / std
+    if spec.layout == "NCHW":
+        return np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
+    return batch
+
+
+def list_images(paths: Iterable[str | os.PathLike], recursive: bool = False) -> list[Path]:
+    """Files given directly, plus image files inside given folders (sorted)."""
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            pattern = "**/*" if recursive else "*"
+            found.extend(
+                sorted(
+                    f for f in p.glob(pattern) if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+                )
+            )
+        else:
+            found.append(p)
+    return found

@@ -1,0 +1,180 @@
+"""CAM methods: one function each, registered in ``METHODS`` with what it needs.
+
+Every function returns *raw* maps ``[batch, h, w]`` (before ReLU and normalisation, which
+``postprocess`` applies once for all methods). Inputs are NCHW: ``A`` the target layer's
+activations, ``G`` the gradients of the explained class score with respect to them
+(``dScore/dA``), ``w`` the explained class's classifier row ``[batch, C]``, ``Gs`` gradients of
+noisy copies ``[batch, n, C, h, w]``.
+
+``MethodSpec.needs`` names the inputs (``activations``, ``gradients``, ``cam_weights``,
+``noisy_gradients``); the engine fetches only what the requested methods need, and the CLI's
+``--method`` choices are this registry's keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import MethodError
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A registered method: its function, the inputs it needs, and its family."""
+
+    fn: Callable[..., np.ndarray]
+    needs: tuple[str, ...]
+    family: str
+    """gradient | activation | classifier | sampling | perturbation"""
+    paper: str
+
+
+METHODS: dict[str, MethodSpec] = {}
+
+
+def method(name: str, needs: tuple[str, ...], family: str, paper: str):
+    """Register ``fn`` under ``name``."""
+
+    def register(fn: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
+        METHODS[name] = MethodSpec(fn, needs, family, paper)
+        return fn
+
+    return register
+
+
+def _weighted_sum(weights: np.ndarray, A: np.ndarray) -> np.ndarray:
+    """Σ_c weights[b, c] · A[b, c, :, :]."""
+    return np.einsum("bc,bchw->bhw", weights, A, optimize=True)
+
+
+@method("cam", ("activations", "cam_weights"), "classifier", "arXiv:1512.04150")
+def cam(A: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """CAM (Zhou et al. 2016): L = Σ_c w_c^k A_c, with w^k the classifier row of class k.
+
+    Needs a GAP → Linear head (the exporter then outputs ``onnxcam_cam_weight_k``).
+    """
+    return _weighted_sum(w, A)
+
+
+@method("gradcam", ("activations", "gradients"), "gradient", "arXiv:1610.02391")
+def gradcam(A: np.ndarray, G: np.ndarray) -> np.ndarray:
+    """Grad-CAM (Selvaraju et al. 2017): α_c = mean_ij G_cij;  L = Σ_c α_c A_c."""
+    return _weighted_sum(G.mean(axis=(2, 3)), A)
+
+
+@method("gradcam++", ("activations", "gradients"), "gradient", "arXiv:1710.11063")
+def gradcam_plusplus(A: np.ndarray, G: np.ndarray) -> np.ndarray:
+    """Grad-CAM++ (Chattopadhyay et al. 2018), closed form with first-order gradients.
+
+    a_cij = G² / (2G² + Σ_ab A_cab · G³)  (0 where G = 0);  α_c = Σ_ij a_cij · ReLU(G_cij);
+    L = Σ_c α_c A_c.
+    """
+    g2 = G * G
+    g3 = g2 * G
+    denom = 2 * g2 + A.sum(axis=(2, 3), keepdims=True) * g3 + 1e-6
+    a = np.where(G != 0, g2 / denom, 0.0)
+    return _weighted_sum((a * np.maximum(G, 0)).sum(axis=(2, 3)), A)
+
+
+@method("xgradcam", ("activations", "gradients"), "gradient", "arXiv:2008.02312")
+def xgradcam(A: np.ndarray, G: np.ndarray) -> np.ndarray:
+    """XGrad-CAM (Fu et al. 2020): α_c = Σ_ij G_cij · A_cij / Σ_ij A_cij;  L = Σ_c α_c A_c."""
+    weights = (G * A).sum(axis=(2, 3)) / (A.sum(axis=(2, 3)) + 1e-7)
+    return _weighted_sum(weights, A)
+
+
+@method("layercam", ("activations", "gradients"), "gradient", "arXiv:2107.07624")
+def layercam(A: np.ndarray, G: np.ndarray) -> np.ndarray:
+    """Layer-CAM (Jiang et al. 2021): L = Σ_c ReLU(G_c) ⊙ A_c (element-wise weights)."""
+    return (np.maximum(G, 0) * A).sum(axis=1)
+
+
+@method("hirescam", ("activations", "gradients"), "gradient", "arXiv:2011.08891")
+def hirescam(A: np.ndarray, G: np.ndarray) -> np.ndarray:
+    """HiResCAM (Draelos & Carin 2020): L = Σ_c G_c ⊙ A_c (no spatial averaging)."""
+    return (G * A).sum(axis=1)
+
+
+@method("gradcam-elementwise", ("activations", "gradients"), "gradient", "arXiv:2011.08891")
+def gradcam_elementwise(A: np.ndarray, G: np.ndarray) -> np.ndarray:
+    """Element-wise Grad-CAM (pytorch-grad-cam's GradCAMElementWise): L = Σ_c ReLU(G_c ⊙ A_c)."""
+    return np.maximum(G * A, 0).sum(axis=1)
+
+
+def _first_component(X: np.ndarray) -> np.ndarray:
+    """Projection of each image's (h·w, C) matrix on its first principal direction.
+
+    X: [batch, C, h, w]. Each image's pixels are rows, centred per channel; the projection onto
+    the first right-singular vector is returned as [batch, h, w]. SVD's sign is arbitrary:
+    onnxcam picks the sign that makes the projection correlate positively with the channel sum
+    of X (so "where the features are strong" is positive); see docs/methods.md.
+    """
+    X = np.nan_to_num(X)
+    b, c, h, w = X.shape
+    out = np.empty((b, h, w), dtype=np.float32)
+    for i in range(b):
+        rows = X[i].reshape(c, h * w).T.astype(np.float64)
+        rows = rows - rows.mean(axis=0)
+        _, _, vt = np.linalg.svd(rows, full_matrices=False)
+        proj = rows @ vt[0]
+        if np.dot(proj, X[i].reshape(c, -1).sum(axis=0)) < 0:
+            proj = -proj
+        out[i] = proj.reshape(h, w)
+    return out
+
+
+@method("eigencam", ("activations",), "activation", "arXiv:2008.00299")
+def eigencam(A: np.ndarray) -> np.ndarray:
+    """Eigen-CAM (Muhammad & Yeasin 2020): first principal component of the activations.
+
+    Class-agnostic (no gradients); computed on the host because ONNX has no SVD.
+    """
+    return _first_component(A)
+
+
+@method("eigengradcam", ("activations", "gradients"), "gradient", "arXiv:2008.00299")
+def eigengradcam(A: np.ndarray, G: np.ndarray) -> np.ndarray:
+    """EigenGrad-CAM (pytorch-grad-cam): first principal component of G ⊙ A (class-specific)."""
+    return _first_component(G * A)
+
+
+@method("smoothgradcam++", ("activations", "noisy_gradients"), "sampling", "arXiv:1908.01224")
+def smoothgradcam_plusplus(A: np.ndarray, Gs: np.ndarray) -> np.ndarray:
+    """Smooth Grad-CAM++ (Omeiza et al. 2019): Grad-CAM++ with gradients averaged over noise.
+
+    With n noisy copies x + N(0, σ²) of each input and D_p = mean_m (G_m)^p:
+    a_cij = D₂ / (2 D₂ + Σ_ab A_cab · D₃);  α_c = Σ_ij a_cij · ReLU(D₁);  L = Σ_c α_c A_c,
+    where A are the clean input's activations.
+    """
+    d1, d2, d3 = Gs.mean(axis=1), (Gs**2).mean(axis=1), (Gs**3).mean(axis=1)
+    denom = 2 * d2 + A.sum(axis=(2, 3), keepdims=True) * d3 + 1e-6
+    a = np.where(d2 != 0, d2 / denom, 0.0)
+    return _weighted_sum((a * np.maximum(d1, 0)).sum(axis=(2, 3)), A)
+
+
+def resolve_methods(names: str | list[str] | tuple[str, ...], has_cam_weights: bool) -> list[str]:
+    """'gradcam,layercam' | 'all' | list → registered method names (validated)."""
+    if isinstance(names, str):
+        names = [n.strip() for n in names.split(",") if n.strip()]
+    out: list[str] = []
+    for n in names:
+        key = n.lower()
+        if key == "all":
+            out += [
+                m
+                for m, s in METHODS.items()
+                if s.family != "perturbation" and (m != "cam" or has_cam_weights)
+            ]
+            continue
+        if key not in METHODS:
+            raise MethodError(f"unknown method {n!r}; choose from {', '.join(METHODS)} or all")
+        out.append(key)
+    if "cam" in out and not has_cam_weights:
+        raise MethodError(
+            "CAM needs a GAP → Linear classifier head directly after the target layer, and this "
+            "model's export has none (no onnxcam_cam_weight output); use gradcam instead"
+        )
+    return list(dict.fromkeys(out))

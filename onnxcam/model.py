@@ -1,0 +1,185 @@
+"""Open an exported model: one onnxruntime session, its provider, and the contract it carries."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import contract
+from .errors import ContractError, DeviceError, ModelLoadError
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class TargetLayer:
+    """One exported target layer (graph contract ``onnxcam.targets`` entry)."""
+
+    index: int
+    name: str
+    tensor: str
+    layout: str
+    shape: tuple
+    activation: str
+    gradient: str
+    cam_weight: str | None
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """How images become the model input: (pixel·scale − mean) / std, in ``color`` order."""
+
+    name: str
+    layout: str
+    height: int
+    width: int
+    channels: int
+    color: str
+    scale: float
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+@dataclass
+class ModelInfo:
+    """Everything the runtime reads from an exported model's metadata."""
+
+    targets: list[TargetLayer]
+    input: InputSpec
+    logits: str
+    output: str
+    activation: str | None
+    num_classes: int | None
+    labels: list[str] | None
+    has_cam_weights: bool
+    extra: dict = field(default_factory=dict)
+
+    def label(self, k: int) -> str:
+        if self.labels and 0 <= k < len(self.labels):
+            return self.labels[k]
+        return str(k)
+
+    def class_index(self, name_or_index: int | str) -> int:
+        """A class given as an index, a numeric string or a label name → its index."""
+        if isinstance(name_or_index, (int,)) or str(name_or_index).lstrip("-").isdigit():
+            k = int(name_or_index)
+            if self.num_classes is not None and not 0 <= k < self.num_classes:
+                raise ContractError(f"class {k} is out of range (0..{self.num_classes - 1})")
+            return k
+        if not self.labels:
+            raise ContractError(f"class {name_or_index!r}: the model has no label names")
+        wanted = str(name_or_index).strip().lower()
+        exact = [i for i, lab in enumerate(self.labels) if lab.lower() == wanted]
+        if exact:
+            return exact[0]
+        partial = [i for i, lab in enumerate(self.labels) if wanted in lab.lower()]
+        if len(partial) == 1:
+            return partial[0]
+        hint = ", ".join(self.labels[i] for i in partial[:8])
+        more = f"; it matches: {hint}" if partial else ""
+        raise ContractError(f"no class named {name_or_index!r}{more}")
+
+
+def parse_contract(meta: dict[str, str]) -> ModelInfo:
+    """Graph-contract metadata (``custom_metadata_map``) → ``ModelInfo``."""
+    version = meta.get(contract.META_VERSION)
+    if version is None:
+        raise ContractError("not an onnxcam model (no onnxcam.contract_version metadata)")
+    if int(version) != contract.VERSION:
+        raise ContractError(
+            f"the model uses graph contract v{version}; this onnxcam reads v{contract.VERSION} "
+            "(re-export it with this version's `onnxcam export`)"
+        )
+    try:
+        targets = [
+            TargetLayer(
+                index=t["index"],
+                name=t["name"],
+                tensor=t["tensor"],
+                layout=t["layout"],
+                shape=tuple(t["shape"]),
+                activation=t["activation"],
+                gradient=t["gradient"],
+                cam_weight=t.get("cam_weight"),
+            )
+            for t in json.loads(meta[contract.META_TARGETS])
+        ]
+        spec = json.loads(meta[contract.META_INPUT])
+        score = json.loads(meta[contract.META_SCORE])
+        labels = json.loads(meta[contract.META_LABELS]) if contract.META_LABELS in meta else None
+    except (KeyError, ValueError, TypeError) as e:
+        raise ContractError(f"broken onnxcam metadata: {e}") from None
+    if not spec.get("height") or not spec.get("width"):
+        raise ContractError("the model's input size is not fixed; re-export with --size H W")
+    return ModelInfo(
+        targets=targets,
+        input=InputSpec(
+            name=spec["name"],
+            layout=spec["layout"],
+            height=int(spec["height"]),
+            width=int(spec["width"]),
+            channels=int(spec.get("channels", 3)),
+            color=spec.get("color", "RGB"),
+            scale=float(spec.get("scale", 1 / 255)),
+            mean=tuple(spec.get("mean", (0.0,))),
+            std=tuple(spec.get("std", (1.0,))),
+        ),
+        logits=score["logits"],
+        output=score["output"],
+        activation=score.get("activation"),
+        num_classes=score.get("num_classes"),
+        labels=labels,
+        has_cam_weights=any(t.cam_weight for t in targets),
+    )
+
+
+def providers_for(device: str) -> list[str]:
+    """Execution providers to ask onnxruntime for, most preferred first."""
+    import onnxruntime as ort
+
+    if device not in DEVICES:
+        raise DeviceError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
+    available = ort.get_available_providers()
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" not in available:
+        if device == "cuda":
+            raise DeviceError(
+                "CUDA was requested but this onnxruntime has no CUDA provider "
+                "(install onnxruntime-gpu: pip uninstall -y onnxruntime && pip install "
+                "'onnxcam[gpu]')"
+            )
+        return ["CPUExecutionProvider"]
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def open_session(model: str | os.PathLike | bytes, device: str = "auto"):
+    """Create the one ``InferenceSession`` for a model; check the provider really in use.
+
+    onnxruntime-gpu on a machine without a usable GPU imports fine and lists the CUDA provider,
+    then silently runs on the CPU: the providers the *session* reports are what counts.
+    """
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(3)  # the contract's class-selector default is intended
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    src = model if isinstance(model, bytes) else str(model)
+    if not isinstance(model, bytes) and not Path(model).is_file():
+        raise ModelLoadError(f"{model}: no such file")
+    try:
+        sess = ort.InferenceSession(src, opts, providers=providers_for(device))
+    except (ModelLoadError, DeviceError):
+        raise
+    except Exception as e:
+        label = "model" if isinstance(model, bytes) else str(model)
+        first = (str(e).splitlines() or [""])[0][:160]
+        raise ModelLoadError(f"{label}: onnxruntime cannot load it ({first})") from None
+    if device == "cuda" and "CUDAExecutionProvider" not in sess.get_providers():
+        raise DeviceError(
+            "CUDA was requested but onnxruntime fell back to the CPU (no usable GPU or CUDA "
+            "libraries); use --device cpu or fix the CUDA installation"
+        )
+    return sess

@@ -1,0 +1,83 @@
+"""Post-processing written once: ReLU → per-image min-max → bilinear resize → colormap → threshold.
+
+Conventions (shared with pytorch-grad-cam so maps are comparable): maps are rectified, then
+min-max normalised per image at feature resolution, then resized bilinearly (OpenCV
+``INTER_LINEAR``, half-pixel centres). A constant map normalises to zeros, never NaN; NaN or
+inf in a raw map are treated as 0.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+COLORMAPS = {
+    name.removeprefix("COLORMAP_").lower(): getattr(cv2, name)
+    for name in dir(cv2)
+    if name.startswith("COLORMAP_")
+}
+"""OpenCV colormaps by lower-case name ("jet", "turbo", "viridis", "inferno", ...)."""
+
+
+def relu(maps: np.ndarray) -> np.ndarray:
+    return np.maximum(maps, 0)
+
+
+def normalize(maps: np.ndarray) -> np.ndarray:
+    """Per-image min-max to [0, 1] over the last two axes; constant maps become zeros."""
+    m = np.nan_to_num(np.asarray(maps, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    lo = m.min(axis=(-2, -1), keepdims=True)
+    span = m.max(axis=(-2, -1), keepdims=True) - lo
+    out = np.zeros_like(m)
+    np.divide(m - lo, span, out=out, where=span > 0)
+    return out
+
+
+def resize(maps: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear resize of one map (h, w) or a stack (..., h, w) to (height, width)."""
+    m = np.asarray(maps, dtype=np.float32)
+    if m.shape[-2:] == (height, width):
+        return m.copy()
+    flat = m.reshape(-1, *m.shape[-2:])
+    out = np.stack([cv2.resize(x, (width, height), interpolation=cv2.INTER_LINEAR) for x in flat])
+    return out.reshape(*m.shape[:-2], height, width)
+
+
+def colorize(map01: np.ndarray, colormap: str = "jet") -> np.ndarray:
+    """A [0, 1] map → RGB uint8 heatmap with an OpenCV colormap."""
+    if colormap not in COLORMAPS:
+        raise ValueError(
+            f"unknown colormap {colormap!r}; choose from {', '.join(sorted(COLORMAPS))}"
+        )
+    u8 = np.uint8(np.clip(map01, 0, 1) * 255 + 0.5)
+    return cv2.applyColorMap(u8, COLORMAPS[colormap])[..., ::-1]
+
+
+def overlay(
+    image: np.ndarray,
+    map01: np.ndarray,
+    alpha: float = 0.5,
+    colormap: str = "jet",
+    threshold: float | None = None,
+) -> np.ndarray:
+    """Blend a colorized map over an RGB image (map resized to the image); RGB uint8 out.
+
+    ``alpha`` is the heatmap's weight. With ``threshold``, pixels whose map value is below it
+    keep the plain image.
+    """
+    img = np.clip(np.asarray(image, dtype=np.float32), 0, 255)
+    m = resize(map01, img.shape[0], img.shape[1])
+    heat = colorize(m, colormap).astype(np.float32)
+    blend = (1 - alpha) * img + alpha * heat
+    if threshold is not None:
+        blend = np.where((m >= threshold)[..., None], blend, img)
+    return np.uint8(np.clip(blend + 0.5, 0, 255))
+
+
+def threshold_mask(map01: np.ndarray, fraction: float) -> np.ndarray:
+    """Boolean mask of pixels ≥ ``fraction`` of the map's maximum."""
+    return (
+        map01 >= fraction * float(np.max(map01, initial=0.0))
+        if np.max(map01) > 0
+        else np.zeros_like(map01, bool)
+    )
