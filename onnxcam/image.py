@@ -22,6 +22,8 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     missing, empty or not decodable.
     """
     p = Path(path)
+    if not p.is_file():
+        raise ImageError(f"{p}: no such file" if not p.exists() else f"{p}: not a file")
     try:
         data = np.fromfile(p, dtype=np.uint8)
     except OSError as e:

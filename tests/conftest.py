@@ -72,3 +72,40 @@ def tiny_onnx(tmp_path_factory, tiny_torch_model) -> Path:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_cam(tmp_path_factory, tiny_onnx) -> Path:
+    """The tiny model exported through onnxcam (labels class0..class4)."""
+    from onnxcam.export import export_onnx
+
+    out = tmp_path_factory.mktemp("tinycam") / "tiny.cam.onnx"
+    export_onnx(tiny_onnx, out, labels=[f"class{i}" for i in range(5)])
+    return out
+
+
+@pytest.fixture(scope="session")
+def lite0_cam(tmp_path_factory) -> Path:
+    """EfficientNet-Lite0 with its real ImageNet weights, exported through onnxcam."""
+    import warnings
+
+    from onnxcam.models import efficientnet_lite0
+
+    out = tmp_path_factory.mktemp("lite0") / "efficientnet_lite0.cam.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        efficientnet_lite0.export(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def photos(tmp_path_factory) -> dict[str, Path]:
+    """scikit-image's photos written as files (chelsea.jpg, coffee.png)."""
+    import cv2
+    import skimage.data
+
+    d = tmp_path_factory.mktemp("photos")
+    files = {"chelsea": d / "chelsea.jpg", "coffee": d / "coffee.png"}
+    for name, path in files.items():
+        cv2.imwrite(str(path), getattr(skimage.data, name)()[..., ::-1])
+    return files
