@@ -36,6 +36,16 @@ def interleaved(
     return times
 
 
+def session_options():
+    """SessionOptions used for every timed session (spin-waiting off, quiet)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.log_severity_level = 3
+    return opts
+
+
 def session(model, providers: list[str] | None = None):
     """An onnxruntime session for side-by-side timing.
 
@@ -44,9 +54,7 @@ def session(model, providers: list[str] | None = None):
     """
     import onnxruntime as ort
 
-    opts = ort.SessionOptions()
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    opts.log_severity_level = 3
+    opts = session_options()
     src = model if isinstance(model, (bytes, str)) else str(model)
     return ort.InferenceSession(src, opts, providers=providers or ["CPUExecutionProvider"])
 

@@ -66,8 +66,8 @@ class Explanation:
     """One image explained for one class."""
 
     source: str
-    image: np.ndarray
-    """The original image, RGB float32 in [0, 255]."""
+    image: np.ndarray | None
+    """The original image, RGB float32 in [0, 255] (None when explained from a tensor)."""
     predictions: list[Prediction]
     """The model's top-k predictions."""
     target: Prediction
@@ -86,6 +86,8 @@ class Explanation:
         """The map of ``method`` blended over the original image (RGB uint8)."""
         if method not in self.maps:
             raise MethodError(f"no map for {method!r}; have {', '.join(self.maps)}")
+        if self.image is None:
+            raise MethodError("no original image to overlay (explained from a tensor)")
         return postprocess.overlay(
             self.image, self.maps[method].original, alpha, colormap, threshold
         )
@@ -110,15 +112,18 @@ class Explainer:
     ``device``: ``auto`` (CUDA when onnxruntime-gpu sees a usable GPU, else CPU), ``cpu`` or
     ``cuda`` (an error when CUDA is not really in use). A plain ONNX model without onnxcam
     metadata is exported in memory with the default target layer when ``onnx`` is installed.
+    ``session_options``: an ``onnxruntime.SessionOptions`` (threads, spinning, ...).
     """
 
-    def __init__(self, model: str | os.PathLike | bytes, device: str = "auto") -> None:
+    def __init__(
+        self, model: str | os.PathLike | bytes, device: str = "auto", session_options=None
+    ) -> None:
         self.notes: list[str] = []
         self.model_name = "model" if isinstance(model, bytes) else Path(model).name
-        self.session = open_session(model, device)
+        self.session = open_session(model, device, session_options)
         meta = self.session.get_modelmeta().custom_metadata_map
         if contract.META_VERSION not in meta:
-            self.session = open_session(self._export_in_memory(model), device)
+            self.session = open_session(self._export_in_memory(model), device, session_options)
             meta = self.session.get_modelmeta().custom_metadata_map
         self.info: ModelInfo = parse_contract(meta)
         self.provider = self.session.get_providers()[0]
@@ -244,14 +249,21 @@ class Explainer:
         progress: Callable[[int], None] | None = None,
     ) -> Iterator[Explanation | Failure]:
         """Like ``explain`` but yields a ``Failure`` for a bad input and goes on."""
-        names = resolve_methods(methods, self.info.has_cam_weights)
-        targets = self.layers(layers)
-        if batch_size < 1 or topk < 1:
-            raise MethodError("batch_size and topk must be at least 1")
+        if batch_size < 1:
+            raise MethodError("batch_size must be at least 1")
+        opts = self._options(
+            methods,
+            topk=topk,
+            layers=layers,
+            fuse=fuse,
+            relu=relu,
+            smooth_samples=smooth_samples,
+            smooth_noise=smooth_noise,
+            seed=seed,
+        )
         per_image = None if classes is None or isinstance(classes, (int, str)) else list(classes)
         fixed = None if per_image is not None or classes is None else self.info.class_index(classes)
-        opts = _RunOptions(names, targets, fuse, relu, smooth_samples, smooth_noise, seed, topk)
-        batch: list[tuple[str, np.ndarray, int | None]] = []
+        batch: list[_Item] = []
         for i, src in enumerate(sources):
             try:
                 name, img = self.load(src)
@@ -261,22 +273,47 @@ class Explainer:
                     progress(1)
                 yield Failure(str(src) if not isinstance(src, np.ndarray) else "<array>", str(e))
                 continue
-            batch.append((name, img, cls))
+            batch.append(_Item(name, img, cls, img.shape[:2]))
             if len(batch) == batch_size:
-                yield from self._explain_batch(batch, opts)
+                yield from self._explain_batch(self._preprocess(batch), batch, opts)
                 if progress:
                     progress(len(batch))
                 batch = []
         if batch:
-            yield from self._explain_batch(batch, opts)
+            yield from self._explain_batch(self._preprocess(batch), batch, opts)
             if progress:
                 progress(len(batch))
 
-    def _explain_batch(self, batch, opts: _RunOptions) -> list[Explanation]:
+    def explain_tensor(
+        self, x: np.ndarray, methods: str | Sequence[str] = "gradcam", **kw
+    ) -> list[Explanation]:
+        """Explain an already preprocessed input batch (the model's own input tensor).
+
+        For servers that do their own preprocessing; maps' "original" size is the input size
+        and ``Explanation.image`` is None. Same options as ``iter_explain`` (one batch).
+        """
+        spec = self.info.input
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        items = [
+            _Item(f"<tensor {i}>", None, None, (spec.height, spec.width)) for i in range(len(x))
+        ]
+        classes = kw.pop("classes", None)
+        if classes is not None:
+            per = [classes] * len(x) if isinstance(classes, (int, str)) else list(classes)
+            items = [
+                _Item(it.name, None, self.info.class_index(c), it.size)
+                for it, c in zip(items, per, strict=True)
+            ]
+        return self._explain_batch(x, items, self._options(methods, **kw))
+
+    def _preprocess(self, batch: list[_Item]) -> np.ndarray:
+        return preprocess([it.image for it in batch], self.info.input)
+
+    def _explain_batch(
+        self, x: np.ndarray, batch: list[_Item], opts: _RunOptions
+    ) -> list[Explanation]:
         info = self.info
-        images = [img for _, img, _ in batch]
-        x = preprocess(images, info.input)
-        given = [c for _, _, c in batch]
+        given = [it.cls for it in batch]
         cls = (
             None
             if all(c is None for c in given)
@@ -305,7 +342,7 @@ class Explainer:
             if "noisy_gradients" in needs:
                 noisy = self._noisy_gradients(x, explained, opts)
             maps = self._maps(arrays, noisy, opts, batch)
-            for i, (name, img, _) in enumerate(batch):
+            for i, it in enumerate(batch):
                 c = int(explained[i])
                 logits = out[info.output][i]
                 target = next(
@@ -314,8 +351,8 @@ class Explainer:
                 )
                 results.append(
                     Explanation(
-                        name,
-                        img,
+                        it.name,
+                        it.image,
                         preds[i][: max(opts.topk, 5)],
                         target,
                         {m: v[i] for m, v in maps.items()},
@@ -325,6 +362,25 @@ class Explainer:
         # image-major order: each image's classes together
         n = len(batch)
         return [results[r * n + i] for i in range(n) for r in range(len(rounds))]
+
+    def _options(
+        self,
+        methods,
+        *,
+        topk=1,
+        layers=None,
+        fuse=False,
+        relu=True,
+        smooth_samples=8,
+        smooth_noise=0.15,
+        seed=0,
+    ) -> _RunOptions:
+        if topk < 1 or smooth_samples < 1:
+            raise MethodError("topk and smooth_samples must be at least 1")
+        names = resolve_methods(methods, self.info.has_cam_weights)
+        return _RunOptions(
+            names, self.layers(layers), fuse, relu, smooth_samples, smooth_noise, seed, topk
+        )
 
     def _prob(self, logits: np.ndarray, c: int) -> float:
         if self.info.activation == "softmax":
@@ -364,7 +420,7 @@ class Explainer:
     ) -> dict[str, list[CamMap]]:
         """Every requested method on every target layer (fused when asked) → per-image maps."""
         spec = self.info.input
-        sizes = [img.shape[:2] for _, img, _ in batch]
+        sizes = [it.size for it in batch]
         result: dict[str, list[CamMap]] = {}
         for m in opts.methods:
             s = METHODS[m]
@@ -410,6 +466,16 @@ class Explainer:
                 g = noisy[t.gradient]
                 args.append(g.transpose(0, 1, 4, 2, 3) if nhwc else g)
         return args
+
+
+@dataclass(frozen=True)
+class _Item:
+    """One input of a batch: its name, original image (or None), class and original size."""
+
+    name: str
+    image: np.ndarray | None
+    cls: int | None
+    size: tuple[int, int]
 
 
 @dataclass(frozen=True)

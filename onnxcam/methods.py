@@ -46,8 +46,9 @@ def method(name: str, needs: tuple[str, ...], family: str, paper: str):
 
 
 def _weighted_sum(weights: np.ndarray, A: np.ndarray) -> np.ndarray:
-    """Σ_c weights[b, c] · A[b, c, :, :]."""
-    return np.einsum("bc,bchw->bhw", weights, A, optimize=True)
+    """Σ_c weights[b, c] · A[b, c, :, :] (a batched mat-vec product)."""
+    b, c, h, w = A.shape
+    return np.matmul(weights[:, None, :], A.reshape(b, c, h * w)).reshape(b, h, w)
 
 
 @method("cam", ("activations", "cam_weights"), "classifier", "arXiv:1512.04150")
@@ -107,19 +108,26 @@ def gradcam_elementwise(A: np.ndarray, G: np.ndarray) -> np.ndarray:
 def _first_component(X: np.ndarray) -> np.ndarray:
     """Projection of each image's (h·w, C) matrix on its first principal direction.
 
-    X: [batch, C, h, w]. Each image's pixels are rows, centred per channel; the projection onto
-    the first right-singular vector is returned as [batch, h, w]. SVD's sign is arbitrary:
-    onnxcam picks the sign that makes the projection correlate positively with the channel sum
-    of X (so "where the features are strong" is positive); see docs/methods.md.
+    X: [batch, C, h, w]. Each image's pixels are rows, centred per channel (as
+    pytorch-grad-cam's ``get_2d_projection``); the projection onto the first right-singular
+    vector v₁ is σ₁·u₁. It is found from the smaller of the two Gram matrices — the pixels'
+    (h·w)² or the channels' C² — with a symmetric eigen-solver, which is exact and much cheaper
+    than an SVD of the whole matrix. SVD's sign is arbitrary: onnxcam picks the sign that makes
+    the projection correlate positively with the channel sum of X (so "where the features are
+    strong" is positive); see docs/methods.md.
     """
     X = np.nan_to_num(X)
     b, c, h, w = X.shape
     out = np.empty((b, h, w), dtype=np.float32)
     for i in range(b):
         rows = X[i].reshape(c, h * w).T.astype(np.float64)
-        rows = rows - rows.mean(axis=0)
-        _, _, vt = np.linalg.svd(rows, full_matrices=False)
-        proj = rows @ vt[0]
+        rows -= rows.mean(axis=0)
+        if h * w <= c:  # pixels' Gram matrix: rows·rowsᵀ = U Σ² Uᵀ, projection = σ₁ u₁
+            vals, vecs = np.linalg.eigh(rows @ rows.T)
+            proj = vecs[:, -1] * np.sqrt(max(vals[-1], 0.0))
+        else:  # channels' covariance: rowsᵀ·rows = V Σ² Vᵀ, projection = rows · v₁
+            _, vecs = np.linalg.eigh(rows.T @ rows)
+            proj = rows @ vecs[:, -1]
         if np.dot(proj, X[i].reshape(c, -1).sum(axis=0)) < 0:
             proj = -proj
         out[i] = proj.reshape(h, w)

@@ -155,7 +155,7 @@ def providers_for(device: str) -> list[str]:
     return ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
-def open_session(model: str | os.PathLike | bytes, device: str = "auto"):
+def open_session(model: str | os.PathLike | bytes, device: str = "auto", options=None):
     """Create the one ``InferenceSession`` for a model; check the provider really in use.
 
     onnxruntime-gpu on a machine without a usable GPU imports fine and lists the CUDA provider,
@@ -164,7 +164,7 @@ def open_session(model: str | os.PathLike | bytes, device: str = "auto"):
     import onnxruntime as ort
 
     ort.set_default_logger_severity(3)  # the contract's class-selector default is intended
-    opts = ort.SessionOptions()
+    opts = options if options is not None else ort.SessionOptions()
     opts.log_severity_level = 3
     src = model if isinstance(model, bytes) else str(model)
     if not isinstance(model, bytes) and not Path(model).is_file():

@@ -1,0 +1,217 @@
+"""Gradient-family CAMs: onnxcam vs plain inference vs pytorch-grad-cam vs torchcam, one run.
+
+For ResNet-50 (random init) and EfficientNet-Lite0 (real weights), batch 1 and 8, CPU:
+median latency **per image** of
+  * plain onnxruntime inference of the unmodified model (the floor),
+  * onnxcam: one ``session.run`` + the method(s) on the host + maps resized to the input size,
+    per method and for all gradient methods at once,
+  * pytorch-grad-cam and torchcam doing the same method (forward + backward + map), per method;
+    their "all" is the sum of their per-method times (each method re-runs the model).
+Everything is timed round-robin in the same process (bench/harness.py).
+
+    python bench/runtime_methods.py [--repeats 7] [--models resnet50,lite0] [--batches 1,8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from harness import interleaved, markdown_table, median_ms, save, session, session_options
+
+ONNXCAM_ALL = [
+    "gradcam",
+    "gradcam++",
+    "xgradcam",
+    "layercam",
+    "hirescam",
+    "gradcam-elementwise",
+    "eigengradcam",
+]
+PGC = {
+    "gradcam": "GradCAM",
+    "gradcam++": "GradCAMPlusPlus",
+    "xgradcam": "XGradCAM",
+    "layercam": "LayerCAM",
+    "hirescam": "HiResCAM",
+    "gradcam-elementwise": "GradCAMElementWise",
+    "eigengradcam": "EigenGradCAM",
+    "eigencam": "EigenCAM",
+}
+TORCHCAM = {
+    "gradcam": "GradCAM",
+    "gradcam++": "GradCAMpp",
+    "xgradcam": "XGradCAM",
+    "layercam": "LayerCAM",
+    "smoothgradcam++": "SmoothGradCAMpp",
+    "cam": "CAM",
+}
+
+
+def build(name: str):
+    """(torch module, torch target module name, onnxcam export kwargs)."""
+    import torch
+    import torchvision
+
+    torch.manual_seed(0)
+    if name == "resnet50":
+        return torchvision.models.resnet50(weights=None).eval(), "layer4", "fc", {}
+    from onnxcam.models import efficientnet_lite0
+
+    # the head's ReLU6 module is reused in every block; peers hook the last BN before it
+    return efficientnet_lite0.build(), "_bn1", "_fc", efficientnet_lite0.PREPROCESSING
+
+
+def plain_onnx(module) -> bytes:
+    import torch
+
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            (torch.randn(1, 3, 224, 224),),
+            buf,
+            input_names=["input"],
+            output_names=["logits"],
+            opset_version=17,
+            dynamo=False,
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        )
+    return buf.getvalue()
+
+
+def make_variants(module, layer, fc, ex, plain, x, onnx_methods, all_grad) -> dict:
+    """name → zero-argument callable doing one batch, for every library and method."""
+    import pytorch_grad_cam
+    import torch
+    import torchcam.methods
+
+    xt = torch.from_numpy(x)
+    target = module.get_submodule(layer)
+
+    def oc(methods):
+        for r in ex.explain_tensor(x, methods, smooth_samples=4):
+            for m in r.maps.values():
+                _ = m.input  # maps at input resolution, like pytorch-grad-cam's
+
+    def pgc(cls_name):
+        with getattr(pytorch_grad_cam, cls_name)(model=module, target_layers=[target]) as c:
+            c(input_tensor=xt, targets=None)
+
+    def tc(cls_name):
+        kw = {"fc_layer": fc} if cls_name == "CAM" else {}
+        if cls_name == "SmoothGradCAMpp":
+            kw["num_samples"] = 4
+        with getattr(torchcam.methods, cls_name)(module, target_layer=layer, **kw) as c:
+            with torch.set_grad_enabled(cls_name != "CAM"):
+                scores = module(xt)
+            c(scores.argmax(1).tolist(), scores)
+
+    variants = {
+        "plain": lambda: plain.run(None, {"input": x}),
+        "onnxcam:all": lambda: oc(all_grad),
+    }
+    for m in onnx_methods:
+        variants[f"onnxcam:{m}"] = lambda m=m: oc([m])
+    for m, c in PGC.items():
+        variants[f"pgc:{m}"] = lambda c=c: pgc(c)
+    for m, c in TORCHCAM.items():
+        if m != "cam" or ex.info.has_cam_weights:
+            variants[f"torchcam:{m}"] = lambda c=c: tc(c)
+    return variants
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--models", default="resnet50,lite0")
+    ap.add_argument("--batches", default="1,8")
+    args = ap.parse_args()
+
+    import torch
+
+    from onnxcam.engine import Explainer
+    from onnxcam.export import export_onnx
+
+    torch.set_num_threads(2)
+    rows = []
+    for name in args.models.split(","):
+        module, layer, fc, prep = build(name)
+        plain_bytes = plain_onnx(module)
+        with tempfile.TemporaryDirectory() as tmp:
+            cam_path = Path(tmp) / "m.cam.onnx"
+            export_onnx(plain_bytes, cam_path, **prep)
+            plain = session(plain_bytes)
+            ex = Explainer(cam_path, session_options=session_options())
+        onnx_methods = [
+            m
+            for m in ONNXCAM_ALL + ["eigencam", "smoothgradcam++", "cam"]
+            if m != "cam" or ex.info.has_cam_weights
+        ]
+        all_grad = [m for m in ONNXCAM_ALL + ["cam"] if m != "cam" or ex.info.has_cam_weights]
+        for batch in map(int, args.batches.split(",")):
+            x = np.random.default_rng(0).normal(size=(batch, 3, 224, 224)).astype(np.float32)
+            variants = make_variants(module, layer, fc, ex, plain, x, onnx_methods, all_grad)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                times = interleaved(variants, repeats=args.repeats, warmup=1)
+            per_img = {k: median_ms(v) / batch for k, v in times.items()}
+            base = per_img["plain"]
+            for m in [*onnx_methods, "all"]:
+                pg = (
+                    sum(per_img[f"pgc:{k}"] for k in all_grad if f"pgc:{k}" in per_img)
+                    if m == "all"
+                    else per_img.get(f"pgc:{m}")
+                )
+                tcm = (
+                    sum(per_img[f"torchcam:{k}"] for k in all_grad if f"torchcam:{k}" in per_img)
+                    if m == "all"
+                    else per_img.get(f"torchcam:{m}")
+                )
+                o = per_img[f"onnxcam:{m}"]
+                rows.append(
+                    {
+                        "model": name,
+                        "batch": batch,
+                        "method": m,
+                        "plain_ms": base,
+                        "onnxcam_ms": o,
+                        "vs_plain": o / base,
+                        "pgc_ms": pg,
+                        "pgc_speedup": pg / o if pg else None,
+                        "torchcam_ms": tcm,
+                        "torchcam_speedup": tcm / o if tcm else None,
+                    }
+                )
+                print(
+                    f"{name} b{batch} {m:20s} onnxcam {o:7.2f}  plain {base:6.2f} "
+                    f"({o / base:.2f}x)  pgc {pg or float('nan'):7.1f}  "
+                    f"torchcam {tcm or float('nan'):7.1f}",
+                    flush=True,
+                )
+    cols = [
+        ("model", "model"),
+        ("batch", "batch"),
+        ("method", "method"),
+        ("plain_ms", "plain ORT ms/img"),
+        ("onnxcam_ms", "onnxcam ms/img"),
+        ("vs_plain", "onnxcam / plain"),
+        ("pgc_ms", "pytorch-grad-cam ms/img"),
+        ("pgc_speedup", "speed-up vs pgc"),
+        ("torchcam_ms", "torchcam ms/img"),
+        ("torchcam_speedup", "speed-up vs torchcam"),
+    ]
+    print(markdown_table(rows, cols))
+    print("saved", save("runtime_methods", rows, {"repeats": args.repeats}))
+
+
+if __name__ == "__main__":
+    main()
