@@ -153,10 +153,10 @@ def main() -> None:
             ex = Explainer(cam_path, session_options=session_options())
         onnx_methods = [
             m
-            for m in ONNXCAM_ALL + ["eigencam", "smoothgradcam++", "cam"]
+            for m in [*ONNXCAM_ALL, "eigencam", "smoothgradcam++", "cam"]
             if m != "cam" or ex.info.has_cam_weights
         ]
-        all_grad = [m for m in ONNXCAM_ALL + ["cam"] if m != "cam" or ex.info.has_cam_weights]
+        all_grad = [m for m in [*ONNXCAM_ALL, "cam"] if m != "cam" or ex.info.has_cam_weights]
         for batch in map(int, args.batches.split(",")):
             x = np.random.default_rng(0).normal(size=(batch, 3, 224, 224)).astype(np.float32)
             variants = make_variants(module, layer, fc, ex, plain, x, onnx_methods, all_grad)
