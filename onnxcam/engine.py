@@ -52,13 +52,13 @@ class CamMap:
 
     @cached_property
     def input(self) -> np.ndarray:
-        """The normalised map at the model-input resolution."""
-        return postprocess.resize(self.feature, *self.input_size)
+        """The map at the model-input resolution (resized, then min-max normalised again)."""
+        return postprocess.resize_normalized(self.feature, *self.input_size)
 
     @cached_property
     def original(self) -> np.ndarray:
-        """The normalised map at the original image resolution."""
-        return postprocess.resize(self.feature, *self.original_size)
+        """The map at the original image resolution (resized, then min-max normalised again)."""
+        return postprocess.resize_normalized(self.feature, *self.original_size)
 
 
 @dataclass

@@ -2,8 +2,9 @@
 
 Conventions (shared with pytorch-grad-cam so maps are comparable): maps are rectified, then
 min-max normalised per image at feature resolution, then resized bilinearly (OpenCV
-``INTER_LINEAR``, half-pixel centres). A constant map normalises to zeros, never NaN; NaN or
-inf in a raw map are treated as 0.
+``INTER_LINEAR``, half-pixel centres) and normalised again, so a map spans [0, 1] at every
+resolution (bilinear upsampling alone would leave the peak slightly below 1). A constant map
+normalises to zeros, never NaN; NaN or inf in a raw map are treated as 0.
 """
 
 from __future__ import annotations
@@ -41,6 +42,11 @@ def resize(maps: np.ndarray, height: int, width: int) -> np.ndarray:
     flat = m.reshape(-1, *m.shape[-2:])
     out = np.stack([cv2.resize(x, (width, height), interpolation=cv2.INTER_LINEAR) for x in flat])
     return out.reshape(*m.shape[:-2], height, width)
+
+
+def resize_normalized(maps: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize then min-max normalise again (what every displayed or returned map goes through)."""
+    return normalize(resize(maps, height, width))
 
 
 def colorize(map01: np.ndarray, colormap: str = "jet") -> np.ndarray:

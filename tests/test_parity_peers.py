@@ -14,12 +14,12 @@ Conventions of the peers, measured here (see also docs/methods.md):
   size; then the mean over layers and **a second min-max at input resolution, even for a single
   layer**. onnxcam renormalises at input resolution only when it fuses several layers; a
   single layer's ``CamMap.input`` is the bilinear resize of the feature-resolution map, whose
-  maximum (minimum) falls between pixel centres and so stays below 1 (above 0): measured up to
-  0.019 from pytorch-grad-cam on these models. The single-layer comparisons below therefore
-  min-max ``CamMap.input`` once more (onnxcam's own ``postprocess.normalize``), and
-  ``test_single_layer_input_map_equals_pytorch_grad_cam_as_is`` records the difference as a
-  strict xfail. The final renormalisation also cancels pytorch-grad-cam's 1e-7 epsilon for one
-  layer (a uniform scale factor).
+  maximum (minimum) falls between pixel centres and so stays below 1 (above 0): measured
+  0.0016–0.0049 from pytorch-grad-cam on ResNet-18 (top-1) and up to 0.026 on MobileNetV3-Small
+  (gradcam, classes [17, 503]). onnxcam adopted pytorch-grad-cam's convention: ``CamMap.input``
+  and ``.original`` are min-maxed again after the resize, and
+  ``test_single_layer_input_map_equals_pytorch_grad_cam_as_is`` checks it as is. The final
+  renormalisation also cancels pytorch-grad-cam's 1e-7 epsilon for one layer.
 * pytorch-grad-cam's EigenCAM / EigenGradCAM keep the arbitrary sign of numpy's SVD (in
   float32); onnxcam fixes it (projection positively correlated with the channel sum).
 * torchcam's ``CAM`` does not rectify and min-max normalises at feature resolution as
@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 import pytest
+import pytorch_grad_cam.base_cam
 import torch
 from pytorch_grad_cam import (
     EigenCAM,
@@ -205,10 +206,10 @@ def test_gradient_methods_match_pytorch_grad_cam(name: str, method: str, mode: s
     exps = _explain(case, [method], mode, layers=case.layers[0])
     ref, _, _ = _pgc(GRADIENT_METHODS[method], case, [case.target], classes)
     maps = [e.maps[method] for e in exps]
-    # CamMap.input is the bilinear resize of the feature-resolution map, not min-maxed again
+    # CamMap.input is the bilinear resize of the feature-resolution map, min-maxed again
     for m in maps:
-        np.testing.assert_array_equal(m.input, postprocess.resize(m.feature, SIZE, SIZE))
-    got = postprocess.normalize(np.stack([m.input for m in maps]))
+        np.testing.assert_array_equal(m.input, postprocess.resize_normalized(m.feature, SIZE, SIZE))
+    got = np.stack([m.input for m in maps])
     _check(f"{name} {method} ({mode} {classes})", got, ref)
 
 
@@ -237,7 +238,7 @@ def test_eigen_methods_match_pytorch_grad_cam_up_to_sign(name: str, method: str,
         s: scale_cam_image(scale_cam_image(np.maximum(s * P, 0), (SIZE, SIZE))) for s in (1, -1)
     }
     np.testing.assert_allclose(candidates[1], ref, rtol=0, atol=1e-6)
-    got = postprocess.normalize(np.stack([e.maps[method].input for e in exps]))
+    got = np.stack([e.maps[method].input for e in exps])
     channel_sum = X.sum(axis=1)
     for i, e in enumerate(exps):
         sign = 1 if float(np.sum(P[i] * channel_sum[i])) >= 0 else -1
@@ -248,15 +249,10 @@ def test_eigen_methods_match_pytorch_grad_cam_up_to_sign(name: str, method: str,
         assert d[sign] <= TOL, f"{name} {method} image {i}: |Δ| by pgc sign {d}, expected {sign}"
 
 
-@pytest.mark.xfail(
-    raises=AssertionError,
-    strict=True,
-    reason="convention difference: pytorch-grad-cam min-maxes again after resizing to the "
-    "input size (even for one layer), onnxcam's single-layer CamMap.input does not",
-)
 @pytest.mark.parametrize("name", list(MODELS))
 def test_single_layer_input_map_equals_pytorch_grad_cam_as_is(name: str) -> None:
-    # measured: resnet18 2.0e-3, mobilenet_v3_small (calibrated) 1.25e-2 for gradcam
+    # CamMap.input is min-maxed again after resizing, as pytorch-grad-cam does (before that
+    # convention was adopted the difference was 2.0e-3 on resnet18 and 1.25e-2 on mobilenet)
     case = _case(name)
     exps = _explain(case, ["gradcam"], "top1", layers=case.layers[0])
     ref, _, _ = _pgc(GradCAM, case, [case.target], _classes(case, "top1"))
@@ -275,8 +271,9 @@ def test_cam_matches_torchcam(mode: str) -> None:
         ref = extractor(class_idx=classes)[0].numpy()
         raw = extractor(class_idx=classes, normalized=False)[0].numpy()
     got_raw = np.stack([e.maps["cam"].raw for e in exps])
-    scale = np.abs(raw).max()
-    assert np.abs(got_raw - raw).max() <= TOL * scale, "raw CAM differs from torchcam"
+    rel = float(np.abs(got_raw - raw).max() / np.abs(raw).max())
+    print(f"resnet18 cam raw ({mode}): max |Δ| / max |torchcam| {rel:.2g}")
+    assert rel <= TOL, f"raw CAM differs from torchcam's: relative {rel}"
     _check(
         f"resnet18 cam relu=False ({mode} {classes})",
         np.stack([e.maps["cam"].feature for e in exps]),
@@ -295,19 +292,51 @@ def test_cam_needs_a_gap_linear_head() -> None:
         case.explainer.explain(case.images, methods=["cam"])
 
 
+def _scale_cam_image_without_eps(cam, target_size=None):
+    """pytorch-grad-cam's ``scale_cam_image`` with ``x / max`` instead of ``x / (1e-7 + max)``."""
+    result = []
+    for img in cam:
+        img = img - np.min(img)
+        top = np.max(img)
+        img = img / top if top > 0 else img
+        if target_size is not None:
+            img = cv2.resize(np.float32(img), target_size)
+        result.append(img)
+    return np.float32(result)
+
+
 @pytest.mark.parametrize("mode", ["top1", "given"])
 @pytest.mark.parametrize("method", list(GRADIENT_METHODS))
-def test_fused_layers_match_pytorch_grad_cam(method: str, mode: str) -> None:
+def test_fused_layers_match_pytorch_grad_cam(method: str, mode: str, monkeypatch) -> None:
     """layers='all', fuse=True ≡ pytorch-grad-cam with target_layers=[layer4, layer3]:
-    per layer ReLU → min-max → resize to the input, mean over layers, min-max again."""
+    per layer ReLU → min-max → resize to the input, mean over layers, min-max again.
+
+    pytorch-grad-cam's per-layer min-max divides by ``max + 1e-7`` (an absolute epsilon), which
+    shrinks a layer whose rectified map is small by 1e-7 / max before the layers are averaged;
+    onnxcam divides by the exact span. With one layer the final min-max cancels that factor;
+    with two it changes the layers' relative weight. Measured: xgradcam, classes [17, 503],
+    image 1, where layer3's rectified map peaks at 4.3e-4, differs from pytorch-grad-cam by
+    2.1e-4 (1.6e-5 once the epsilon is emulated on onnxcam's own raw maps). So the strict 1e-4
+    comparison is against pytorch-grad-cam run unchanged except for that epsilon (its
+    ``scale_cam_image`` patched in ``base_cam``), and the unpatched output may differ by at most
+    1e-4 plus the epsilon's own measured effect |unpatched − patched|.
+    """
     case = _case("resnet18")
     classes = _classes(case, mode)
     exps = _explain(case, [method], mode, layers="all", fuse=True)
     assert all(e.maps[method].layer == "fused" for e in exps)
+    got = np.stack([e.maps[method].input for e in exps])  # as is: already min-maxed at 224²
     layers = [case.model.get_submodule(n) for n in case.layers]
     ref, _, _ = _pgc(GRADIENT_METHODS[method], case, layers, classes)
-    got = np.stack([e.maps[method].input for e in exps])  # as is: already min-maxed at 224²
-    _check(f"resnet18 {method} fused layer4+layer3 ({mode} {classes})", got, ref)
+    with monkeypatch.context() as mp:
+        mp.setattr(pytorch_grad_cam.base_cam, "scale_cam_image", _scale_cam_image_without_eps)
+        exact, _, _ = _pgc(GRADIENT_METHODS[method], case, layers, classes)
+    what = f"resnet18 {method} fused layer4+layer3 ({mode} {classes})"
+    _check(f"{what} vs pgc without its 1e-7", got, exact)
+    eps_effect = np.asarray(_worst(ref, exact))
+    print(f"{what}: effect of pgc's 1e-7 per image {[f'{e:.2g}' for e in eps_effect]}")
+    worst = np.asarray(_worst(got, ref))
+    assert np.all(worst <= TOL + eps_effect), f"{what}: |Δ| {worst} vs pgc, its 1e-7: {eps_effect}"
     # the second layer really contributes (the fused map is not just layer4's)
     single, _, _ = _pgc(GRADIENT_METHODS[method], case, layers[:1], classes)
     assert np.abs(ref - single).max() > 0.05
