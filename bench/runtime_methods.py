@@ -7,15 +7,20 @@ median latency **per image** of
     per method and for all gradient methods at once,
   * pytorch-grad-cam and torchcam doing the same method (forward + backward + map), per method;
     their "all" is the sum of their per-method times (each method re-runs the model).
-Everything is timed round-robin in the same process (bench/harness.py).
+Two phases per model and batch, in the same process (bench/harness.py, round-robin):
+  A. onnxruntime only: plain inference and every onnxcam variant (ratios vs plain come from here:
+     torch's heavy runs in between inflate small ORT timings on this 2-core machine);
+  B. the peers, with plain inference and onnxcam "all" as anchors (speed-ups vs the peers use
+     phase A's onnxcam numbers; the anchors show how much phase B's load shifted ORT timings).
 
-    python bench/runtime_methods.py [--repeats 7] [--models resnet50,lite0] [--batches 1,8]
+    python bench/runtime_methods.py [--repeats 20] [--peer-repeats 5] [--models resnet50,lite0]
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import os
 import sys
 import tempfile
 import warnings
@@ -23,6 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
+# torch's OpenMP workers spin-wait after each op by default and steal the cores from the next
+# (onnxruntime) variant of an interleaved run; make them sleep instead (set before torch loads).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(Path(__file__).parent))
 from harness import interleaved, markdown_table, median_ms, save, session, session_options
 
@@ -131,7 +139,8 @@ def make_variants(module, layer, fc, ex, plain, x, onnx_methods, all_grad) -> di
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--peer-repeats", type=int, default=5)
     ap.add_argument("--models", default="resnet50,lite0")
     ap.add_argument("--batches", default="1,8")
     args = ap.parse_args()
@@ -160,9 +169,18 @@ def main() -> None:
         for batch in map(int, args.batches.split(",")):
             x = np.random.default_rng(0).normal(size=(batch, 3, 224, 224)).astype(np.float32)
             variants = make_variants(module, layer, fc, ex, plain, x, onnx_methods, all_grad)
+            ort_only = {
+                k: v for k, v in variants.items() if k == "plain" or k.startswith("onnxcam")
+            }
+            peers = {k: v for k, v in variants.items() if k not in ort_only}
+            peers |= {
+                "anchor:plain": variants["plain"],
+                "anchor:onnxcam:all": variants["onnxcam:all"],
+            }
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                times = interleaved(variants, repeats=args.repeats, warmup=1)
+                times = interleaved(ort_only, repeats=args.repeats, warmup=2)
+                times |= interleaved(peers, repeats=args.peer_repeats, warmup=1)
             per_img = {k: median_ms(v) / batch for k, v in times.items()}
             base = per_img["plain"]
             for m in [*onnx_methods, "all"]:

@@ -27,6 +27,11 @@ def relu(maps: np.ndarray) -> np.ndarray:
 def normalize(maps: np.ndarray) -> np.ndarray:
     """Per-image min-max to [0, 1] over the last two axes; constant maps become zeros."""
     m = np.nan_to_num(np.asarray(maps, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    return _minmax(m)
+
+
+def _minmax(m: np.ndarray) -> np.ndarray:
+    """Min-max of finite float32 maps (the caller guarantees finiteness)."""
     lo = m.min(axis=(-2, -1), keepdims=True)
     span = m.max(axis=(-2, -1), keepdims=True) - lo
     out = np.zeros_like(m)
@@ -45,8 +50,8 @@ def resize(maps: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def resize_normalized(maps: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Resize then min-max normalise again (what every displayed or returned map goes through)."""
-    return normalize(resize(maps, height, width))
+    """Resize a normalised (finite) map, then min-max it again (as every returned map is)."""
+    return _minmax(resize(maps, height, width))
 
 
 def colorize(map01: np.ndarray, colormap: str = "jet") -> np.ndarray:
