@@ -21,14 +21,20 @@ RESULTS = Path(__file__).parent / "results"
 def interleaved(
     variants: dict[str, Callable[[], object]], repeats: int = 20, warmup: int = 3
 ) -> dict[str, list[float]]:
-    """Seconds per call for each variant, measured round-robin."""
+    """Seconds per call for each variant: every repeat runs each variant once, in a new
+    (seeded) random order, so no variant always follows the same one (a heavy variant's
+    after-effects, e.g. freed memory faulted back in, would otherwise land on one neighbour)."""
+    import random
+
     names = list(variants)
     for _ in range(warmup):
         for n in names:
             variants[n]()
     times: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(repeats):
-        order = names[r % len(names) :] + names[: r % len(names)]
+    shuffle = random.Random(0).shuffle
+    for _ in range(repeats):
+        order = list(names)
+        shuffle(order)
         for n in order:
             t0 = time.perf_counter()
             variants[n]()
