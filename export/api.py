@@ -32,6 +32,8 @@ from .passes import (
     Target,
     add_backward,
     add_cam_weights,
+    add_heads,
+    add_mode_input,
     add_score,
     expose_activations,
     make_targets,
@@ -245,10 +247,12 @@ def export_onnx(
     st = ExportState(view, head, spec, make_targets(view, list(zip(users, tensors, strict=True))))
     for t, note in zip(st.targets, layer_notes or [None] * len(st.targets), strict=True):
         t.note = note
+    add_mode_input(st)
     expose_activations(st)
     add_score(st)
     add_backward(st)
     add_cam_weights(st)
+    add_heads(st)
     seconds = time.perf_counter() - t0
     write_metadata(
         st,

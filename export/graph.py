@@ -72,6 +72,18 @@ class GraphView:
             if i:
                 self.consumers.setdefault(i, []).append(node)
 
+    def reindex(self) -> None:
+        """Rebuild producer/consumer indices after nodes were moved (e.g. into an ``If``)."""
+        self.producer.clear()
+        self.consumers.clear()
+        for n in self.graph.node:
+            for o in n.output:
+                if o:
+                    self.producer[o] = n
+            for i in n.input:
+                if i:
+                    self.consumers.setdefault(i, []).append(n)
+
     def refresh_shapes(self) -> None:
         """Re-run ONNX shape inference and record every tensor's static shape and dtype."""
         # Declared output shapes may be vaguer than what inference finds (torch marks every

@@ -23,6 +23,7 @@ from onnxcam.errors import ExportError
 from .autodiff import build_backward
 from .builder import GradBuilder
 from .graph import GraphView
+from .head import build_head
 from .layers import ClassifierHead, Head, InputSpec, LayerInfo, find_gap_linear, tensor_layout
 
 
@@ -41,6 +42,9 @@ class Target:
     cam_weight: str | None = None
     classifier: ClassifierHead | None = None
     note: str | None = None
+    head_input: str | None = None
+    head_output: str | None = None
+    head_note: str | None = None
 
     def to_json(self, k: int) -> dict:
         d = {
@@ -53,9 +57,13 @@ class Target:
             "activation": self.activation,
             "gradient": self.gradient,
             "cam_weight": self.cam_weight,
+            "head_input": self.head_input,
+            "head_logits": self.head_output,
         }
         if self.note:
             d["note"] = self.note
+        if self.head_note:
+            d["head_note"] = self.head_note
         return d
 
 
@@ -163,18 +171,102 @@ def add_score(st: ExportState) -> None:
     st.cls = contract.CLASS_OUTPUT
 
 
-def add_backward(st: ExportState) -> None:
-    """Append dScore/dA for every target and output it as ``onnxcam_gradient_k``."""
-    view = st.view
-    grads = build_backward(
-        view, {st.head.logits: st.onehot}, [t.tensor for t in st.targets], st.consts
+def add_mode_input(st: ExportState) -> None:
+    """The ``onnxcam_mode`` input (int64 scalar, default 0 = activations + gradients)."""
+    st.view.graph.input.append(
+        helper.make_tensor_value_info(contract.MODE_INPUT, TensorProto.INT64, [])
     )
+    st.view.add_initializer(contract.MODE_INPUT, np.array(contract.MODE_EXPLAIN, dtype=np.int64))
+
+
+def _gate(
+    st: ExportState,
+    first: int,
+    results: list[tuple[str, str, int, list]],
+    mode: int,
+    label: str,
+) -> None:
+    """Move the nodes appended since index ``first`` into ``If(onnxcam_mode == mode)``.
+
+    ``results``: (tensor inside the branch, output name outside, dtype, shape when skipped —
+    an empty tensor of that shape). Only the taken branch runs, so a skipped branch costs
+    nothing; the branch reads forward tensors and weights as outer-scope values.
+    """
+    view = st.view
+    body = list(view.graph.node[first:])
+    del view.graph.node[first:]
+    then_outs = []
+    for inner, outer, dtype, _ in results:
+        name = view.unique_name(f"{outer}/then")
+        body.append(helper.make_node("Identity", [inner], [name], name=name))
+        then_outs.append(helper.make_tensor_value_info(name, dtype, None))
+    skipped, else_outs = [], []
+    for _, outer, dtype, shape in results:
+        name = view.unique_name(f"{outer}/else")
+        empty = helper.make_tensor(name + "/value", dtype, shape, [])
+        skipped.append(helper.make_node("Constant", [], [name], name=name, value=empty))
+        else_outs.append(helper.make_tensor_value_info(name, dtype, shape))
+    b = GradBuilder(view, f"onnxcam/{label}", st.consts)
+    cond = b.Equal(contract.MODE_INPUT, b.const(np.array(mode, dtype=np.int64)))
+    node = helper.make_node(
+        "If",
+        [cond],
+        [outer for _, outer, _, _ in results],
+        name=view.unique_name(f"onnxcam/{label}"),
+        then_branch=helper.make_graph(body, f"onnxcam_{label}", [], then_outs),
+        else_branch=helper.make_graph(skipped, f"onnxcam_no_{label}", [], else_outs),
+    )
+    view.add_node(node)
+    view.reindex()
+
+
+def _empty_like_target(t: Target) -> list:
+    return [0, *[d if isinstance(d, int) else 1 for d in t.shape[1:]]]
+
+
+def add_backward(st: ExportState) -> None:
+    """dScore/dA for every target, output as ``onnxcam_gradient_k``, behind ``If(mode == 0)``."""
+    view = st.view
+    wrt = [t.tensor for t in st.targets]
+    first = len(view.graph.node)
+    grads = build_backward(view, {st.head.logits: st.onehot}, wrt, st.consts)
+    results = []
     for k, t in enumerate(st.targets):
         t.gradient = contract.gradient_name(k)
-        view.add_node(
-            helper.make_node("Identity", [grads[t.tensor]], [t.gradient], name=t.gradient)
-        )
+        dtype = view.dtype(t.tensor)
+        results.append((grads[t.tensor], t.gradient, dtype, _empty_like_target(t)))
         view.graph.output.append(_value_info(view, t.gradient, t.tensor))
+    _gate(st, first, results, contract.MODE_EXPLAIN, "backward")
+
+
+def add_heads(st: ExportState) -> None:
+    """Per target, a head-only path behind ``If(mode == 2)``: ``onnxcam_head_input_k`` →
+    ``onnxcam_head_logits_k`` (see ``export/head.py``). A target that is not a cut of the
+    graph gets no head; its metadata says why."""
+    view = st.view
+    n_cls = st.head.num_classes or 0
+    for k, t in enumerate(st.targets):
+        name_in = contract.head_input_name(k)
+        first = len(view.graph.node)
+        try:
+            nodes, logits = build_head(view, t.tensor, st.head.logits, k, name_in, st.consts)
+        except ExportError as e:
+            del view.graph.node[first:]
+            view.reindex()
+            t.head_note = str(e)
+            continue
+        view.graph.node.extend(nodes)
+        dims = ["head_batch", *t.shape[1:]]
+        view.graph.input.append(helper.make_tensor_value_info(name_in, view.dtype(t.tensor), dims))
+        view.add_initializer(name_in, np.zeros(_empty_like_target(t), view.np_dtype(t.tensor)))
+        t.head_input, t.head_output = name_in, contract.head_output_name(k)
+        dtype = view.dtype(st.head.logits)
+        _gate(
+            st, first, [(logits, t.head_output, dtype, [0, n_cls])], contract.MODE_HEAD, f"head{k}"
+        )
+        view.graph.output.append(
+            helper.make_tensor_value_info(t.head_output, dtype, ["head_batch", n_cls or None])
+        )
 
 
 def add_cam_weights(st: ExportState) -> None:
@@ -297,6 +389,18 @@ def verify_forward(
                 )
         elif not np.array_equal(got, r):
             raise ExportError(f"verification failed: output {name!r} changed after export")
+    for k in range(len([n for n in by_name if n.startswith("onnxcam_head_logits_")])):
+        # each head-only path, fed the real activations, must reproduce the explained score
+        feeds_k = {
+            **feeds,
+            contract.MODE_INPUT: np.array(contract.MODE_HEAD, dtype=np.int64),
+            contract.head_input_name(k): by_name[contract.activation_name(k)],
+        }
+        (head,) = new.run([contract.head_output_name(k)], feeds_k)
+        cls, score = by_name[contract.CLASS_OUTPUT], by_name[contract.SCORE_OUTPUT]
+        diff = float(np.max(np.abs(head[np.arange(len(cls)), cls] - score)))
+        if diff > atol * max(1.0, float(np.max(np.abs(score)))):
+            raise ExportError(f"verification failed: head {k} changes the score by {diff:.3g}")
     for name, value in by_name.items():
         floating = np.issubdtype(value.dtype, np.floating)
         if name.startswith("onnxcam_") and floating and not np.all(np.isfinite(value)):

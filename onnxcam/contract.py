@@ -8,12 +8,26 @@ See ``docs/graph-contract.md`` for the meaning of every entry.
 
 from __future__ import annotations
 
-VERSION = 1
-"""Contract version; bumped whenever a name or a meaning below changes."""
+VERSION = 2
+"""Contract version; bumped whenever a name or a meaning below changes.
+
+v2: the ``onnxcam_mode`` input (gradients behind an ``If``: forward-only runs skip them) and
+per-target head-only paths (``onnxcam_head_input_k`` → ``onnxcam_head_logits_k``)."""
 
 # --- inputs ---------------------------------------------------------------------------------
 CLASS_INPUT = "onnxcam_target_class"
 """int64 ``[batch]``: class to explain per sample; absent (default ``[-1]``) or negative = top-1."""
+
+MODE_INPUT = "onnxcam_mode"
+"""int64 scalar, default 0. What a run computes besides the model's own outputs:
+0 (``MODE_EXPLAIN``) activations + gradients; 1 (``MODE_FORWARD``) activations only, the
+gradient subgraph is skipped (gradient outputs are empty); 2 (``MODE_HEAD``) additionally runs
+each target's head on ``onnxcam_head_input_k``."""
+MODE_EXPLAIN = 0
+MODE_FORWARD = 1
+MODE_HEAD = 2
+HEAD_INPUT = "onnxcam_head_input_{k}"
+"""float ``[m, C, h, w]`` (target layout): activations to push through target k's head (mode 2)."""
 
 # --- outputs --------------------------------------------------------------------------------
 CLASS_OUTPUT = "onnxcam_class"
@@ -24,6 +38,9 @@ ACTIVATION_OUTPUT = "onnxcam_activation_{k}"
 """float, the target layer ``k``'s activations, in the layout recorded in the metadata."""
 GRADIENT_OUTPUT = "onnxcam_gradient_{k}"
 """float, d score / d activations of target layer ``k``, same shape as the activations."""
+HEAD_OUTPUT = "onnxcam_head_logits_{k}"
+"""float ``[m, classes]``: logits of the head of target k on ``onnxcam_head_input_k`` (mode 2;
+empty otherwise). The layers before the target are not run for these."""
 CAM_WEIGHT_OUTPUT = "onnxcam_cam_weight_{k}"
 """float ``[batch, C]``: classifier weights of the explained class (only for a GAP→Linear head)."""
 
@@ -69,6 +86,16 @@ def activation_name(k: int) -> str:
 def gradient_name(k: int) -> str:
     """Output name of target layer ``k``'s gradients."""
     return GRADIENT_OUTPUT.format(k=k)
+
+
+def head_input_name(k: int) -> str:
+    """Input name of target layer ``k``'s head-only path."""
+    return HEAD_INPUT.format(k=k)
+
+
+def head_output_name(k: int) -> str:
+    """Output name of target layer ``k``'s head-only logits."""
+    return HEAD_OUTPUT.format(k=k)
 
 
 def cam_weight_name(k: int) -> str:

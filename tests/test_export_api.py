@@ -311,7 +311,7 @@ s = ort.InferenceSession({str(out)!r}, providers=['CPUExecutionProvider'])
 r = s.run(['onnxcam_gradient_0', 'onnxcam_class'], {{'input': np.ones((2, 3, 32, 32), np.float32)}})
 assert r[0].shape == (2, 16, 8, 8) and np.isfinite(r[0]).all()
 meta = s.get_modelmeta().custom_metadata_map
-assert meta['onnxcam.contract_version'] == '1'
+assert meta['onnxcam.contract_version'] == '2'
 """
     subprocess.run([sys.executable, "-c", code], check=True)
 

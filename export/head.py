@@ -1,0 +1,122 @@
+"""The head-only path of a target layer: the nodes from the target activations to the logits,
+copied so that they read a new input instead of the target tensor.
+
+Perturbation methods that change the target activations (Ablation-CAM) then run only the
+head, never the layers before the target. The copy reuses every weight (initializers are
+outer-scope values of the ``If`` branch it lives in). A head exists when the target is a *cut*
+of the graph: every float tensor the head reads is on the target → logits path or a constant.
+Shape arithmetic that reads the batch size from an earlier tensor (``x.view(x.size(0), -1)``)
+is redirected to the head input's batch; its other dimensions are static.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from onnxcam.errors import ExportError
+
+from .autodiff import path_nodes, path_tensors
+from .builder import GradBuilder
+from .graph import GraphView, attr, node_label
+
+SUFFIX = "/onnxcam_head{k}"
+
+
+class _Copier:
+    """Copies nodes under new names; substitutes ``Shape`` of out-of-head tensors."""
+
+    def __init__(self, view: GraphView, k: int, head_input: str, target: str, consts: dict) -> None:
+        self.view = view
+        self.k = k
+        self.head_input = head_input
+        self.suffix = SUFFIX.format(k=k)
+        self.renamed: dict[str, str] = {target: head_input}
+        self.nodes: list[onnx.NodeProto] = []
+        self.b = GradBuilder(view, f"onnxcam/head{k}", consts)
+
+    def name(self, t: str) -> str:
+        if t not in self.renamed:
+            self.renamed[t] = self.view.unique_name(t + self.suffix)
+        return self.renamed[t]
+
+    def copy(self, node: onnx.NodeProto) -> None:
+        new = onnx.NodeProto()
+        new.CopyFrom(node)
+        new.name = self.view.unique_name((node.name or node.output[0]) + self.suffix)
+        del new.input[:]
+        new.input.extend(self.renamed.get(i, i) if i else "" for i in node.input)
+        del new.output[:]
+        new.output.extend(self.name(o) if o else "" for o in node.output)
+        self.nodes.append(new)
+
+    def fake_shape(self, node: onnx.NodeProto) -> None:
+        """``Shape(x)`` of a tensor before the target → (head batch, x's static other dims)."""
+        x = node.input[0]
+        dims = self.view.shape(x)
+        if dims is None or any(not isinstance(d, int) for d in dims[1:]):
+            raise ExportError(f"the head reads the shape of {x!r}, which is not static")
+        start = self.view.unique_name(self.suffix + "_batch")
+        self.nodes.append(helper.make_node("Shape", [self.head_input], [start], name=start, end=1))
+        rest = self.b.const(np.asarray(dims[1:], dtype=np.int64))
+        full = self.view.unique_name(node.output[0] + self.suffix)
+        self.nodes.append(helper.make_node("Concat", [start, rest], [full], name=full, axis=0))
+        lo, hi = attr(node, "start", 0), attr(node, "end")
+        out = self.name(node.output[0])
+        if lo == 0 and hi is None:
+            self.nodes.append(helper.make_node("Identity", [full], [out], name=out))
+        else:
+            ends = [hi if hi is not None else len(dims)]
+            self.nodes.append(
+                helper.make_node(
+                    "Slice", [full, self.b.ints(lo), self.b.ints(ends)], [out], name=out
+                )
+            )
+
+
+def build_head(
+    view: GraphView, target: str, logits: str, k: int, head_input: str, consts: dict
+) -> tuple[list[onnx.NodeProto], str]:
+    """Nodes computing the logits from ``head_input`` instead of ``target``; returns
+    (nodes, name of the copied logits). Raises ``ExportError`` with the reason when the
+    target is not a cut of the graph."""
+    on_path = path_tensors(view, [target], [logits]) | {target}
+    data_nodes = path_nodes(view, on_path)
+    inside = {o for n in data_nodes for o in n.output}
+    copier = _Copier(view, k, head_input, target, consts)
+    needed: list[onnx.NodeProto] = []  # integer side computations the head reads
+    seen: set[str] = set()
+
+    def require(t: str) -> None:
+        """Make tensor t (read by the head, not on the data path) available in the copy."""
+        if not t or t in seen or t in inside or t == target or view.is_const(t):
+            return
+        seen.add(t)
+        if view.is_float(t):
+            raise ExportError(
+                f"the head after {target!r} also reads {t!r}, computed before the target "
+                "(a skip connection around it): the target is not a cut of the graph"
+            )
+        p = view.producer.get(t)
+        if p is None:
+            raise ExportError(f"the head reads graph input {t!r}")
+        if p.op_type != "Shape":
+            for i in p.input:
+                require(i)
+        needed.append(p)
+
+    for n in data_nodes:
+        for i in n.input:
+            require(i)
+    order = {id(n): i for i, n in enumerate(view.graph.node)}
+    for node in sorted([*needed, *data_nodes], key=lambda n: order[id(n)]):
+        if node.op_type == "Shape" and node.input[0] not in inside and node.input[0] != target:
+            copier.fake_shape(node)
+        elif node.op_type in ("If", "Loop", "Scan"):
+            raise ExportError(f"the head contains control flow ({node_label(node)!r})")
+        else:
+            copier.copy(node)
+    if logits not in copier.renamed:
+        raise ExportError(f"no path from {target!r} to the logits")
+    return copier.nodes, copier.renamed[logits]
