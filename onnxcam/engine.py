@@ -21,6 +21,7 @@ from .errors import ContractError, ImageError, MethodError, OnnxcamError
 from .image import as_rgb_array, preprocess, read_image
 from .methods import METHODS, resolve_methods
 from .model import ModelInfo, TargetLayer, open_session, parse_contract
+from .perturbation import PerturbationInputs, PerturbationOptions, Progress, Scorer
 
 ImageSource = str | os.PathLike | np.ndarray
 
@@ -184,11 +185,13 @@ class Explainer:
 
     # -- running --------------------------------------------------------------------------
     def _run(
-        self, x: np.ndarray, cls: np.ndarray | None, fetch: list[str]
+        self, x: np.ndarray, cls: np.ndarray | None, fetch: list[str], mode: int | None = None
     ) -> dict[str, np.ndarray]:
         feeds = {self.info.input.name: x}
         if cls is not None:
             feeds[contract.CLASS_INPUT] = cls.astype(np.int64)
+        if mode is not None and mode != contract.MODE_EXPLAIN:
+            feeds[contract.MODE_INPUT] = np.array(mode, dtype=np.int64)
         names = list(dict.fromkeys(fetch))
         return dict(zip(names, self.session.run(names, feeds), strict=True))
 
@@ -246,7 +249,9 @@ class Explainer:
         smooth_samples: int = 8,
         smooth_noise: float = 0.15,
         seed: int = 0,
+        perturbation: PerturbationOptions | None = None,
         progress: Callable[[int], None] | None = None,
+        method_progress: Progress | None = None,
     ) -> Iterator[Explanation | Failure]:
         """Like ``explain`` but yields a ``Failure`` for a bad input and goes on."""
         if batch_size < 1:
@@ -260,6 +265,8 @@ class Explainer:
             smooth_samples=smooth_samples,
             smooth_noise=smooth_noise,
             seed=seed,
+            perturbation=perturbation,
+            method_progress=method_progress,
         )
         per_image = None if classes is None or isinstance(classes, (int, str)) else list(classes)
         fixed = None if per_image is not None or classes is None else self.info.class_index(classes)
@@ -321,8 +328,10 @@ class Explainer:
         )
         needs = {n for m in opts.methods for n in METHODS[m].needs}
         fetch = [info.output, contract.CLASS_OUTPUT, *self._fetch_for(needs, opts.targets)]
+        # no gradient needed → skip the gradient subgraph (graph contract v2 mode input)
+        mode = contract.MODE_EXPLAIN if "gradients" in needs else contract.MODE_FORWARD
         t0 = time.perf_counter()
-        out = self._run(x, cls, fetch)
+        out = self._run(x, cls, fetch, mode)
         seconds = time.perf_counter() - t0
         k = max(opts.topk, 5)
         preds = self._predictions(out[info.output], k)
@@ -331,7 +340,7 @@ class Explainer:
             reps = np.array([[p.index for p in ps[1 : opts.topk]] for ps in preds])  # [B, k-1]
             xr = np.repeat(x, opts.topk - 1, axis=0)
             t0 = time.perf_counter()
-            more = self._run(xr, reps.reshape(-1), fetch[1:])
+            more = self._run(xr, reps.reshape(-1), fetch[1:], mode)
             dt = time.perf_counter() - t0
             for r in range(opts.topk - 1):
                 sel = {n: v[r :: opts.topk - 1] for n, v in more.items()}
@@ -341,7 +350,7 @@ class Explainer:
             noisy = None
             if "noisy_gradients" in needs:
                 noisy = self._noisy_gradients(x, explained, opts)
-            maps = self._maps(arrays, noisy, opts, batch)
+            maps = self._maps(arrays, noisy, opts, batch, x, explained)
             for i, it in enumerate(batch):
                 c = int(explained[i])
                 logits = out[info.output][i]
@@ -374,12 +383,23 @@ class Explainer:
         smooth_samples=8,
         smooth_noise=0.15,
         seed=0,
+        perturbation=None,
+        method_progress=None,
     ) -> _RunOptions:
         if topk < 1 or smooth_samples < 1:
             raise MethodError("topk and smooth_samples must be at least 1")
         names = resolve_methods(methods, self.info.has_cam_weights)
         return _RunOptions(
-            names, self.layers(layers), fuse, relu, smooth_samples, smooth_noise, seed, topk
+            names,
+            self.layers(layers),
+            fuse,
+            relu,
+            smooth_samples,
+            smooth_noise,
+            seed,
+            topk,
+            perturbation or PerturbationOptions(),
+            method_progress,
         )
 
     def _prob(self, logits: np.ndarray, c: int) -> float:
@@ -390,7 +410,7 @@ class Explainer:
     def _fetch_for(self, needs: set[str], targets: list[TargetLayer]) -> list[str]:
         names = []
         for t in targets:
-            if needs & {"activations", "noisy_gradients"}:
+            if needs & {"activations", "noisy_gradients", "perturbation"}:
                 names.append(t.activation)
             if "gradients" in needs:
                 names.append(t.gradient)
@@ -416,7 +436,7 @@ class Explainer:
         return {k: v.reshape(len(x), n, *v.shape[1:]) for k, v in out.items()}
 
     def _maps(
-        self, arrays: dict, noisy: dict | None, opts: _RunOptions, batch
+        self, arrays: dict, noisy: dict | None, opts: _RunOptions, batch, x, classes
     ) -> dict[str, list[CamMap]]:
         """Every requested method on every target layer (fused when asked) → per-image maps."""
         spec = self.info.input
@@ -427,7 +447,10 @@ class Explainer:
             per_layer = []
             t0 = time.perf_counter()
             for t in opts.targets:
-                kwargs = self._method_inputs(s.needs, t, arrays, noisy)
+                if s.family == "perturbation":
+                    kwargs = [self._perturbation_inputs(m, t, arrays, x, classes, opts)]
+                else:
+                    kwargs = self._method_inputs(s.needs, t, arrays, noisy)
                 raw = np.asarray(s.fn(*kwargs), dtype=np.float32)
                 feat = postprocess.normalize(postprocess.relu(raw) if opts.relu else raw)
                 per_layer.append((t, raw, feat))
@@ -446,6 +469,20 @@ class Explainer:
                     for i in range(len(batch))
                 ]
         return result
+
+    def _perturbation_inputs(self, m, t, arrays, x, classes, opts) -> PerturbationInputs:
+        A = arrays.get(t.activation)
+        if A is not None and t.layout == contract.LAYOUT_NHWC:
+            A = A.transpose(0, 3, 1, 2)
+        scorer = Scorer(
+            lambda feeds, names: self.session.run(names, feeds),
+            self.info,
+            opts.perturbation.batch_size,
+            opts.method_progress,
+            m,
+        )
+        nchw = self.info.input.layout == contract.LAYOUT_NCHW
+        return PerturbationInputs(x, A, np.asarray(classes), t, scorer, opts.perturbation, nchw)
 
     @staticmethod
     def _method_inputs(needs, t: TargetLayer, arrays: dict, noisy: dict | None) -> list[np.ndarray]:
@@ -488,3 +525,5 @@ class _RunOptions:
     smooth_noise: float
     seed: int
     topk: int
+    perturbation: PerturbationOptions
+    method_progress: Progress | None

@@ -186,3 +186,7 @@ def resolve_methods(names: str | list[str] | tuple[str, ...], has_cam_weights: b
             "model's export has none (no onnxcam_cam_weight output); use gradcam instead"
         )
     return list(dict.fromkeys(out))
+
+
+# the perturbation family registers itself in METHODS (kept in its own module)
+from . import perturbation as _perturbation  # noqa: E402, F401

@@ -25,6 +25,9 @@ class TargetLayer:
     activation: str
     gradient: str
     cam_weight: str | None
+    head_input: str | None = None
+    head_output: str | None = None
+    head_note: str | None = None
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,9 @@ def parse_contract(meta: dict[str, str]) -> ModelInfo:
                 activation=t["activation"],
                 gradient=t["gradient"],
                 cam_weight=t.get("cam_weight"),
+                head_input=t.get("head_input"),
+                head_output=t.get("head_logits"),
+                head_note=t.get("head_note"),
             )
             for t in json.loads(meta[contract.META_TARGETS])
         ]

@@ -1,0 +1,351 @@
+"""Perturbation CAMs: Score-CAM, SS-CAM, IS-CAM, Ablation-CAM and occlusion sensitivity.
+
+They all need many forward passes. One ``Scorer`` batches them through the model's single
+session: perturbed *images* run with ``onnxcam_mode = 1`` (the gradient subgraph is skipped),
+perturbed *activations* run through the target's head-only path with ``onnxcam_mode = 2`` (the
+layers before the target are not run at all). Each method is one function registered in
+``METHODS`` with ``needs=("perturbation",)`` and receives a ``PerturbationInputs``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import contract
+from .errors import MethodError
+from .methods import method
+
+Progress = Callable[[int, int, str], None]
+"""progress(done, total, label): called after every scored batch."""
+
+
+@dataclass(frozen=True)
+class PerturbationOptions:
+    """Knobs of the perturbation methods (defaults follow the peers named in docs/methods.md)."""
+
+    batch_size: int = 32
+    scorecam_convention: str = "pytorch-grad-cam"
+    """pytorch-grad-cam: upsample (align_corners) then min-max each mask; torchcam: min-max
+    at feature resolution then upsample (half-pixel)."""
+    scorecam_topk: int | None = None
+    """Approximation: score only the K channels with the largest mean activation (others get
+    weight 0 before the softmax is renormalised over the kept ones). None = every channel."""
+    ss_samples: int = 35
+    ss_noise: float = 2.0
+    is_steps: int = 10
+    occlusion_patch: int = 32
+    occlusion_stride: int = 16
+    occlusion_baseline: float | None = None
+    """Pixel value (0–255, all channels) put in the occluded patch; None = the dataset mean
+    (0 in the model's normalised input)."""
+    seed: int = 0
+
+
+@dataclass
+class Scores:
+    """Per scored input: the explained class's logit and probability."""
+
+    logit: np.ndarray
+    prob: np.ndarray
+
+
+@dataclass
+class Scorer:
+    """Batched "score these perturbed inputs" against one session."""
+
+    run: Callable[[dict, list[str]], list[np.ndarray]]
+    info: object
+    batch_size: int = 32
+    progress: Progress | None = None
+    label: str = ""
+    _done: int = field(default=0, init=False)
+
+    def _probs(self, rows: np.ndarray, cls: np.ndarray) -> np.ndarray:
+        if self.info.activation == "softmax":
+            return rows[np.arange(len(cls)), cls]
+        if self.info.activation == "sigmoid":
+            return 1 / (1 + np.exp(-rows[np.arange(len(cls)), cls]))
+        z = rows - rows.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        return (e / e.sum(axis=1, keepdims=True))[np.arange(len(cls)), cls]
+
+    def images(self, batches: Iterator[np.ndarray], total: int, cls: int) -> Scores:
+        """Score perturbed model inputs (mode 1, no gradients); ``batches`` yields chunks."""
+        logits, probs = [], []
+        self._done = 0
+        for x in batches:
+            c = np.full(len(x), cls, dtype=np.int64)
+            feeds = {
+                self.info.input.name: x.astype(np.float32, copy=False),
+                contract.CLASS_INPUT: c,
+                contract.MODE_INPUT: np.array(contract.MODE_FORWARD, dtype=np.int64),
+            }
+            out, score = self.run(feeds, [self.info.output, contract.SCORE_OUTPUT])
+            logits.append(score)
+            probs.append(self._probs(out, c))
+            self._tick(len(x), total)
+        return Scores(np.concatenate(logits), np.concatenate(probs))
+
+    def head(self, layer, acts: Iterator[np.ndarray], total: int, cls: int) -> Scores:
+        """Score perturbed activations of ``layer`` through its head only (mode 2)."""
+        if not getattr(layer, "head_input", None):
+            raise MethodError(
+                f"layer {layer.name!r} has no head-only path in this export "
+                f"({getattr(layer, 'head_note', None) or 're-export with this onnxcam version'})"
+            )
+        spec = self.info.input
+        shape = (
+            (1, spec.channels, spec.height, spec.width)
+            if spec.layout == contract.LAYOUT_NCHW
+            else (1, spec.height, spec.width, spec.channels)
+        )
+        dummy = np.zeros(shape, np.float32)  # the image branch is not what is scored here
+        logits, probs = [], []
+        self._done = 0
+        for a in acts:
+            feeds = {
+                spec.name: dummy,
+                contract.MODE_INPUT: np.array(contract.MODE_HEAD, dtype=np.int64),
+                layer.head_input: a.astype(np.float32, copy=False),
+            }
+            (rows,) = self.run(feeds, [layer.head_output])
+            c = np.full(len(a), cls, dtype=np.int64)
+            logits.append(rows[np.arange(len(a)), c])
+            probs.append(self._probs(rows, c))
+            self._tick(len(a), total)
+        return Scores(np.concatenate(logits), np.concatenate(probs))
+
+    def _tick(self, n: int, total: int) -> None:
+        self._done += n
+        if self.progress:
+            self.progress(self._done, total, self.label)
+
+
+@dataclass
+class PerturbationInputs:
+    """What a perturbation method gets: per image, its model input, target activations and
+    explained class, plus the scorer and the options."""
+
+    x: np.ndarray
+    """[B, ...] model inputs (the model's layout)."""
+    A: np.ndarray
+    """[B, C, h, w] target activations (NCHW), or None when not fetched."""
+    classes: np.ndarray
+    layer: object
+    scorer: Scorer
+    options: PerturbationOptions
+    nchw: bool = True
+
+    @property
+    def hw(self) -> tuple[int, int]:
+        s = self.x.shape
+        return (s[2], s[3]) if self.nchw else (s[1], s[2])
+
+    def apply_mask(self, x1: np.ndarray, masks: np.ndarray) -> np.ndarray:
+        """One image [1, ...] × masks [m, H, W] → [m, ...] (broadcast over channels)."""
+        return x1 * (masks[:, None] if self.nchw else masks[..., None])
+
+
+def _chunks(n: int, size: int) -> Iterator[slice]:
+    for i in range(0, n, size):
+        yield slice(i, min(i + size, n))
+
+
+# --- masks -----------------------------------------------------------------------------------
+def _interp_matrix(n_in: int, n_out: int, align_corners: bool) -> np.ndarray:
+    """[n_out, n_in] bilinear interpolation weights along one axis."""
+    if align_corners:
+        src = np.arange(n_out) * ((n_in - 1) / (n_out - 1)) if n_out > 1 else np.zeros(1)
+    else:
+        src = np.clip((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0, n_in - 1)
+    lo = np.floor(src).astype(int)
+    hi = np.minimum(lo + 1, n_in - 1)
+    frac = src - lo
+    m = np.zeros((n_out, n_in))
+    m[np.arange(n_out), lo] += 1 - frac
+    m[np.arange(n_out), hi] += frac
+    return m
+
+
+def _minmax_channels(a: np.ndarray) -> np.ndarray:
+    """Per-channel (x − min) / (max − min + 1e-8), over the last two axes."""
+    lo = a.min(axis=(-2, -1), keepdims=True)
+    return (a - lo) / ((a - lo).max(axis=(-2, -1), keepdims=True) + 1e-8)
+
+
+def score_masks(
+    A1: np.ndarray, hw: tuple[int, int], convention: str
+) -> Callable[[slice], np.ndarray]:
+    """Masks of one image's channels [C, h, w] at input size, built lazily per channel slice."""
+    h, w = A1.shape[-2:]
+    if convention == "pytorch-grad-cam":
+        mh, mw = _interp_matrix(h, hw[0], True), _interp_matrix(w, hw[1], True)
+        return lambda s: _minmax_channels(mh @ A1[s].astype(np.float64) @ mw.T)
+    if convention == "torchcam":
+        mh, mw = _interp_matrix(h, hw[0], False), _interp_matrix(w, hw[1], False)
+        norm = _minmax_channels(A1.astype(np.float64))
+        return lambda s: mh @ norm[s] @ mw.T
+    raise MethodError(f"unknown Score-CAM convention {convention!r}: pytorch-grad-cam or torchcam")
+
+
+def _softmax(v: np.ndarray) -> np.ndarray:
+    e = np.exp(v - v.max())
+    return e / e.sum()
+
+
+def _weighted(w: np.ndarray, A1: np.ndarray) -> np.ndarray:
+    return np.tensordot(w, A1, axes=(0, 0))
+
+
+def _channels(p: PerturbationInputs, i: int) -> np.ndarray:
+    """The channels Score-CAM-style methods score (all, or the top-K by mean activation)."""
+    C = p.A.shape[1]
+    k = p.options.scorecam_topk
+    if k is None or k >= C:
+        return np.arange(C)
+    return np.sort(np.argsort(-p.A[i].mean(axis=(1, 2)))[:k])
+
+
+def _score_family(p: PerturbationInputs, variants: int, perturb, convention: str) -> np.ndarray:
+    """Shared loop of Score-CAM, SS-CAM and IS-CAM.
+
+    For each image and kept channel c, ``perturb(masks, v)`` returns variant v of the masks;
+    the masked inputs are scored (mode 1, batched); weights are the softmax over channels of the
+    mean logit over variants (subtracting the unmasked logit, as torchcam does, would not change
+    a softmax over channels). Returns raw maps [B, h, w].
+    """
+    o = p.options
+    out = []
+    for i in range(len(p.x)):
+        x1, A1 = p.x[i : i + 1], p.A[i]
+        keep = _channels(p, i)
+        masks_of = score_masks(A1[keep], p.hw, convention)
+        total = len(keep) * variants
+        step = max(1, o.batch_size)
+
+        def batches(masks_of=masks_of, keep=keep, x1=x1, step=step):
+            for v in range(variants):
+                for s in _chunks(len(keep), step):
+                    yield p.apply_mask(x1, perturb(masks_of(s), v)).astype(np.float32)
+
+        scores = p.scorer.images(batches(), total, int(p.classes[i]))
+        mean_logit = scores.logit.reshape(variants, len(keep)).mean(axis=0)
+        w = np.zeros(A1.shape[0])
+        w[keep] = _softmax(mean_logit.astype(np.float64))
+        out.append(_weighted(w, A1))
+    return np.stack(out).astype(np.float32)
+
+
+@method("scorecam", ("perturbation",), "perturbation", "arXiv:1910.01279")
+def scorecam(p: PerturbationInputs) -> np.ndarray:
+    """Score-CAM (Wang et al. 2020): w = softmax_c(f_c(x ⊙ M_k)), M_k = norm(up(A_k));
+    L = Σ_k w_k A_k. Every channel by default (``scorecam_topk`` approximates)."""
+    return _score_family(p, 1, lambda m, v: m, p.options.scorecam_convention)
+
+
+@method("sscam", ("perturbation",), "perturbation", "arXiv:2006.14255")
+def sscam(p: PerturbationInputs) -> np.ndarray:
+    """SS-CAM (Wang et al. 2020): Score-CAM with each mask smoothed by Gaussian noise,
+    averaged over ``ss_samples`` draws (σ = ``ss_noise``, seeded); masks and noise follow
+    torchcam's SSCAM (min-max at feature resolution, then upsample)."""
+    rng = np.random.default_rng(p.options.seed)
+    noisy = lambda m, v: m + rng.normal(0, p.options.ss_noise, m.shape)  # noqa: E731
+    return _score_family(p, p.options.ss_samples, noisy, "torchcam")
+
+
+@method("iscam", ("perturbation",), "perturbation", "arXiv:2010.03023")
+def iscam(p: PerturbationInputs) -> np.ndarray:
+    """IS-CAM (Naidu et al. 2020): Score-CAM with masks integrated over ``is_steps`` steps,
+    step i scaling the mask by Σ_{j≤i} j/N (torchcam's ISCAM)."""
+    n = p.options.is_steps
+    coeff = np.cumsum(np.arange(1, n + 1) / n)
+    return _score_family(p, n, lambda m, v: coeff[v] * m, "torchcam")
+
+
+@method("ablationcam", ("perturbation",), "perturbation", "WACV 2020 (Desai & Ramaswamy)")
+def ablationcam(p: PerturbationInputs) -> np.ndarray:
+    """Ablation-CAM (Desai & Ramaswamy 2020): w_k = (y − y_k) / y, y_k the class score with
+    channel k of the target activations set to 0; L = Σ_k w_k A_k. Runs only the target's
+    head (graph contract v2 head-only path), never the layers before the target."""
+    o = p.options
+    out = []
+    layout_nhwc = p.layer.layout == contract.LAYOUT_NHWC
+    for i in range(len(p.A)):
+        A1 = p.A[i]
+        C = A1.shape[0]
+        feed1 = A1.transpose(1, 2, 0) if layout_nhwc else A1
+
+        def batches(feed1=feed1, C=C):
+            for s in _chunks(C, max(1, o.batch_size)):
+                a = np.repeat(feed1[None], s.stop - s.start, axis=0)
+                idx = np.arange(s.stop - s.start)
+                if layout_nhwc:
+                    a[idx, :, :, np.arange(s.start, s.stop)] = 0
+                else:
+                    a[idx, np.arange(s.start, s.stop)] = 0
+                yield a
+
+        cls = int(p.classes[i])
+        base = p.scorer.head(p.layer, iter([feed1[None]]), 1, cls).logit[0]
+        ablated = p.scorer.head(p.layer, batches(), C, cls).logit
+        w = (base - ablated) / base if base != 0 else np.zeros(C)
+        out.append(_weighted(w.astype(np.float64), A1))
+    return np.stack(out).astype(np.float32)
+
+
+def _positions(n: int, patch: int, stride: int) -> list[int]:
+    last = max(n - patch, 0)
+    pos = list(range(0, last + 1, max(1, stride)))
+    if pos[-1] != last:
+        pos.append(last)
+    return pos
+
+
+@method("occlusion", ("perturbation",), "perturbation", "arXiv:1311.2901")
+def occlusion(p: PerturbationInputs) -> np.ndarray:
+    """Occlusion sensitivity (Zeiler & Fergus 2014): slide a ``occlusion_patch`` square with
+    ``occlusion_stride`` over the input, fill it with the baseline, and record the drop of the
+    class probability; each pixel gets the mean drop of the patches covering it.
+    Returns maps at the model-input resolution (not the feature resolution)."""
+    o = p.options
+    H, W = p.hw
+    ph, pw = min(o.occlusion_patch, H), min(o.occlusion_patch, W)
+    ys, xs = _positions(H, ph, o.occlusion_stride), _positions(W, pw, o.occlusion_stride)
+    spots = [(y, x) for y in ys for x in xs]
+    info = p.scorer.info
+    spec = info.input
+    if o.occlusion_baseline is None:
+        fill = np.zeros(spec.channels, np.float32)
+    else:
+        fill = (o.occlusion_baseline * spec.scale - np.asarray(spec.mean)) / np.asarray(spec.std)
+        fill = np.broadcast_to(np.asarray(fill, np.float32), (spec.channels,))
+    out = []
+    for i in range(len(p.x)):
+        x1 = p.x[i]
+        cls = int(p.classes[i])
+        base = p.scorer.images(iter([p.x[i : i + 1]]), 1, cls).prob[0]
+
+        def batches(x1=x1):
+            for s in _chunks(len(spots), max(1, o.batch_size)):
+                b = np.repeat(x1[None], s.stop - s.start, axis=0)
+                for j, (y, x) in enumerate(spots[s]):
+                    if p.nchw:
+                        b[j, :, y : y + ph, x : x + pw] = fill[:, None, None]
+                    else:
+                        b[j, y : y + ph, x : x + pw, :] = fill
+                yield b
+
+        probs = p.scorer.images(batches(), len(spots), cls).prob
+        acc = np.zeros((H, W))
+        cnt = np.zeros((H, W))
+        for (y, x), pr in zip(spots, probs, strict=True):
+            acc[y : y + ph, x : x + pw] += base - pr
+            cnt[y : y + ph, x : x + pw] += 1
+        out.append(np.divide(acc, cnt, out=np.zeros_like(acc), where=cnt > 0))
+    return np.stack(out).astype(np.float32)
+
+
+__all__ = ["PerturbationInputs", "PerturbationOptions", "Scorer", "Scores"]
