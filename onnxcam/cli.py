@@ -213,7 +213,13 @@ def _method_help() -> str:
 @click.option(
     "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
 )
-@click.option("--batch-size", type=click.IntRange(1, 4096), default=8, show_default=True)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1, 4096),
+    default=32,
+    show_default=True,
+    help="Images per run, and perturbed inputs per run for perturbation methods.",
+)
 @click.option(
     "--layer",
     default=None,
@@ -232,45 +238,60 @@ def _method_help() -> str:
 @click.option("--save-npy", is_flag=True, help="Also save each map (model-input size) as .npy.")
 @click.option("--recursive", is_flag=True, help="Search folders recursively.")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON (for machines).")
-def run_cmd(
-    model,
-    images,
-    methods,
-    target,
-    topk,
-    out_dir,
-    device,
-    batch_size,
-    layer,
-    fuse,
-    alpha,
-    colormap,
-    save_npy,
-    recursive,
-    as_json,
-) -> None:
+@click.option(
+    "--scorecam-topk",
+    type=click.IntRange(1),
+    default=None,
+    metavar="K",
+    help="Score-CAM family: score only the K strongest channels (approximation).",
+)
+@click.option(
+    "--score-convention",
+    type=click.Choice(["pytorch-grad-cam", "torchcam"]),
+    default="pytorch-grad-cam",
+    show_default=True,
+    help="Score-CAM mask convention.",
+)
+@click.option(
+    "--ss-samples",
+    type=click.IntRange(1),
+    default=35,
+    show_default=True,
+    help="SS-CAM noise draws.",
+)
+@click.option(
+    "--is-steps",
+    type=click.IntRange(1),
+    default=10,
+    show_default=True,
+    help="IS-CAM integration steps.",
+)
+@click.option("--occlusion-patch", type=click.IntRange(1), default=32, show_default=True)
+@click.option("--occlusion-stride", type=click.IntRange(1), default=16, show_default=True)
+@click.option(
+    "--occlusion-baseline",
+    type=float,
+    default=None,
+    metavar="PIXEL",
+    help="Occluding value (0-255); default: the dataset mean.",
+)
+def run_cmd(model, images, **opts) -> None:
     """Explain IMAGES (files or folders) with MODEL; write overlay PNGs to --out."""
+    from .perturbation import PerturbationOptions
     from .runner import run_images
 
-    failures = run_images(
-        model,
-        images,
-        methods=methods,
-        target=target,
-        topk=topk,
-        out_dir=out_dir,
-        device=device,
-        batch_size=batch_size,
-        layer=layer,
-        fuse=fuse,
-        alpha=alpha,
-        colormap=colormap,
-        save_npy=save_npy,
-        recursive=recursive,
-        as_json=as_json,
+    perturbation = PerturbationOptions(
+        batch_size=opts["batch_size"],
+        scorecam_convention=opts.pop("score_convention"),
+        scorecam_topk=opts.pop("scorecam_topk"),
+        ss_samples=opts.pop("ss_samples"),
+        is_steps=opts.pop("is_steps"),
+        occlusion_patch=opts.pop("occlusion_patch"),
+        occlusion_stride=opts.pop("occlusion_stride"),
+        occlusion_baseline=opts.pop("occlusion_baseline"),
     )
-    if failures:
-        raise click.exceptions.Exit(1)
+    if run_images(model, images, perturbation=perturbation, **opts):
+        raise click.exceptions.Exit(1)  # some images failed (each was reported on its line)
 
 
 def main() -> None:

@@ -32,6 +32,19 @@ def _write_png(path: Path, rgb: np.ndarray) -> None:
     path.write_bytes(buf.tobytes())
 
 
+class _MethodProgress:
+    """One self-overwriting stderr line for long perturbation methods (terminals only)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+
+    def __call__(self, done: int, total: int, label: str) -> None:
+        if not self.enabled or total < 64:
+            return
+        end = "\r" + " " * 60 + "\r" if done >= total else ""
+        click.echo(f"\r  {label}: {done}/{total} perturbed inputs scored{end}", nl=False, err=True)
+
+
 def run_images(
     model,
     images,
@@ -41,7 +54,7 @@ def run_images(
     topk=1,
     out_dir=Path("out"),
     device="auto",
-    batch_size=8,
+    batch_size=32,
     layer=None,
     fuse=False,
     alpha=0.5,
@@ -49,8 +62,12 @@ def run_images(
     save_npy=False,
     recursive=False,
     as_json=False,
+    perturbation=None,
 ) -> list[Failure]:
-    """Explain every image; write ``<stem>[_<class>]_<method>.png``; return the failures."""
+    """Explain every image; write ``<stem>[_<class>]_<method>.png``; return the failures.
+
+    Ctrl-C stops after the files already written (they stay) and exits with code 130.
+    """
     if colormap not in COLORMAPS:
         raise OnnxcamError(
             f"unknown colormap {colormap!r}; choose from {', '.join(sorted(COLORMAPS))}"
@@ -74,25 +91,31 @@ def run_images(
     stems: dict[str, int] = {}
     rows, failures = [], []
     show_bar = len(files) > 1 and sys.stderr.isatty() and not as_json
-    with click.progressbar(
-        length=len(files), label="explaining", file=sys.stderr, hidden=not show_bar
-    ) as bar:
-        stream = explainer.iter_explain(
-            files,
-            methods,
-            classes=target,
-            topk=topk,
-            layers=layers,
-            fuse=fuse,
-            batch_size=batch_size,
-            progress=bar.update,
-        )
-        for r in stream:
-            if isinstance(r, Failure):
-                failures.append(r)
-                click.echo(f"error: {r.error}", err=True)
-                continue
-            rows.append(_save(r, out_dir, stems, topk, alpha, colormap, save_npy))
+    try:
+        with click.progressbar(
+            length=len(files), label="explaining", file=sys.stderr, hidden=not show_bar
+        ) as bar:
+            stream = explainer.iter_explain(
+                files,
+                methods,
+                classes=target,
+                topk=topk,
+                layers=layers,
+                fuse=fuse,
+                batch_size=batch_size,
+                progress=bar.update,
+                perturbation=perturbation,
+                method_progress=_MethodProgress(sys.stderr.isatty() and not as_json),
+            )
+            for r in stream:
+                if isinstance(r, Failure):
+                    failures.append(r)
+                    click.echo(f"error: {r.error}", err=True)
+                    continue
+                rows.append(_save(r, out_dir, stems, topk, alpha, colormap, save_npy))
+    except KeyboardInterrupt:
+        click.echo(f"\nInterrupted: {len(rows)} explanation(s) written to {out_dir}.", err=True)
+        raise click.exceptions.Exit(130) from None
     total = time.perf_counter() - t_start
     if as_json:
         click.echo(

@@ -116,3 +116,75 @@ def test_real_photo_run(lite0_cam, photos, tmp_path) -> None:
     res = json.loads(r.stdout)["results"][0]
     assert "cat" in res["label"]
     assert len(res["overlays"]) >= 9
+
+
+def test_perturbation_methods_from_the_cli(tiny_cam, folder, tmp_path) -> None:
+    out = tmp_path / "o"
+    r = onnxcam(
+        "run",
+        tiny_cam,
+        folder / "noise0.png",
+        "-m",
+        "scorecam,ablationcam,occlusion",
+        "--batch-size",
+        "5",
+        "--occlusion-patch",
+        "8",
+        "--occlusion-stride",
+        "4",
+        "--scorecam-topk",
+        "4",
+        "-o",
+        out,
+        "--json",
+    )
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)["results"][0]
+    assert set(res["overlays"]) == {"scorecam", "ablationcam", "occlusion"}
+    for png in res["overlays"].values():
+        assert cv2.imread(png).shape == (40, 50, 3)
+
+
+@pytest.mark.model
+def test_ctrl_c_stops_cleanly_and_keeps_what_was_written(lite0_cam, photos, tmp_path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(4):
+        shutil.copy(photos["chelsea"], src / f"cat{i}.jpg")
+    out = tmp_path / "o"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "onnxcam.cli",
+            "run",
+            str(lite0_cam),
+            str(src),
+            "-m",
+            "scorecam",
+            "--batch-size",
+            "1",
+            "-o",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 240
+    while time.time() < deadline and not list(out.glob("*.png")):  # wait for the 1st image
+        time.sleep(0.2)
+    assert list(out.glob("*.png")), "no image finished in time"
+    os.kill(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert "Traceback" not in stderr and "Interrupted" in stderr
+    written = sorted(out.glob("*.png"))
+    assert 1 <= len(written) < 4
+    assert all(cv2.imread(str(p)) is not None for p in written)  # complete, readable files
