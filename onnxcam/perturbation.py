@@ -209,19 +209,29 @@ def _channels(p: PerturbationInputs, i: int) -> np.ndarray:
     return np.sort(np.argsort(-p.A[i].mean(axis=(1, 2)))[:k])
 
 
-def _score_family(p: PerturbationInputs, variants: int, perturb, convention: str) -> np.ndarray:
+def _score_family(
+    p: PerturbationInputs, variants: int, perturb, convention: str, deterministic: bool
+) -> np.ndarray:
     """Shared loop of Score-CAM, SS-CAM and IS-CAM.
 
     For each image and kept channel c, ``perturb(masks, v)`` returns variant v of the masks;
     the masked inputs are scored (mode 1, batched); weights are the softmax over channels of the
     mean logit over variants (subtracting the unmasked logit, as torchcam does, would not change
     a softmax over channels). Returns raw maps [B, h, w].
+
+    With ``deterministic`` perturbations, channels whose map is constant (dead channels: more
+    than half of EfficientNet-Lite0's head on real photos) all have the all-zero mask, hence the
+    same masked input and score: it is computed once and shared — exact, not an approximation.
     """
     o = p.options
     out = []
     for i in range(len(p.x)):
         x1, A1 = p.x[i : i + 1], p.A[i]
-        keep = _channels(p, i)
+        chosen = _channels(p, i)
+        flat = A1[chosen].reshape(len(chosen), -1)
+        constant = flat.max(axis=1) == flat.min(axis=1)
+        shared = deterministic and constant.sum() > 1
+        keep = np.concatenate([chosen[~constant], chosen[constant][:1]]) if shared else chosen
         masks_of = score_masks(A1[keep], p.hw, convention)
         total = len(keep) * variants
         step = max(1, o.batch_size)
@@ -233,6 +243,11 @@ def _score_family(p: PerturbationInputs, variants: int, perturb, convention: str
 
         scores = p.scorer.images(batches(), total, int(p.classes[i]))
         mean_logit = scores.logit.reshape(variants, len(keep)).mean(axis=0)
+        if shared:  # every constant channel gets the representative's score
+            mean_logit = np.concatenate(
+                [mean_logit[:-1], np.full(int(constant.sum()), mean_logit[-1])]
+            )
+            keep = np.concatenate([chosen[~constant], chosen[constant]])
         w = np.zeros(A1.shape[0])
         w[keep] = _softmax(mean_logit.astype(np.float64))
         out.append(_weighted(w, A1))
@@ -243,7 +258,7 @@ def _score_family(p: PerturbationInputs, variants: int, perturb, convention: str
 def scorecam(p: PerturbationInputs) -> np.ndarray:
     """Score-CAM (Wang et al. 2020): w = softmax_c(f_c(x ⊙ M_k)), M_k = norm(up(A_k));
     L = Σ_k w_k A_k. Every channel by default (``scorecam_topk`` approximates)."""
-    return _score_family(p, 1, lambda m, v: m, p.options.scorecam_convention)
+    return _score_family(p, 1, lambda m, v: m, p.options.scorecam_convention, True)
 
 
 @method("sscam", ("perturbation",), "perturbation", "arXiv:2006.14255")
@@ -253,7 +268,7 @@ def sscam(p: PerturbationInputs) -> np.ndarray:
     torchcam's SSCAM (min-max at feature resolution, then upsample)."""
     rng = np.random.default_rng(p.options.seed)
     noisy = lambda m, v: m + rng.normal(0, p.options.ss_noise, m.shape)  # noqa: E731
-    return _score_family(p, p.options.ss_samples, noisy, "torchcam")
+    return _score_family(p, p.options.ss_samples, noisy, "torchcam", False)
 
 
 @method("iscam", ("perturbation",), "perturbation", "arXiv:2010.03023")
@@ -262,7 +277,7 @@ def iscam(p: PerturbationInputs) -> np.ndarray:
     step i scaling the mask by Σ_{j≤i} j/N (torchcam's ISCAM)."""
     n = p.options.is_steps
     coeff = np.cumsum(np.arange(1, n + 1) / n)
-    return _score_family(p, n, lambda m, v: coeff[v] * m, "torchcam")
+    return _score_family(p, n, lambda m, v: coeff[v] * m, "torchcam", True)
 
 
 @method("ablationcam", ("perturbation",), "perturbation", "WACV 2020 (Desai & Ramaswamy)")
@@ -277,22 +292,25 @@ def ablationcam(p: PerturbationInputs) -> np.ndarray:
         A1 = p.A[i]
         C = A1.shape[0]
         feed1 = A1.transpose(1, 2, 0) if layout_nhwc else A1
+        # ablating an all-zero channel changes nothing: its weight is exactly 0, skip the run
+        live = np.flatnonzero(np.abs(A1.reshape(C, -1)).max(axis=1) > 0)
 
-        def batches(feed1=feed1, C=C):
-            for s in _chunks(C, max(1, o.batch_size)):
-                a = np.repeat(feed1[None], s.stop - s.start, axis=0)
-                idx = np.arange(s.stop - s.start)
+        def batches(feed1=feed1, live=live):
+            for s in _chunks(len(live), max(1, o.batch_size)):
+                ch = live[s]
+                a = np.repeat(feed1[None], len(ch), axis=0)
                 if layout_nhwc:
-                    a[idx, :, :, np.arange(s.start, s.stop)] = 0
+                    a[np.arange(len(ch)), :, :, ch] = 0
                 else:
-                    a[idx, np.arange(s.start, s.stop)] = 0
+                    a[np.arange(len(ch)), ch] = 0
                 yield a
 
         cls = int(p.classes[i])
-        base = p.scorer.head(p.layer, iter([feed1[None]]), 1, cls).logit[0]
-        ablated = p.scorer.head(p.layer, batches(), C, cls).logit
-        w = (base - ablated) / base if base != 0 else np.zeros(C)
-        out.append(_weighted(w.astype(np.float64), A1))
+        base = float(p.scorer.head(p.layer, iter([feed1[None]]), 1, cls).logit[0])
+        w = np.zeros(C)
+        if len(live) and base != 0:
+            w[live] = (base - p.scorer.head(p.layer, batches(), len(live), cls).logit) / base
+        out.append(_weighted(w, A1))
     return np.stack(out).astype(np.float32)
 
 
