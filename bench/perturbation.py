@@ -52,7 +52,7 @@ def main() -> None:
     photo = cv2.resize(skimage.data.chelsea(), (224, 224)).astype(np.float32)
     rows = []
     for name in args.models.split(","):
-        module, layer, fc, prep = build(name)
+        module, layer, _, prep = build(name)
         target = module.get_submodule(layer)
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "m.cam.onnx"
