@@ -162,6 +162,13 @@ def add_score(st: ExportState) -> None:
             keepdims=0,
         )
     )
+    if st.head.activation is not None:  # the model outputs probabilities: publish the logits
+        view.add_node(
+            helper.make_node(
+                "Identity", [logits], [contract.LOGITS_OUTPUT], name=contract.LOGITS_OUTPUT
+            )
+        )
+        g.output.append(_value_info(view, contract.LOGITS_OUTPUT, logits))
     g.output.append(
         helper.make_tensor_value_info(contract.CLASS_OUTPUT, TensorProto.INT64, [batch])
     )
@@ -305,6 +312,9 @@ def write_metadata(st: ExportState, labels: list[str] | None, exporter_info: dic
             "output": st.head.output,
             "activation": st.head.activation,
             "num_classes": st.head.num_classes,
+            "logits_output": (
+                contract.LOGITS_OUTPUT if st.head.activation is not None else st.head.output
+            ),
             "class_input": contract.CLASS_INPUT,
             "class_output": contract.CLASS_OUTPUT,
             "score_output": contract.SCORE_OUTPUT,

@@ -32,6 +32,9 @@ HEAD_INPUT = "onnxcam_head_input_{k}"
 # --- outputs --------------------------------------------------------------------------------
 CLASS_OUTPUT = "onnxcam_class"
 """int64 ``[batch]``: the class that was explained for each sample."""
+LOGITS_OUTPUT = "onnxcam_logits"
+"""float ``[batch, classes]``: the pre-activation logits, only when the model's own output is
+not them (it applies Softmax / LogSoftmax / Sigmoid); otherwise that output is the logits."""
 SCORE_OUTPUT = "onnxcam_score"
 """float ``[batch]``: the explained class's pre-softmax score (the value being differentiated)."""
 ACTIVATION_OUTPUT = "onnxcam_activation_{k}"

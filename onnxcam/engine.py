@@ -21,7 +21,7 @@ from .errors import ContractError, ImageError, MethodError, OnnxcamError
 from .image import as_rgb_array, preprocess, read_image
 from .methods import METHODS, resolve_methods
 from .model import ModelInfo, TargetLayer, open_session, parse_contract
-from .perturbation import PerturbationInputs, PerturbationOptions, Progress, Scorer
+from .perturbation import PerturbationInputs, PerturbationOptions, Progress, Scorer, image_rng
 
 ImageSource = str | os.PathLike | np.ndarray
 
@@ -100,11 +100,6 @@ class Failure:
 
     source: str
     error: str
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
 
 
 class Explainer:
@@ -195,11 +190,8 @@ class Explainer:
         names = list(dict.fromkeys(fetch))
         return dict(zip(names, self.session.run(names, feeds), strict=True))
 
-    def _predictions(self, out: np.ndarray, k: int) -> list[list[Prediction]]:
-        logits = out
-        probs = out if self.info.activation == "softmax" else None
-        if probs is None:
-            probs = 1 / (1 + np.exp(-out)) if self.info.activation == "sigmoid" else _softmax(out)
+    def _predictions(self, logits: np.ndarray, k: int) -> list[list[Prediction]]:
+        probs = self.info.probabilities(logits)
         order = np.argsort(-probs, axis=1)[:, :k]
         return [
             [
@@ -213,8 +205,8 @@ class Explainer:
         """Top-k predictions for each image (no maps)."""
         arrays = [self.load(s)[1] for s in images]
         x = preprocess(arrays, self.info.input)
-        out = self._run(x, None, [self.info.output])[self.info.output]
-        return self._predictions(out, topk)
+        logits = self._run(x, None, [self.info.logits_output])[self.info.logits_output]
+        return self._predictions(logits, topk)
 
     def explain(
         self, images: ImageSource | Iterable[ImageSource], methods="gradcam", **kw
@@ -327,14 +319,14 @@ class Explainer:
             else np.array([-1 if c is None else c for c in given])
         )
         needs = {n for m in opts.methods for n in METHODS[m].needs}
-        fetch = [info.output, contract.CLASS_OUTPUT, *self._fetch_for(needs, opts.targets)]
+        fetch = [info.logits_output, contract.CLASS_OUTPUT, *self._fetch_for(needs, opts.targets)]
         # no gradient needed → skip the gradient subgraph (graph contract v2 mode input)
         mode = contract.MODE_EXPLAIN if "gradients" in needs else contract.MODE_FORWARD
         t0 = time.perf_counter()
         out = self._run(x, cls, fetch, mode)
         seconds = time.perf_counter() - t0
         k = max(opts.topk, 5)
-        preds = self._predictions(out[info.output], k)
+        preds = self._predictions(out[info.logits_output], k)
         rounds = [(out, out[contract.CLASS_OUTPUT], seconds)]
         if opts.topk > 1:  # ranks 2..k: the images again, with the class input set
             reps = np.array([[p.index for p in ps[1 : opts.topk]] for ps in preds])  # [B, k-1]
@@ -353,10 +345,15 @@ class Explainer:
             maps = self._maps(arrays, noisy, opts, batch, x, explained)
             for i, it in enumerate(batch):
                 c = int(explained[i])
-                logits = out[info.output][i]
+                logits = out[info.logits_output][i]
                 target = next(
                     (p for p in preds[i] if p.index == c),
-                    Prediction(c, info.label(c), float(self._prob(logits, c)), float(logits[c])),
+                    Prediction(
+                        c,
+                        info.label(c),
+                        float(info.probabilities(logits[None])[0, c]),
+                        float(logits[c]),
+                    ),
                 )
                 results.append(
                     Explanation(
@@ -398,14 +395,9 @@ class Explainer:
             smooth_noise,
             seed,
             topk,
-            perturbation or PerturbationOptions(),
+            perturbation or PerturbationOptions(seed=seed),
             method_progress,
         )
-
-    def _prob(self, logits: np.ndarray, c: int) -> float:
-        if self.info.activation == "softmax":
-            return float(logits[c])
-        return float(_softmax(logits[None])[0, c])
 
     def _fetch_for(self, needs: set[str], targets: list[TargetLayer]) -> list[str]:
         names = []
@@ -425,12 +417,12 @@ class Explainer:
     def _noisy_gradients(self, x: np.ndarray, cls: np.ndarray, opts: _RunOptions) -> dict:
         """Gradients of n noisy copies per image in one batched run: {name: [B, n, ...]}."""
         n = opts.smooth_samples
-        rng = np.random.default_rng(opts.seed)
-        span = x.reshape(len(x), -1).max(axis=1) - x.reshape(len(x), -1).min(axis=1)
-        sigma = (opts.smooth_noise * span).reshape(-1, *([1] * (x.ndim - 1)))
-        xs = np.repeat(x, n, axis=0) + rng.normal(size=(len(x) * n, *x.shape[1:])).astype(
-            np.float32
-        ) * np.repeat(sigma, n, axis=0).astype(np.float32)
+        noise = [  # keyed by each image's content: its map does not depend on its batch
+            image_rng(opts.seed, xi).normal(size=(n, *x.shape[1:])).astype(np.float32)
+            * np.float32(opts.smooth_noise * (xi.max() - xi.min()))
+            for xi in x
+        ]
+        xs = np.repeat(x, n, axis=0) + np.concatenate(noise)
         names = [t.gradient for t in opts.targets]
         out = self._run(xs, np.repeat(cls, n), names)
         return {k: v.reshape(len(x), n, *v.shape[1:]) for k, v in out.items()}

@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from . import contract
 from .errors import ContractError, DeviceError, ModelLoadError
 
@@ -53,11 +55,22 @@ class ModelInfo:
     input: InputSpec
     logits: str
     output: str
+    logits_output: str
+    """The session output holding the logits (the model's output, or ``onnxcam_logits``)."""
     activation: str | None
     num_classes: int | None
     labels: list[str] | None
     has_cam_weights: bool
     extra: dict = field(default_factory=dict)
+
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        """Class probabilities from logits [n, K], as the model's own output activation
+        would give them (sigmoid for multi-label heads, softmax otherwise)."""
+        z = np.asarray(logits, dtype=np.float64)
+        if self.activation == "sigmoid":
+            return 1.0 / (1.0 + np.exp(-z))
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
 
     def label(self, k: int) -> str:
         if self.labels and 0 <= k < len(self.labels):
@@ -134,6 +147,7 @@ def parse_contract(meta: dict[str, str]) -> ModelInfo:
         ),
         logits=score["logits"],
         output=score["output"],
+        logits_output=score.get("logits_output", score["output"]),
         activation=score.get("activation"),
         num_classes=score.get("num_classes"),
         labels=labels,

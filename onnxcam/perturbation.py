@@ -9,6 +9,7 @@ layers before the target are not run at all). Each method is one function regist
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -42,6 +43,26 @@ class PerturbationOptions:
     """Pixel value (0–255, all channels) put in the occluded patch; None = the dataset mean
     (0 in the model's normalised input)."""
     seed: int = 0
+    """Seeds SS-CAM's noise; each image's draws are also keyed by its content, so an image's
+    map does not depend on the other images of its batch."""
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "ss_samples", "is_steps", "occlusion_patch", "occlusion_stride"):
+            if getattr(self, name) < 1:
+                raise MethodError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.scorecam_topk is not None and self.scorecam_topk < 1:
+            raise MethodError(f"scorecam_topk must be at least 1, got {self.scorecam_topk}")
+        if self.scorecam_convention not in ("pytorch-grad-cam", "torchcam"):
+            raise MethodError(
+                f"unknown Score-CAM convention {self.scorecam_convention!r}: "
+                "pytorch-grad-cam or torchcam"
+            )
+
+
+def image_rng(seed: int, x: np.ndarray) -> np.random.Generator:
+    """A generator keyed by the seed and the image's content (batch-independent draws)."""
+    digest = zlib.crc32(np.ascontiguousarray(x, dtype=np.float32).tobytes())
+    return np.random.default_rng([seed, digest])
 
 
 @dataclass
@@ -63,14 +84,8 @@ class Scorer:
     label: str = ""
     _done: int = field(default=0, init=False)
 
-    def _probs(self, rows: np.ndarray, cls: np.ndarray) -> np.ndarray:
-        if self.info.activation == "softmax":
-            return rows[np.arange(len(cls)), cls]
-        if self.info.activation == "sigmoid":
-            return 1 / (1 + np.exp(-rows[np.arange(len(cls)), cls]))
-        z = rows - rows.max(axis=1, keepdims=True)
-        e = np.exp(z)
-        return (e / e.sum(axis=1, keepdims=True))[np.arange(len(cls)), cls]
+    def _probs(self, logits: np.ndarray, cls: np.ndarray) -> np.ndarray:
+        return self.info.probabilities(logits)[np.arange(len(cls)), cls]
 
     def images(self, batches: Iterator[np.ndarray], total: int, cls: int) -> Scores:
         """Score perturbed model inputs (mode 1, no gradients); ``batches`` yields chunks."""
@@ -83,7 +98,7 @@ class Scorer:
                 contract.CLASS_INPUT: c,
                 contract.MODE_INPUT: np.array(contract.MODE_FORWARD, dtype=np.int64),
             }
-            out, score = self.run(feeds, [self.info.output, contract.SCORE_OUTPUT])
+            out, score = self.run(feeds, [self.info.logits_output, contract.SCORE_OUTPUT])
             logits.append(score)
             probs.append(self._probs(out, c))
             self._tick(len(x), total)
@@ -214,7 +229,7 @@ def _score_family(
 ) -> np.ndarray:
     """Shared loop of Score-CAM, SS-CAM and IS-CAM.
 
-    For each image and kept channel c, ``perturb(masks, v)`` returns variant v of the masks;
+    For image i and kept channel c, ``perturb(masks, v, i)`` returns variant v of the masks;
     the masked inputs are scored (mode 1, batched); weights are the softmax over channels of the
     mean logit over variants (subtracting the unmasked logit, as torchcam does, would not change
     a softmax over channels). Returns raw maps [B, h, w].
@@ -236,10 +251,10 @@ def _score_family(
         total = len(keep) * variants
         step = max(1, o.batch_size)
 
-        def batches(masks_of=masks_of, keep=keep, x1=x1, step=step):
+        def batches(masks_of=masks_of, keep=keep, x1=x1, step=step, i=i):
             for v in range(variants):
                 for s in _chunks(len(keep), step):
-                    yield p.apply_mask(x1, perturb(masks_of(s), v)).astype(np.float32)
+                    yield p.apply_mask(x1, perturb(masks_of(s), v, i)).astype(np.float32)
 
         scores = p.scorer.images(batches(), total, int(p.classes[i]))
         mean_logit = scores.logit.reshape(variants, len(keep)).mean(axis=0)
@@ -258,7 +273,7 @@ def _score_family(
 def scorecam(p: PerturbationInputs) -> np.ndarray:
     """Score-CAM (Wang et al. 2020): w = softmax_c(f_c(x ⊙ M_k)), M_k = norm(up(A_k));
     L = Σ_k w_k A_k. Every channel by default (``scorecam_topk`` approximates)."""
-    return _score_family(p, 1, lambda m, v: m, p.options.scorecam_convention, True)
+    return _score_family(p, 1, lambda m, v, i: m, p.options.scorecam_convention, True)
 
 
 @method("sscam", ("perturbation",), "perturbation", "arXiv:2006.14255")
@@ -266,8 +281,13 @@ def sscam(p: PerturbationInputs) -> np.ndarray:
     """SS-CAM (Wang et al. 2020): Score-CAM with each mask smoothed by Gaussian noise,
     averaged over ``ss_samples`` draws (σ = ``ss_noise``, seeded); masks and noise follow
     torchcam's SSCAM (min-max at feature resolution, then upsample)."""
-    rng = np.random.default_rng(p.options.seed)
-    noisy = lambda m, v: m + rng.normal(0, p.options.ss_noise, m.shape)  # noqa: E731
+    rngs: dict[int, np.random.Generator] = {}
+
+    def noisy(m: np.ndarray, v: int, i: int) -> np.ndarray:
+        if i not in rngs:
+            rngs[i] = image_rng(p.options.seed, p.x[i])
+        return m + rngs[i].normal(0, p.options.ss_noise, m.shape)
+
     return _score_family(p, p.options.ss_samples, noisy, "torchcam", False)
 
 
@@ -277,7 +297,7 @@ def iscam(p: PerturbationInputs) -> np.ndarray:
     step i scaling the mask by Σ_{j≤i} j/N (torchcam's ISCAM)."""
     n = p.options.is_steps
     coeff = np.cumsum(np.arange(1, n + 1) / n)
-    return _score_family(p, n, lambda m, v: coeff[v] * m, "torchcam", True)
+    return _score_family(p, n, lambda m, v, i: coeff[v] * m, "torchcam", True)
 
 
 @method("ablationcam", ("perturbation",), "perturbation", "WACV 2020 (Desai & Ramaswamy)")
