@@ -184,7 +184,7 @@ def export_onnx(
     layer_notes: Sequence[str | None] | None = None,
     drop_outputs: Sequence[str] = (),
 ) -> ExportResult:
-    """Rewrite an ONNX classifier into an explainable graph (graph contract v1).
+    """Rewrite an ONNX classifier into an explainable graph (graph contract v2).
 
     ``layers`` are ONNX tensor or node names (default: the last 4-D feature map feeding the
     head). ``size`` fixes a dynamic input size; ``mean``/``std``/``scale``/``color`` describe the

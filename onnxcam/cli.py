@@ -113,7 +113,7 @@ def cli() -> None:
     help="Which model output holds the class scores (default: the first).",
 )
 def export_cmd(model, output, layers, size, mean, std, scale, color, labels, model_output) -> None:
-    """Write MODEL with activations and gradient outputs (graph contract v1) to -o OUT."""
+    """Write MODEL with activations and gradient outputs (graph contract v2) to -o OUT."""
     ex = _exporter()
     res = ex.export_onnx(
         model,
