@@ -17,6 +17,7 @@ from onnxcam import __version__, contract
 from onnxcam.errors import ExportError, ModelLoadError
 
 from .graph import GraphView
+from .heatmaps import parse_methods as parse_heatmaps
 from .layers import (
     Head,
     InputSpec,
@@ -180,6 +181,8 @@ def export_onnx(
     labels: str | os.PathLike | Sequence[str] | None = None,
     model_output: str | None = None,
     verify: bool = True,
+    heatmaps: str | Sequence[str] | None = None,
+    heatmap_size: str = "input",
     layer_names: Sequence[str] | None = None,
     layer_notes: Sequence[str | None] | None = None,
     drop_outputs: Sequence[str] = (),
@@ -187,8 +190,10 @@ def export_onnx(
     """Rewrite an ONNX classifier into an explainable graph (graph contract v2).
 
     ``layers`` are ONNX tensor or node names (default: the last 4-D feature map feeding the
-    head). ``size`` fixes a dynamic input size; ``mean``/``std``/``scale``/``color`` describe the
-    preprocessing the runtime must apply. ``output`` is written atomically and never equals the
+    head). ``heatmaps`` ('gradcam,layercam' or 'all') adds finished maps as graph outputs, at the
+    input resolution or, with ``heatmap_size="feature"``, at the layer's. ``size`` fixes a
+    dynamic input size; ``mean``/``std``/``scale``/``color`` describe the preprocessing the
+    runtime must apply. ``output`` is written atomically and never equals the
     input. Front ends may pass ``layer_names``/``layer_notes`` (how targets are named and
     annotated in the metadata) and ``drop_outputs`` (helper outputs removed after verification).
     """
@@ -245,13 +250,17 @@ def export_onnx(
         spec.scale = float(scale)
     _check_spec(spec)
     st = ExportState(view, head, spec, make_targets(view, list(zip(users, tensors, strict=True))))
+    st.heatmaps = parse_heatmaps(heatmaps)
+    if heatmap_size not in ("input", "feature"):
+        raise ExportError("heatmap_size must be 'input' or 'feature'")
+    st.heatmap_size = heatmap_size
     for t, note in zip(st.targets, layer_notes or [None] * len(st.targets), strict=True):
         t.note = note
     add_mode_input(st)
     expose_activations(st)
     add_score(st)
-    add_backward(st)
     add_cam_weights(st)
+    add_backward(st)
     add_heads(st)
     seconds = time.perf_counter() - t0
     write_metadata(

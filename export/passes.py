@@ -24,6 +24,9 @@ from .autodiff import build_backward
 from .builder import GradBuilder
 from .graph import GraphView
 from .head import build_head
+from .heatmaps import HEATMAPS
+from .heatmaps import output_name as heatmap_output_name
+from .heatmaps import postprocess as postprocess_heatmap
 from .layers import ClassifierHead, Head, InputSpec, LayerInfo, find_gap_linear, tensor_layout
 
 
@@ -45,6 +48,8 @@ class Target:
     head_input: str | None = None
     head_output: str | None = None
     head_note: str | None = None
+    heatmaps: dict[str, str] = field(default_factory=dict)
+    heatmap_size: str | None = None
 
     def to_json(self, k: int) -> dict:
         d = {
@@ -59,6 +64,8 @@ class Target:
             "cam_weight": self.cam_weight,
             "head_input": self.head_input,
             "head_logits": self.head_output,
+            "heatmaps": self.heatmaps,
+            "heatmap_size": self.heatmap_size,
         }
         if self.note:
             d["note"] = self.note
@@ -78,6 +85,8 @@ class ExportState:
     consts: dict = field(default_factory=dict)
     onehot: str = ""
     cls: str = ""
+    heatmaps: list[str] = field(default_factory=list)
+    heatmap_size: str = "input"
 
 
 def _value_info(view: GraphView, name: str, like: str, shape=None) -> onnx.ValueInfoProto:
@@ -243,7 +252,41 @@ def add_backward(st: ExportState) -> None:
         dtype = view.dtype(t.tensor)
         results.append((grads[t.tensor], t.gradient, dtype, _empty_like_target(t)))
         view.graph.output.append(_value_info(view, t.gradient, t.tensor))
+    results += _heatmap_results(st, grads)
     _gate(st, first, results, contract.MODE_EXPLAIN, "backward")
+
+
+def _heatmap_results(st: ExportState, grads: dict[str, str]) -> list:
+    """In-graph heatmaps (``export/heatmaps.py``) for every target, built in the backward
+    branch: ``onnxcam_heatmap_<method>_<k>`` [batch, H, W] (or feature size)."""
+    view, out = st.view, []
+    size = None if st.heatmap_size == "feature" else (st.spec.height, st.spec.width)
+    if st.heatmaps and size is not None and None in size:
+        raise ExportError("in-graph heatmaps at input resolution need a fixed input size (--size)")
+    for k, t in enumerate(st.targets):
+        b = GradBuilder(view, f"onnxcam/heatmap{k}", st.consts)
+        A, G = t.tensor, grads[t.tensor]
+        if t.layout == contract.LAYOUT_NHWC:
+            A, G = b.Transpose(A, perm=[0, 3, 1, 2]), b.Transpose(G, perm=[0, 3, 1, 2])
+        for m in st.heatmaps:
+            if m == "cam" and not t.cam_weight:
+                raise ExportError(
+                    f"the 'cam' heatmap needs a GAP → Linear head after layer {t.name!r}"
+                )
+            raw = HEATMAPS[m](b, A, G, t.cam_weight)
+            name = heatmap_output_name(m, k)
+            t.heatmaps[m], t.heatmap_size = name, st.heatmap_size
+            dims = [t.shape[0], *(size or _spatial(t))]
+            empty = [0, *[d if isinstance(d, int) else 1 for d in dims[1:]]]
+            out.append((postprocess_heatmap(b, raw, size), name, view.dtype(t.tensor), empty))
+            view.graph.output.append(
+                helper.make_tensor_value_info(name, view.dtype(t.tensor), dims)
+            )
+    return out
+
+
+def _spatial(t: Target) -> list:
+    return list(t.shape[1:3] if t.layout == contract.LAYOUT_NHWC else t.shape[2:4])
 
 
 def add_heads(st: ExportState) -> None:

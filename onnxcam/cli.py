@@ -112,7 +112,34 @@ def cli() -> None:
     metavar="NAME",
     help="Which model output holds the class scores (default: the first).",
 )
-def export_cmd(model, output, layers, size, mean, std, scale, color, labels, model_output) -> None:
+@click.option(
+    "--heatmaps",
+    default=None,
+    metavar="METHODS",
+    help="Add finished maps as graph outputs: gradcam,gradcam++,xgradcam,layercam,"
+    "hirescam,gradcam-elementwise,cam or all.",
+)
+@click.option(
+    "--heatmap-size",
+    type=click.Choice(["input", "feature"]),
+    default="input",
+    show_default=True,
+    help="Resolution of the in-graph heatmaps.",
+)
+def export_cmd(
+    model,
+    output,
+    layers,
+    size,
+    mean,
+    std,
+    scale,
+    color,
+    labels,
+    model_output,
+    heatmaps,
+    heatmap_size,
+) -> None:
     """Write MODEL with activations and gradient outputs (graph contract v2) to -o OUT."""
     ex = _exporter()
     res = ex.export_onnx(
@@ -126,11 +153,15 @@ def export_cmd(model, output, layers, size, mean, std, scale, color, labels, mod
         color=color,
         labels=labels,
         model_output=model_output,
+        heatmaps=heatmaps,
+        heatmap_size=heatmap_size,
     )
     ratio = output.stat().st_size / max(model.stat().st_size, 1)
     for k, t in enumerate(res.targets):
-        cam = "  (+CAM weights)" if t.cam_weight else ""
-        click.echo(f"target {k}: {t.name}  {t.producer} {t.layout} {t.shape}{cam}")
+        extra = ("  +CAM weights" if t.cam_weight else "") + ("  +head" if t.head_input else "")
+        if t.heatmaps:
+            extra += "  +heatmaps " + ",".join(t.heatmaps)
+        click.echo(f"target {k}: {t.name}  {t.producer} {t.layout} {t.shape}{extra}")
     click.echo(
         f"wrote {output}  ({ratio:.3f}x the input size, {res.seconds:.1f}s, "
         f"outputs unchanged: max diff {res.max_output_diff:.1e})"

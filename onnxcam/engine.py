@@ -318,8 +318,17 @@ class Explainer:
             if all(c is None for c in given)
             else np.array([-1 if c is None else c for c in given])
         )
-        needs = {n for m in opts.methods for n in METHODS[m].needs}
-        fetch = [info.logits_output, contract.CLASS_OUTPUT, *self._fetch_for(needs, opts.targets)]
+        host = [m for m in opts.methods if not self._graph_heatmaps(m, opts)]
+        needs = {n for m in host for n in METHODS[m].needs}
+        from_graph = [h for m in opts.methods for h in self._graph_heatmaps(m, opts)]
+        if from_graph:
+            needs.add("gradients")  # the heatmaps live in the gradient branch (mode 0)
+        fetch = [
+            info.logits_output,
+            contract.CLASS_OUTPUT,
+            *self._fetch_for(needs - {"gradients"} if not host else needs, opts.targets),
+            *from_graph,
+        ]
         # no gradient needed → skip the gradient subgraph (graph contract v2 mode input)
         mode = contract.MODE_EXPLAIN if "gradients" in needs else contract.MODE_FORWARD
         t0 = time.perf_counter()
@@ -399,6 +408,13 @@ class Explainer:
             method_progress,
         )
 
+    def _graph_heatmaps(self, m: str, opts: _RunOptions) -> list[str]:
+        """In-graph heatmap outputs that can stand in for method ``m`` (else [])."""
+        if not opts.relu or (opts.fuse and len(opts.targets) > 1):
+            return []
+        names = [t.heatmaps.get(m) for t in opts.targets if t.heatmap_size == "input"]
+        return names if len(names) == len(opts.targets) and all(names) else []
+
     def _fetch_for(self, needs: set[str], targets: list[TargetLayer]) -> list[str]:
         names = []
         for t in targets:
@@ -438,7 +454,12 @@ class Explainer:
             s = METHODS[m]
             per_layer = []
             t0 = time.perf_counter()
+            graph = self._graph_heatmaps(m, opts)
             for t in opts.targets:
+                if graph:  # computed inside the model (export --heatmaps): take it as is
+                    feat = arrays[t.heatmaps[m]]
+                    per_layer.append((t, feat, feat))
+                    continue
                 if s.family == "perturbation":
                     kwargs = [self._perturbation_inputs(m, t, arrays, x, classes, opts)]
                 else:

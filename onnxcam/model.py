@@ -30,6 +30,10 @@ class TargetLayer:
     head_input: str | None = None
     head_output: str | None = None
     head_note: str | None = None
+    heatmaps: dict = field(default_factory=dict)
+    """method → output name of the in-graph heatmap (graph contract v2, optional)."""
+    heatmap_size: str | None = None
+    """'input' (model-input resolution) or 'feature'."""
 
 
 @dataclass(frozen=True)
@@ -122,6 +126,8 @@ def parse_contract(meta: dict[str, str]) -> ModelInfo:
                 head_input=t.get("head_input"),
                 head_output=t.get("head_logits"),
                 head_note=t.get("head_note"),
+                heatmaps=t.get("heatmaps") or {},
+                heatmap_size=t.get("heatmap_size"),
             )
             for t in json.loads(meta[contract.META_TARGETS])
         ]
