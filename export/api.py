@@ -251,6 +251,7 @@ def export_onnx(
     _check_spec(spec)
     st = ExportState(view, head, spec, make_targets(view, list(zip(users, tensors, strict=True))))
     st.heatmaps = parse_heatmaps(heatmaps)
+    st.heatmaps_all = isinstance(heatmaps, str) and "all" in heatmaps.lower().split(",")
     if heatmap_size not in ("input", "feature"):
         raise ExportError("heatmap_size must be 'input' or 'feature'")
     st.heatmap_size = heatmap_size

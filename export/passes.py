@@ -87,6 +87,7 @@ class ExportState:
     cls: str = ""
     heatmaps: list[str] = field(default_factory=list)
     heatmap_size: str = "input"
+    heatmaps_all: bool = False
 
 
 def _value_info(view: GraphView, name: str, like: str, shape=None) -> onnx.ValueInfoProto:
@@ -270,6 +271,8 @@ def _heatmap_results(st: ExportState, grads: dict[str, str]) -> list:
             A, G = b.Transpose(A, perm=[0, 3, 1, 2]), b.Transpose(G, perm=[0, 3, 1, 2])
         for m in st.heatmaps:
             if m == "cam" and not t.cam_weight:
+                if st.heatmaps_all:  # "all" means every heatmap this layer can have
+                    continue
                 raise ExportError(
                     f"the 'cam' heatmap needs a GAP → Linear head after layer {t.name!r}"
                 )

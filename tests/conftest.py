@@ -109,3 +109,17 @@ def photos(tmp_path_factory) -> dict[str, Path]:
     for name, path in files.items():
         cv2.imwrite(str(path), getattr(skimage.data, name)()[..., ::-1])
     return files
+
+
+@pytest.fixture(scope="session")
+def lite0_heatmaps(tmp_path_factory) -> Path:
+    """EfficientNet-Lite0 (real weights) exported with every in-graph heatmap."""
+    import warnings
+
+    from onnxcam.models import efficientnet_lite0
+
+    out = tmp_path_factory.mktemp("lite0h") / "efficientnet_lite0.heatmaps.cam.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        efficientnet_lite0.export(out, heatmaps="all")
+    return out

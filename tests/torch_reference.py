@@ -87,3 +87,23 @@ def assert_gradients_close(got: np.ndarray, ref: np.ndarray, tol: float, what: s
     flips = bad & ((got == 0) ^ (ref == 0))
     assert not np.any(bad & ~flips), f"{what}: max relative error {err[bad & ~flips].max():.3g}"
     assert flips.sum() <= max(1, 1e-5 * got.size), f"{what}: {int(flips.sum())} ReLU-mask flips"
+
+
+def calibrate_batchnorm(model: torch.nn.Module, batches) -> torch.nn.Module:
+    """Recompute BN running statistics on the given input batches (affine parameters kept).
+
+    Random-init MobileNetV3 is degenerate even with torchvision_model's spread BN statistics:
+    torch's kaiming fan_out init ignores ``groups``, so depthwise convs shrink the signal ~3×
+    per block; at features.12 two different images differ by 7e-8, every map is nearly
+    constant, and min-max normalisation amplifies float32 rounding ~70×. Data-dependent BN
+    statistics restore a healthy network.
+    """
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average
+    model.train()
+    with torch.no_grad():
+        for x in batches:
+            model(x)
+    return model.eval()

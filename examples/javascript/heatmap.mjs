@@ -1,0 +1,32 @@
+// Class activation maps in JavaScript with nothing but onnxruntime-node.
+//
+// The model was exported with `onnxcam export model.onnx -o model.cam.onnx --heatmaps all`, so
+// the graph itself outputs finished heatmaps (ReLU'd, min-max normalised, resized to the input
+// size): one `session.run` gives the prediction and every map.
+//
+//   npm install --ignore-scripts        # the CPU binaries ship inside the npm package
+//   node heatmap.mjs model.cam.onnx input.f32 1 3 224 224 out.json
+//
+// input.f32: the preprocessed input tensor as raw little-endian float32 (NCHW here).
+import { readFileSync, writeFileSync } from "node:fs";
+import * as ort from "onnxruntime-node";
+
+const [modelPath, inputPath, ...rest] = process.argv.slice(2);
+const outPath = rest.pop();
+const dims = rest.map(Number);
+const bytes = readFileSync(inputPath);
+const data = new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4);
+
+const session = await ort.InferenceSession.create(modelPath);
+const inputName = session.inputNames[0]; // the image; onnxcam's extra inputs have defaults
+const results = await session.run({ [inputName]: new ort.Tensor("float32", data, dims) });
+
+const out = { class: Array.from(results.onnxcam_class.data, Number), heatmaps: {} };
+for (const name of session.outputNames.filter((n) => n.startsWith("onnxcam_heatmap_"))) {
+  const t = results[name];
+  out.heatmaps[name] = { dims: t.dims, data: Array.from(t.data) };
+  let max = 0, at = 0;
+  t.data.forEach((v, i) => { if (i < t.dims[1] * t.dims[2] && v > max) { max = v; at = i; } });
+  console.log(`${name}: peak of image 0 at (x=${at % t.dims[2]}, y=${Math.floor(at / t.dims[2])})`);
+}
+writeFileSync(outPath, JSON.stringify(out));

@@ -1,0 +1,86 @@
+"""In-graph heatmaps equal the Python runtime's maps (within 1e-5), model by model."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch_reference import calibrate_batchnorm, torchvision_model
+
+from onnxcam import Explainer
+from onnxcam.errors import ExportError
+from onnxcam.export import export_onnx, export_torch
+from onnxcam.export.heatmaps import HEATMAPS, output_name
+
+pytestmark = pytest.mark.model
+
+
+def _photos_like(n: int, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.uniform(0, 255, size=(180 + 20 * i, 240, 3)) for i in range(n)]
+
+
+def _compare(with_maps: bytes, plain: bytes, methods: list[str], images) -> float:
+    """Worst |in-graph map − host map| at the model-input resolution."""
+    import onnxruntime as ort
+
+    from onnxcam.image import as_rgb_array, preprocess
+
+    worst = 0.0
+    with Explainer(plain) as host:
+        ref = host.explain(images, methods)
+        x = preprocess([as_rgb_array(i) for i in images], host.info.input)
+    sess = ort.InferenceSession(with_maps, providers=["CPUExecutionProvider"])
+    outs = dict(
+        zip([o.name for o in sess.get_outputs()], sess.run(None, {"input": x}), strict=True)
+    )
+    for m in methods:
+        got = outs[output_name(m, 0)]
+        want = np.stack([r.maps[m].input for r in ref])
+        assert got.shape == want.shape, m
+        diff = float(np.abs(got - want).max())
+        assert diff <= 1e-5, f"{m}: {diff}"
+        worst = max(worst, diff)
+    return worst
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small"])
+def test_torchvision_in_graph_heatmaps_equal_python(name: str) -> None:
+    model = torchvision_model(name)
+    gen = torch.Generator().manual_seed(0)  # data-dependent BN stats: no flat random-init maps
+    calibrate_batchnorm(model, [torch.randn(8, 3, 224, 224, generator=gen) for _ in range(2)])
+    layer = {"resnet18": "layer4", "mobilenet_v3_small": "features.12"}[name]
+    with_maps = export_torch(model, (1, 3, 224, 224), [layer], heatmaps="all").model
+    plain = export_torch(model, (1, 3, 224, 224), [layer]).model
+    names = [o.name for o in with_maps.graph.output if o.name.startswith("onnxcam_heatmap_")]
+    methods = [m for m in HEATMAPS if output_name(m, 0) in names]
+    assert ("cam" in methods) == (name == "resnet18")  # MobileNetV3's head is not GAP→Linear
+    _compare(with_maps.SerializeToString(), plain.SerializeToString(), methods, _photos_like(2))
+
+
+def test_efficientnet_lite0_in_graph_heatmaps_equal_python(
+    lite0_heatmaps, lite0_cam, photos
+) -> None:
+    import cv2
+
+    images = [cv2.imread(str(p))[..., ::-1].astype(np.float32) for p in photos.values()]
+    _compare(lite0_heatmaps.read_bytes(), lite0_cam.read_bytes(), list(HEATMAPS), images)
+
+
+def test_runtime_uses_in_graph_heatmaps(lite0_heatmaps, photos) -> None:
+    with Explainer(lite0_heatmaps) as ex:
+        r = ex.explain(photos["coffee"], ["gradcam", "scorecam"], perturbation=None)[0]
+    assert r.maps["gradcam"].feature.shape == (224, 224)  # taken from the graph
+    assert r.maps["scorecam"].feature.shape == (7, 7)  # computed on the host
+
+
+def test_heatmap_options_are_validated(tiny_onnx) -> None:
+    with pytest.raises(ExportError, match="no in-graph heatmap"):
+        export_onnx(tiny_onnx, heatmaps="scorecam")
+    early = next(o for o in onnx.load(str(tiny_onnx)).graph.node if o.op_type == "Conv").output[0]
+    with pytest.raises(ExportError, match="GAP"):
+        export_onnx(tiny_onnx, layers=[early], heatmaps="cam")
+    res = export_onnx(tiny_onnx, heatmaps="gradcam", heatmap_size="feature")
+    out = next(o for o in res.model.graph.output if o.name == output_name("gradcam", 0))
+    assert [d.dim_value for d in out.type.tensor_type.shape.dim][1:] == [8, 8]
