@@ -1,8 +1,10 @@
 """Cost of the exported graph vs the original model, onnxruntime CPU, side by side.
 
 For ResNet-50 (random init) and EfficientNet-Lite0 (real ImageNet weights), batch 1 and 8:
-median latency of the original model and of the onnxcam graph with *all* outputs fetched
-(prediction + class + score + activations + gradients + CAM weights), and the file-size ratio.
+median latency of the original model, of the onnxcam graph with *all* outputs fetched
+(prediction + class + score + activations + gradients + CAM weights), and of the graph with
+every in-graph heatmap as well (``--heatmaps all``: finished maps at 224×224), and the
+file-size ratios.
 
     python bench/export_overhead.py [--repeats 20]
 """
@@ -67,18 +69,22 @@ def main() -> None:
             src.write_bytes(plain_onnx(module, 224))
             dst = Path(tmp) / "cam.onnx"
             res = export_onnx(src, dst, **prep)
+            hm = Path(tmp) / "heatmaps.cam.onnx"
+            export_onnx(src, hm, heatmaps="all", **prep)
             size_ratio = dst.stat().st_size / src.stat().st_size
-            plain, cam = session(src), session(dst)
+            plain, cam, heat = session(src), session(dst), session(hm)
             for batch in (1, 8):
                 x = np.random.default_rng(0).normal(size=(batch, 3, 224, 224)).astype(np.float32)
                 times = interleaved(
                     {
                         "plain": lambda x=x, s=plain: s.run(None, {"input": x}),
                         "onnxcam": lambda x=x, s=cam: s.run(None, {"input": x}),
+                        "heatmaps": lambda x=x, s=heat: s.run(None, {"input": x}),
                     },
                     repeats=args.repeats,
                 )
                 p, c = median_ms(times["plain"]), median_ms(times["onnxcam"])
+                h = median_ms(times["heatmaps"])
                 rows.append(
                     {
                         "model": name,
@@ -87,7 +93,10 @@ def main() -> None:
                         "plain_ms": p,
                         "onnxcam_ms": c,
                         "ratio": c / p,
+                        "heatmaps_ms": h,
+                        "heatmaps_ratio": h / p,
                         "size_ratio": size_ratio,
+                        "heatmaps_size_ratio": hm.stat().st_size / src.stat().st_size,
                     }
                 )
                 print(
@@ -100,6 +109,8 @@ def main() -> None:
         ("plain_ms", "plain ORT (ms)"),
         ("onnxcam_ms", "onnxcam graph, all outputs (ms)"),
         ("ratio", "latency ratio"),
+        ("heatmaps_ms", "+ all in-graph heatmaps (ms)"),
+        ("heatmaps_ratio", "ratio with heatmaps"),
         ("size_ratio", "file size ratio"),
     ]
     print(markdown_table(rows, cols))
