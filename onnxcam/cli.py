@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -323,6 +324,130 @@ def run_cmd(model, images, **opts) -> None:
     )
     if run_images(model, images, perturbation=perturbation, **opts):
         raise click.exceptions.Exit(1)  # some images failed (each was reported on its line)
+
+
+@cli.command("report")
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--out",
+    "out_html",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("report.html"),
+    show_default=True,
+    help="The HTML file to write.",
+)
+@click.option("-m", "--method", "methods", default="all", show_default=True, help=_method_help())
+@click.option("--class", "target", default=None, metavar="K|NAME")
+@click.option("--topk", type=click.IntRange(1, 50), default=1, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
+@click.option("--batch-size", type=click.IntRange(1, 4096), default=32, show_default=True)
+@click.option("--layer", default=None, metavar="K|NAME|all")
+@click.option(
+    "--per-page",
+    type=click.IntRange(1),
+    default=10,
+    show_default=True,
+    help="Images per page of the report.",
+)
+@click.option("--recursive", is_flag=True, help="Search folders recursively.")
+@click.option(
+    "--screenshot",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also render the report with headless Chromium to this PNG.",
+)
+def report_cmd(
+    model,
+    images,
+    out_html,
+    methods,
+    target,
+    topk,
+    device,
+    batch_size,
+    layer,
+    per_page,
+    recursive,
+    screenshot,
+) -> None:
+    """One self-contained HTML report for IMAGES: predictions and every method's overlay."""
+    from .perturbation import PerturbationOptions
+    from .runner import report_images
+
+    path, results, seconds = report_images(
+        model,
+        images,
+        out_html,
+        methods=methods,
+        target=target,
+        topk=topk,
+        device=device,
+        batch_size=batch_size,
+        layer=layer,
+        per_page=per_page,
+        recursive=recursive,
+        perturbation=PerturbationOptions(batch_size=batch_size),
+    )
+    failed = sum(type(r).__name__ == "Failure" for r in results)
+    click.echo(f"wrote {path} ({len(results)} image(s), {failed} failed, {seconds:.1f}s)")
+    if screenshot is not None:
+        from .report import screenshot as render_png
+
+        click.echo(f"screenshot: {render_png(path, screenshot)}")
+    if failed:
+        raise click.exceptions.Exit(1)
+
+
+@cli.command("demo")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("onnxcam-demo"),
+    show_default=True,
+)
+@click.option(
+    "--photos",
+    default=",".join(("chelsea", "coffee", "astronaut", "rocket", "motorcycle_left")),
+    show_default=True,
+    help="scikit-image photos to explain.",
+)
+@click.option(
+    "-m", "--method", "methods", default=None, help="Methods (default: every registered method)."
+)
+@click.option("--rebuild", is_flag=True, help="Re-export the cached demo model.")
+def demo_cmd(out_dir, photos, methods, rebuild) -> None:
+    """Explain scikit-image's photos with a pretrained EfficientNet-Lite0; write an HTML report."""
+    from . import demo
+    from .methods import METHODS
+    from .perturbation import PerturbationOptions
+    from .runner import report_images
+
+    t0 = time.perf_counter()
+    model, built = demo.demo_model(rebuild)
+    click.echo(f"model: {model}" + (f" (built in {built:.1f}s)" if built else " (cached)"))
+    files = demo.write_photos(
+        out_dir / "photos", [p.strip() for p in photos.split(",") if p.strip()]
+    )
+    path, results, seconds = report_images(
+        model,
+        files,
+        out_dir / "report.html",
+        methods=methods or list(METHODS),
+        perturbation=PerturbationOptions(**demo.DEMO_PERTURBATION),
+        pngs_dir=out_dir / "overlays",
+        notes=["demo settings: SS-CAM 2 samples, IS-CAM 3 steps (defaults 35 and 10)"],
+    )
+    for r in results:
+        if type(r).__name__ == "Failure":
+            click.echo(f"error: {r.error}", err=True)
+        else:
+            top = r.predictions[0]
+            click.echo(f"  {Path(r.source).name:<22} {top.label} ({100 * top.probability:.1f}%)")
+    click.echo(f"report:   {path.resolve()}")
+    click.echo(f"overlays: {(out_dir / 'overlays').resolve()}")
+    click.echo(f"done in {time.perf_counter() - t0:.1f}s ({seconds:.1f}s explaining)")
 
 
 def main() -> None:

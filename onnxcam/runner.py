@@ -194,3 +194,70 @@ def _table(rows: list[dict]) -> None:
             f"{Path(r['image']).name[:w_img]:<{w_img}}  {cls:<{w_cls}}  "
             f"{r['probability']:>6.3f}  {ms:>8.1f}  {','.join(r['methods_ms'])}"
         )
+
+
+def report_images(
+    model,
+    images,
+    out_html: Path,
+    *,
+    methods="all",
+    target=None,
+    topk=1,
+    device="auto",
+    batch_size=32,
+    layer=None,
+    perturbation=None,
+    per_page=10,
+    alpha=0.5,
+    colormap="jet",
+    recursive=False,
+    pngs_dir: Path | None = None,
+    notes=(),
+) -> tuple[Path, list, float]:
+    """Explain images and write one self-contained HTML report (and optionally the PNGs).
+
+    Returns (report path, results, seconds). Broken images become error cards."""
+    from .report import ReportInfo, write
+
+    files = list_images(images, recursive)
+    if not files:
+        raise OnnxcamError("no images found in " + ", ".join(map(str, images)))
+    t0 = time.perf_counter()
+    explainer = Explainer(model, device=device)
+    layers = (
+        None
+        if layer is None
+        else ("all" if layer == "all" else (int(layer) if str(layer).isdigit() else layer))
+    )
+    progress = _MethodProgress(sys.stderr.isatty())
+    results = list(
+        explainer.iter_explain(
+            files,
+            methods,
+            classes=target,
+            topk=topk,
+            layers=layers,
+            batch_size=batch_size,
+            perturbation=perturbation,
+            method_progress=progress,
+        )
+    )
+    stems: dict = {}
+    if pngs_dir is not None:
+        pngs_dir.mkdir(parents=True, exist_ok=True)
+        for r in results:
+            if not isinstance(r, Failure):
+                _save(r, pngs_dir, stems, topk, alpha, colormap, False)
+    seconds = time.perf_counter() - t0
+    names = sorted({k for r in results if not isinstance(r, Failure) for k in r.maps})
+    info = ReportInfo(
+        model=Path(str(model)).name if not isinstance(model, bytes) else "model",
+        layers=[t.name for t in explainer.layers(layers)],
+        provider=explainer.provider,
+        methods=names,
+        seconds=seconds,
+        notes=[*explainer.notes, *notes],
+    )
+    path = write(out_html, results, info, per_page=per_page, alpha=alpha, colormap=colormap)
+    return path, results, seconds
