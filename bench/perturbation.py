@@ -34,7 +34,9 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--models", default="resnet50,lite0")
+    ap.add_argument("--only", default="", help="comma-separated methods to time (default: all)")
     args = ap.parse_args()
+    only = [m for m in args.only.split(",") if m]
 
     import cv2
     import pytorch_grad_cam
@@ -87,6 +89,8 @@ def main() -> None:
             "onnxcam:iscam(4 steps)": lambda oc=oc: oc("iscam"),
             "onnxcam:sscam(4 samples)": lambda oc=oc: oc("sscam"),
         }
+        if only:
+            variants = {k: v for k, v in variants.items() if k.split(":")[1].split("(")[0] in only}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             times = interleaved(variants, repeats=args.repeats, warmup=0)
@@ -124,7 +128,8 @@ def main() -> None:
         ("torchcam_speedup", "speed-up vs torchcam"),
     ]
     print(markdown_table(rows, cols))
-    print("saved", save("perturbation", rows, {"repeats": args.repeats, "batch_size": bs}))
+    name = "perturbation" + ("_" + "_".join(only) if only else "")
+    print("saved", save(name, rows, {"repeats": args.repeats, "batch_size": bs}))
 
 
 if __name__ == "__main__":
