@@ -102,6 +102,8 @@ def main() -> None:
             "iscam(4 steps)",
             "sscam(4 samples)",
         ):
+            if f"onnxcam:{method}" not in sec:
+                continue
             o = sec[f"onnxcam:{method}"]
             pg, tcm = sec.get(f"pgc:{method}"), sec.get(f"torchcam:{method}")
             rows.append(
