@@ -268,6 +268,16 @@ def _method_help() -> str:
 )
 @click.option("--colormap", default="jet", show_default=True, help="OpenCV colormap name.")
 @click.option("--save-npy", is_flag=True, help="Also save each map (model-input size) as .npy.")
+@click.option(
+    "--boxes",
+    "box_threshold",
+    type=click.FloatRange(0, 1),
+    default=None,
+    is_flag=False,
+    flag_value=0.5,
+    metavar="[FRACTION]",
+    help="Draw the box around each map's largest region ≥ FRACTION·max (default 0.5).",
+)
 @click.option("--recursive", is_flag=True, help="Search folders recursively.")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON (for machines).")
 @click.option(
@@ -448,6 +458,103 @@ def demo_cmd(out_dir, photos, methods, rebuild) -> None:
     click.echo(f"report:   {path.resolve()}")
     click.echo(f"overlays: {(out_dir / 'overlays').resolve()}")
     click.echo(f"done in {time.perf_counter() - t0:.1f}s ({seconds:.1f}s explaining)")
+
+
+@cli.command("eval")
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("folder", type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--annotations",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="JSON with classes, boxes or masks (docs/evaluation.md).",
+)
+@click.option("-m", "--method", "methods", default="all", show_default=True, help=_method_help())
+@click.option(
+    "-o",
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("onnxcam-eval"),
+    show_default=True,
+)
+@click.option(
+    "--steps",
+    type=click.IntRange(2),
+    default=50,
+    show_default=True,
+    help="Deletion/insertion curve steps.",
+)
+@click.option("--no-road", is_flag=True, help="Skip ROAD (its imputation is the slowest part).")
+@click.option(
+    "--box-threshold",
+    type=click.FloatRange(0, 1),
+    default=0.5,
+    show_default=True,
+    help="Boxes from maps: threshold as a fraction of the map's maximum.",
+)
+@click.option("--batch-size", type=click.IntRange(1, 4096), default=32, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--recursive", is_flag=True, help="Search the folder recursively.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def eval_cmd(
+    model,
+    folder,
+    annotations,
+    methods,
+    out_dir,
+    steps,
+    no_road,
+    box_threshold,
+    batch_size,
+    device,
+    seed,
+    recursive,
+    as_json,
+) -> None:
+    """Faithfulness and localization metrics of every method over FOLDER."""
+    from .engine import Explainer
+    from .evaluate import EvalOptions, evaluate, load_annotations, table, write_outputs
+    from .image import list_images
+    from .methods import resolve_methods
+    from .perturbation import PerturbationOptions
+
+    files = list_images([folder], recursive)
+    if not files:
+        raise click.ClickException(f"no images found in {folder}")
+    ann = load_annotations(annotations) if annotations else None
+    ex = Explainer(model, device=device)
+    names = resolve_methods(methods, ex.info.has_cam_weights)
+    opts = EvalOptions(
+        steps=steps, road=not no_road, box_threshold=box_threshold, seed=seed, batch_size=batch_size
+    )
+    with click.progressbar(
+        length=len(files),
+        label="evaluating",
+        file=sys.stderr,
+        hidden=not (sys.stderr.isatty() and len(files) > 1),
+    ) as bar:
+        result = evaluate(
+            ex,
+            files,
+            names,
+            ann,
+            opts,
+            PerturbationOptions(batch_size=batch_size, seed=seed),
+            root=folder if folder.is_dir() else None,
+            progress=bar.update,
+        )
+    for f in result.failures:
+        click.echo(f"error: {f.error}", err=True)
+    paths = write_outputs(result, out_dir)
+    if as_json:
+        click.echo(json.dumps(result.summary, indent=1))
+    else:
+        click.echo(table(result.summary))
+        click.echo("wrote " + ", ".join(str(p) for p in paths.values()))
+    if result.failures:
+        raise click.exceptions.Exit(1)
 
 
 def main() -> None:

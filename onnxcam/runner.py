@@ -18,6 +18,7 @@ import numpy as np
 from .engine import Explainer, Explanation, Failure
 from .errors import OnnxcamError
 from .image import list_images
+from .localize import boxes_from_map, draw_boxes
 from .postprocess import COLORMAPS
 
 
@@ -63,6 +64,7 @@ def run_images(
     recursive=False,
     as_json=False,
     perturbation=None,
+    box_threshold=None,
 ) -> list[Failure]:
     """Explain every image; write ``<stem>[_<class>]_<method>.png``; return the failures.
 
@@ -112,7 +114,9 @@ def run_images(
                     failures.append(r)
                     click.echo(f"error: {r.error}", err=True)
                     continue
-                rows.append(_save(r, out_dir, stems, topk, alpha, colormap, save_npy))
+                rows.append(
+                    _save(r, out_dir, stems, topk, alpha, colormap, save_npy, box_threshold)
+                )
     except KeyboardInterrupt:
         click.echo(f"\nInterrupted: {len(rows)} explanation(s) written to {out_dir}.", err=True)
         raise click.exceptions.Exit(130) from None
@@ -148,6 +152,7 @@ def _save(
     alpha: float,
     colormap: str,
     save_npy: bool,
+    box_threshold: float | None = None,
 ) -> dict:
     base = _slug(Path(r.source).stem)
     key = (r.source, r.target.index)
@@ -159,9 +164,15 @@ def _save(
     if topk > 1:
         base = f"{base}_{r.target.index}-{_slug(r.target.label)}"
     files = {}
+    boxes = {}
     for name, m in r.maps.items():
         path = out_dir / f"{base}_{_slug(name)}.png"
-        _write_png(path, r.overlay(name, alpha=alpha, colormap=colormap))
+        png = r.overlay(name, alpha=alpha, colormap=colormap)
+        if box_threshold is not None:
+            found = boxes_from_map(m.original, box_threshold)
+            png = draw_boxes(png, found, thickness=max(2, round(max(png.shape[:2]) / 200)))
+            boxes[name] = [b.as_list() for b in found]
+        _write_png(path, png)
         files[name] = str(path)
         if save_npy:
             np.save(out_dir / f"{base}_{_slug(name)}.npy", m.input)
@@ -178,6 +189,7 @@ def _save(
         "methods_ms": {k: round(1000 * m.seconds, 3) for k, m in r.maps.items()},
         "inference_ms": round(1000 * r.inference_seconds, 3),
         "overlays": files,
+        **({"boxes": boxes} if box_threshold is not None else {}),
     }
 
 

@@ -1,0 +1,329 @@
+"""``onnxcam eval``: faithfulness and localization of every method over a folder of images.
+
+Annotations (optional) are one JSON file (docs/evaluation.md)::
+
+    {"images": {"cat.jpg": {"class": 285, "boxes": [[x0, y0, x1, y1], ...]},
+                "dog.png": {"class": "golden retriever", "mask": "masks/dog.png"}}}
+
+Boxes are in the original image's pixels (x1/y1 exclusive); a mask path is relative to the
+JSON file (non-zero = object). ``class`` (index or label) is the ground truth: it is explained
+and used for top-1 localization accuracy. A ``random`` map is evaluated as a baseline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from . import metrics as M  # noqa: N812
+from .engine import Explainer, Failure
+from .errors import OnnxcamError
+from .image import preprocess, read_image
+from .localize import boxes_from_map, boxes_mask, energy_pointing, iou_boxes, pointing_hit
+from .perturbation import PerturbationOptions, Scorer
+
+RANDOM = "random"
+
+
+@dataclass
+class Annotation:
+    cls: int | str | None = None
+    boxes: list = field(default_factory=list)
+    mask: np.ndarray | None = None
+
+    def target(self, shape: tuple[int, int]) -> np.ndarray | None:
+        """The object as a boolean mask of the image's shape (None when not annotated)."""
+        if self.mask is not None:
+            m = self.mask
+            if m.shape != shape:
+                m = cv2.resize(
+                    m.astype(np.uint8), (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST
+                )
+            return m.astype(bool)
+        return boxes_mask(self.boxes, shape) if self.boxes else None
+
+
+def load_annotations(path: str | os.PathLike) -> dict[str, Annotation]:
+    """Parse the annotation JSON; keys are file names (or paths relative to the folder)."""
+    p = Path(path)
+    try:
+        doc = json.loads(p.read_text(encoding="utf-8"))
+        images = doc.get("images", doc)
+        out = {}
+        for name, a in images.items():
+            mask = None
+            if a.get("mask"):
+                mp = (p.parent / a["mask"]).resolve()
+                m = cv2.imread(str(mp), cv2.IMREAD_GRAYSCALE)
+                if m is None:
+                    raise OnnxcamError(f"{p}: cannot read mask {mp}")
+                mask = m > 0
+            boxes = [list(map(float, b[:4])) for b in a.get("boxes", [])]
+            out[name] = Annotation(a.get("class"), boxes, mask)
+        return out
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise OnnxcamError(f"cannot read annotations {p}: {e}") from None
+
+
+@dataclass
+class EvalOptions:
+    steps: int = 50
+    baselines: tuple[str, ...] = ("zero", "blur")
+    road: bool = True
+    box_threshold: float = 0.5
+    pointing_tolerance: int = 15
+    seed: int = 0
+    batch_size: int = 32
+
+
+@dataclass
+class EvalResult:
+    """Per image and method rows, per method means, mean curves."""
+
+    rows: list[dict]
+    summary: dict[str, dict]
+    curves: dict[str, dict[str, list[float]]]
+    failures: list[Failure]
+
+
+def _key(ann: dict[str, Annotation], path: Path, root: Path | None) -> Annotation | None:
+    for k in (
+        str(path.relative_to(root)) if root and path.is_relative_to(root) else None,
+        path.name,
+        str(path),
+    ):
+        if k and k in ann:
+            return ann[k]
+    return None
+
+
+def evaluate(
+    explainer: Explainer,
+    files: list[Path],
+    methods: list[str],
+    annotations: dict[str, Annotation] | None = None,
+    options: EvalOptions | None = None,
+    perturbation: PerturbationOptions | None = None,
+    root: Path | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> EvalResult:
+    """Evaluate ``methods`` (and the random baseline) on every image of ``files``."""
+    o = options or EvalOptions()
+    info = explainer.info
+    nchw = info.input.layout == "NCHW"
+    scorer = Scorer(lambda feeds, names: explainer.session.run(names, feeds), info, o.batch_size)
+    rows, failures = [], []
+    curves: dict[str, dict[str, list]] = {}
+    for path in files:
+        ann = _key(annotations or {}, path, root)
+        try:
+            img = read_image(path)
+            cls = None if ann is None or ann.cls is None else info.class_index(ann.cls)
+            (r,) = explainer.explain([img], methods, classes=cls, perturbation=perturbation)
+        except OnnxcamError as e:
+            failures.append(Failure(str(path), str(e)))
+            if progress:
+                progress(1)
+            continue
+        x = preprocess([img], info.input)
+        c = r.target.index
+        target_mask = ann.target(img.shape[:2]) if ann else None
+        maps = {m: (r.maps[m].input, r.maps[m].original) for m in r.maps}
+        grid = next(iter(r.maps.values())).feature.shape if r.maps else (7, 7)
+        maps[RANDOM] = (
+            M.random_map((info.input.height, info.input.width), o.seed, x, grid),
+            M.random_map(img.shape[:2], o.seed, x, grid),
+        )
+        for m, (m_in, m_orig) in maps.items():
+            row: dict = {"image": str(path), "method": m, "class": c, "label": r.target.label}
+            y, out = M.confidence_change(scorer, x, m_in[None], np.array([c]), nchw)
+            row["drop"] = float(max(0.0, y[0] - out[0]) / (y[0] + 1e-7))
+            row["increase"] = float(out[0] > y[0])
+            for mode in ("deletion", "insertion"):
+                for base in o.baselines:
+                    cv = M.deletion_insertion(
+                        scorer, x, m_in, c, mode, o.steps, base, nchw, o.batch_size
+                    )
+                    row[f"{mode}_{base}"] = cv.auc
+                    curves.setdefault(m, {}).setdefault(f"{mode}_{base}", []).append(cv.scores)
+            if o.road:
+                for order in ("morf", "lerf"):
+                    rc = M.road(scorer, x, m_in, c, order, nchw=nchw, seed=o.seed)
+                    row[f"road_{order}"] = float(rc.scores[1:].mean())
+            if target_mask is not None:
+                row["pointing"] = float(pointing_hit(m_orig, target_mask, o.pointing_tolerance))
+                row["energy_pointing"] = energy_pointing(m_orig, target_mask)
+                if ann.boxes:
+                    pred = boxes_from_map(m_orig, o.box_threshold)
+                    best = (
+                        max((iou_boxes(pred[0], g) for g in ann.boxes), default=0.0)
+                        if pred
+                        else 0.0
+                    )
+                    row["iou"] = best
+                    truth = None if ann.cls is None else info.class_index(ann.cls)
+                    correct = (r.predictions[0].index == truth) if truth is not None else True
+                    row["loc_acc"] = float(best >= 0.5 and correct)
+            rows.append(row)
+        if progress:
+            progress(1)
+    return EvalResult(rows, summarize(rows), _mean_curves(curves), failures)
+
+
+SUMMARY = {
+    "drop": ("Average Drop %", 100.0, "lower"),
+    "increase": ("Increase in Confidence %", 100.0, "higher"),
+    "deletion_zero": ("Deletion AUC (zero)", 1.0, "lower"),
+    "deletion_blur": ("Deletion AUC (blur)", 1.0, "lower"),
+    "insertion_zero": ("Insertion AUC (zero)", 1.0, "higher"),
+    "insertion_blur": ("Insertion AUC (blur)", 1.0, "higher"),
+    "road_morf": ("ROAD MoRF", 1.0, "lower"),
+    "road_lerf": ("ROAD LeRF", 1.0, "higher"),
+    "pointing": ("Pointing game", 1.0, "higher"),
+    "energy_pointing": ("Energy pointing game", 1.0, "higher"),
+    "iou": ("mean IoU", 1.0, "higher"),
+    "loc_acc": ("Top-1 loc. acc. (IoU ≥ 0.5)", 1.0, "higher"),
+}
+"""metric key → (display name, scale for the summary, which direction is better)."""
+
+
+def summarize(rows: list[dict]) -> dict[str, dict]:
+    """Mean of every metric per method (metrics scaled as in ``SUMMARY``)."""
+    out: dict[str, dict] = {}
+    for m in dict.fromkeys(r["method"] for r in rows):
+        mine = [r for r in rows if r["method"] == m]
+        s = {"images": len(mine)}
+        for k, (_, scale, _) in SUMMARY.items():
+            vals = [r[k] for r in mine if k in r]
+            if vals:
+                s[k] = scale * float(np.mean(vals))
+        out[m] = s
+    return out
+
+
+def _mean_curves(curves: dict) -> dict:
+    return {m: {k: np.mean(v, axis=0).tolist() for k, v in c.items()} for m, c in curves.items()}
+
+
+def table(summary: dict[str, dict]) -> str:
+    """A plain-text table (methods as rows)."""
+    keys = [k for k in SUMMARY if any(k in s for s in summary.values())]
+    head = ["method", *[SUMMARY[k][0] for k in keys]]
+    lines = [head] + [
+        [m, *[f"{s[k]:.3f}" if k in s else "–" for k in keys]] for m, s in summary.items()
+    ]
+    widths = [max(len(str(row[i])) for row in lines) for i in range(len(head))]
+    return "\n".join(
+        "  ".join(
+            str(v).rjust(w) if i else str(v).ljust(w)
+            for i, (v, w) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in lines
+    )
+
+
+def write_outputs(result: EvalResult, out_dir: Path) -> dict[str, Path]:
+    """metrics.csv (per image), metrics.json (summary + rows), curves.png; returns the paths."""
+    import csv
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    keys = ["image", "method", "class", "label", *SUMMARY]
+    csv_path = out_dir / "metrics.csv"
+    with csv_path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(result.rows)
+    json_path = out_dir / "metrics.json"
+    json_path.write_text(
+        json.dumps(
+            {
+                "summary": result.summary,
+                "metrics": {k: {"name": v[0], "better": v[2]} for k, v in SUMMARY.items()},
+                "rows": result.rows,
+                "failures": [{"image": f.source, "error": f.error} for f in result.failures],
+            },
+            indent=1,
+        )
+    )
+    png = out_dir / "curves.png"
+    cv2.imwrite(str(png), plot_curves(result.curves)[..., ::-1])
+    return {"csv": csv_path, "json": json_path, "curves": png}
+
+
+PALETTE = [
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+    (188, 189, 34),
+    (23, 190, 207),
+    (57, 59, 121),
+    (99, 121, 57),
+    (140, 109, 49),
+    (132, 60, 57),
+    (123, 65, 115),
+]
+
+
+def plot_curves(curves: dict, keys=("deletion_zero", "insertion_blur")) -> np.ndarray:
+    """Mean deletion and insertion curves per method, drawn with OpenCV (RGB uint8)."""
+    W, H, pad = 520, 380, 50
+    panels = []
+    for key in keys:
+        img = np.full((H, W, 3), 255, np.uint8)
+        x0, y0, x1, y1 = pad, 30, W - 15, H - pad
+        cv2.rectangle(img, (x0, y0), (x1, y1), (0, 0, 0), 1)
+        for t in np.linspace(0, 1, 6):
+            yy = int(y1 - t * (y1 - y0))
+            cv2.line(img, (x0 - 4, yy), (x0, yy), (0, 0, 0), 1)
+            cv2.putText(img, f"{t:.1f}", (8, yy + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1)
+            xx = int(x0 + t * (x1 - x0))
+            cv2.putText(
+                img, f"{t:.1f}", (xx - 10, y1 + 16), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1
+            )
+        cv2.putText(
+            img,
+            key.replace("_", " (") + ")",
+            (x0, 20),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.55,
+            (0, 0, 0),
+            1,
+        )
+        cv2.putText(
+            img,
+            "fraction of pixels",
+            (x0 + 150, H - 8),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.45,
+            (0, 0, 0),
+            1,
+        )
+        for i, (m, c) in enumerate(curves.items()):
+            if key not in c:
+                continue
+            ys = np.asarray(c[key])
+            xs = np.linspace(0, 1, len(ys))
+            pts = np.stack([x0 + xs * (x1 - x0), y1 - np.clip(ys, 0, 1) * (y1 - y0)], 1)
+            color = (0, 0, 0) if m == RANDOM else PALETTE[i % len(PALETTE)]
+            cv2.polylines(
+                img, [pts.astype(np.int32)], False, color, 2 if m != RANDOM else 1, cv2.LINE_AA
+            )
+        panels.append(img)
+    legend = np.full((H, 190, 3), 255, np.uint8)
+    for i, m in enumerate(curves):
+        color = (0, 0, 0) if m == RANDOM else PALETTE[i % len(PALETTE)]
+        y = 40 + 20 * i
+        cv2.line(legend, (8, y - 4), (30, y - 4), color, 3)
+        cv2.putText(legend, m, (36, y), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1)
+    return np.hstack([*panels, legend])

@@ -1,0 +1,200 @@
+"""Faithfulness metrics of explanation maps, batched through the model's one session.
+
+Every perturbed input is scored with ``onnxcam_mode = 1`` (no gradients) by the same ``Scorer``
+the perturbation methods use. Maps are at the model-input resolution ([H, W], values in [0, 1]);
+``x`` is the model input of one image ([1, ...], already normalised), so "zero" means the
+dataset mean. Definitions and references: docs/evaluation.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from .perturbation import Scorer, image_rng
+
+
+@dataclass
+class Curve:
+    """A perturbation curve: class probability vs fraction of pixels changed, and its AUC."""
+
+    fractions: np.ndarray
+    scores: np.ndarray
+
+    @property
+    def auc(self) -> float:
+        """Area under the curve (trapezoids), x in [0, 1]."""
+        x, y = self.fractions, self.scores
+        return float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2))
+
+
+def _hw(x: np.ndarray, nchw: bool) -> tuple[int, int]:
+    return (x.shape[2], x.shape[3]) if nchw else (x.shape[1], x.shape[2])
+
+
+def _expand(mask: np.ndarray, nchw: bool) -> np.ndarray:
+    """[n, H, W] mask → broadcastable against [n, ...] inputs."""
+    return mask[:, None] if nchw else mask[..., None]
+
+
+def confidence_change(
+    scorer: Scorer, x: np.ndarray, maps: np.ndarray, classes: np.ndarray, nchw: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """(Y, O) per image: class probability of the input and of ``map ⊙ input``.
+
+    Grad-CAM++ (arXiv:1710.11063) masks the input with the explanation; as torchcam and
+    pytorch-grad-cam do, the product is taken on the normalised input tensor.
+    """
+    ys, os_ = [], []
+    for i in range(len(x)):
+        c = int(classes[i])
+        both = np.concatenate([x[i : i + 1], x[i : i + 1] * _expand(maps[i : i + 1], nchw)])
+        p = scorer.images(iter([both.astype(np.float32)]), 2, c).prob
+        ys.append(p[0])
+        os_.append(p[1])
+    return np.asarray(ys), np.asarray(os_)
+
+
+def average_drop(y: np.ndarray, o: np.ndarray) -> float:
+    """Average Drop % = 100 · mean(max(0, Y − O) / Y) (Grad-CAM++; lower is better)."""
+    return float(100 * np.mean(np.maximum(0.0, y - o) / (y + 1e-7)))
+
+
+def increase_in_confidence(y: np.ndarray, o: np.ndarray) -> float:
+    """Increase in Confidence % = 100 · mean(O > Y) (Grad-CAM++; higher is better)."""
+    return float(100 * np.mean(o > y))
+
+
+def _order(map01: np.ndarray) -> np.ndarray:
+    """Pixel indices from most to least salient (stable for ties)."""
+    return np.argsort(-np.asarray(map01, dtype=np.float64).ravel(), kind="stable")
+
+
+def baseline_input(x1: np.ndarray, kind: str, nchw: bool = True) -> np.ndarray:
+    """The "removed" version of an input: ``zero`` (the dataset mean) or ``blur`` (Gaussian,
+    kernel 11, σ 5, as RISE's insertion)."""
+    if kind == "zero":
+        return np.zeros_like(x1)
+    if kind == "blur":
+        img = x1[0].transpose(1, 2, 0) if nchw else x1[0]
+        b = cv2.GaussianBlur(np.ascontiguousarray(img), (11, 11), 5)
+        b = b.reshape(img.shape)
+        return (b.transpose(2, 0, 1) if nchw else b)[None].astype(x1.dtype)
+    raise ValueError(f"unknown baseline {kind!r}: zero or blur")
+
+
+def deletion_insertion(
+    scorer: Scorer,
+    x1: np.ndarray,
+    map01: np.ndarray,
+    cls: int,
+    mode: str,
+    steps: int = 50,
+    baseline: str = "zero",
+    nchw: bool = True,
+    batch_size: int = 32,
+) -> Curve:
+    """RISE's deletion / insertion curve (arXiv:1806.07421).
+
+    ``deletion``: replace the most salient pixels by the baseline, ``steps`` equal chunks at a
+    time (lower AUC is better). ``insertion``: start from the baseline and put the most salient
+    pixels back (higher AUC is better). The y value is the explained class's probability.
+    """
+    h, w = _hw(x1, nchw)
+    n = h * w
+    order = _order(map01)
+    base = baseline_input(x1, baseline, nchw)
+    counts = np.round(np.linspace(0, n, steps + 1)).astype(int)
+
+    def batches():
+        for s in range(0, len(counts), batch_size):
+            chunk = counts[s : s + batch_size]
+            mask = np.zeros((len(chunk), n), dtype=np.float32)
+            for j, k in enumerate(chunk):
+                mask[j, order[:k]] = 1.0
+            m = _expand(mask.reshape(len(chunk), h, w), nchw)
+            if mode == "deletion":
+                yield x1 * (1 - m) + base * m
+            elif mode == "insertion":
+                yield base * (1 - m) + x1 * m
+            else:
+                raise ValueError(f"unknown mode {mode!r}: deletion or insertion")
+
+    probs = scorer.images(batches(), len(counts), cls).prob
+    return Curve(counts / n, probs.astype(np.float64))
+
+
+ROAD_KERNEL = np.array([[1 / 12, 1 / 6, 1 / 12], [1 / 6, 0, 1 / 6], [1 / 12, 1 / 6, 1 / 12]])
+"""ROAD's neighbour weights: a removed pixel is the weighted mean of its 8 neighbours."""
+
+
+def noisy_linear_impute(
+    img: np.ndarray, removed: np.ndarray, noise: float = 0.01, rng=None, iterations: int = 200
+) -> np.ndarray:
+    """ROAD's noisy linear imputation (arXiv:2202.00449) of the ``removed`` pixels of an
+    [H, W, C] image: each removed pixel equals the kernel-weighted mean of its neighbours
+    (solved iteratively, from OpenCV's Telea inpainting as a start), plus N(0, noise²)."""
+    out = img.astype(np.float32).copy()
+    if not removed.any():
+        return out
+    r = removed.astype(bool)
+    for c in range(out.shape[2]):
+        ch = out[..., c]
+        lo, hi = float(ch.min()), float(ch.max())
+        span = hi - lo if hi > lo else 1.0
+        u8 = np.uint8(np.clip((ch - lo) / span * 255, 0, 255))
+        start = cv2.inpaint(u8, r.astype(np.uint8), 3, cv2.INPAINT_TELEA).astype(np.float32)
+        ch[r] = start[r] / 255 * span + lo
+        weight = cv2.filter2D(np.ones_like(ch), -1, ROAD_KERNEL, borderType=cv2.BORDER_CONSTANT)
+        for _ in range(iterations):
+            avg = cv2.filter2D(ch, -1, ROAD_KERNEL, borderType=cv2.BORDER_CONSTANT) / weight
+            ch[r] = avg[r]
+        out[..., c] = ch
+    if noise > 0:
+        rng = rng or np.random.default_rng(0)
+        out[r] += rng.normal(0, noise, size=(int(r.sum()), out.shape[2])).astype(np.float32)
+    return out
+
+
+def road(
+    scorer: Scorer,
+    x1: np.ndarray,
+    map01: np.ndarray,
+    cls: int,
+    order: str = "morf",
+    percentiles: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9),
+    nchw: bool = True,
+    seed: int = 0,
+) -> Curve:
+    """ROAD (Rong et al. 2022): remove the most (``morf``) or least (``lerf``) relevant share of
+    pixels, impute them with noisy linear imputation, score. MoRF: lower is better; LeRF:
+    higher is better. The curve's x are the removed shares (0 = the original image)."""
+    h, w = _hw(x1, nchw)
+    ranked = _order(map01)
+    if order == "lerf":
+        ranked = ranked[::-1]
+    elif order != "morf":
+        raise ValueError(f"unknown ROAD order {order!r}: morf or lerf")
+    img = x1[0].transpose(1, 2, 0) if nchw else x1[0]
+    rng = image_rng(seed, x1)
+    inputs = [x1]
+    for p in percentiles:
+        removed = np.zeros(h * w, dtype=bool)
+        removed[ranked[: round(p * h * w)]] = True
+        imp = noisy_linear_impute(img, removed.reshape(h, w), rng=rng)
+        inputs.append((imp.transpose(2, 0, 1) if nchw else imp)[None])
+    probs = scorer.images(iter([np.concatenate(inputs).astype(np.float32)]), len(inputs), cls).prob
+    return Curve(np.asarray([0.0, *percentiles]), probs.astype(np.float64))
+
+
+def random_map(
+    shape: tuple[int, int], seed: int, x: np.ndarray, grid: tuple[int, int] = (7, 7)
+) -> np.ndarray:
+    """The random baseline: uniform random values on the feature ``grid``, upsampled
+    bilinearly to ``shape`` — a map with a CAM's spatial smoothness (a per-pixel random map
+    would "win" pixel deletion by destroying the image with scattered holes). Keyed by the
+    seed and the image content."""
+    g = image_rng(seed, x).uniform(0, 1, size=grid).astype(np.float32)
+    return cv2.resize(g, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
