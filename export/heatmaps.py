@@ -97,22 +97,24 @@ def _minmax(b: GradBuilder, m: str, axes: list[int]) -> str:
     return b.Where(b.Greater(span, zero), b.Div(b.Sub(m, lo), safe), zero)
 
 
-def postprocess(b: GradBuilder, raw: str, size: tuple[int, int] | None) -> str:
-    """ReLU → min-max → (bilinear resize to ``size`` → min-max) on [B, h, w] maps."""
-    m = _minmax(b, b.Relu(raw), [1, 2])
-    if size is None:
-        return m
-    m4 = b.Unsqueeze(m, b.ints(1))
-    sizes = b.Concat(b.Shape(m4, start=0, end=2), b.ints(list(size)), axis=0)
-    up = b.Resize(
-        m4,
-        "",
-        "",
-        sizes,
-        mode="linear",
-        coordinate_transformation_mode="half_pixel",
-    )
-    return _minmax(b, b.Squeeze(up, b.ints(1)), [1, 2])
+def postprocess(b: GradBuilder, raws: list[str], size: tuple[int, int] | None) -> list[str]:
+    """ReLU → (bilinear resize to ``size``) → per-image min-max, for all maps of a layer at once.
+
+    The maps are stacked to [B, M, h, w] so one Resize and one min-max serve every method.
+    The runtime's min-max *before* the resize is not repeated here: min-max is an affine map
+    per image and bilinear resizing commutes with it, so min-max(resize(min-max(m))) equals
+    min-max(resize(m)) (and a constant map still becomes zeros).
+    """
+    stacked = b.Concat(*[b.Unsqueeze(r, b.ints(1)) for r in raws], axis=1)
+    m = b.Relu(stacked)
+    if size is not None:
+        sizes = b.Concat(b.Shape(m, start=0, end=2), b.ints(list(size)), axis=0)
+        m = b.Resize(m, "", "", sizes, mode="linear", coordinate_transformation_mode="half_pixel")
+    m = _minmax(b, m, [2, 3])
+    if len(raws) == 1:
+        return [b.Squeeze(m, b.ints(1))]
+    parts = b.Split(m, b.ints([1] * len(raws)), axis=1, outputs=len(raws))
+    return [b.Squeeze(p, b.ints(1)) for p in parts]
 
 
 def output_name(method: str, k: int) -> str:

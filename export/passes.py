@@ -26,7 +26,7 @@ from .graph import GraphView
 from .head import build_head
 from .heatmaps import HEATMAPS
 from .heatmaps import output_name as heatmap_output_name
-from .heatmaps import postprocess as postprocess_heatmap
+from .heatmaps import postprocess as postprocess_heatmaps
 from .layers import ClassifierHead, Head, InputSpec, LayerInfo, find_gap_linear, tensor_layout
 
 
@@ -269,6 +269,7 @@ def _heatmap_results(st: ExportState, grads: dict[str, str]) -> list:
         A, G = t.tensor, grads[t.tensor]
         if t.layout == contract.LAYOUT_NHWC:
             A, G = b.Transpose(A, perm=[0, 3, 1, 2]), b.Transpose(G, perm=[0, 3, 1, 2])
+        methods, raws = [], []
         for m in st.heatmaps:
             if m == "cam" and not t.cam_weight:
                 if st.heatmaps_all:  # "all" means every heatmap this layer can have
@@ -276,15 +277,18 @@ def _heatmap_results(st: ExportState, grads: dict[str, str]) -> list:
                 raise ExportError(
                     f"the 'cam' heatmap needs a GAP → Linear head after layer {t.name!r}"
                 )
-            raw = HEATMAPS[m](b, A, G, t.cam_weight)
+            methods.append(m)
+            raws.append(HEATMAPS[m](b, A, G, t.cam_weight))
+        if not methods:
+            continue
+        dims = [t.shape[0], *(size or _spatial(t))]
+        empty = [0, *[d if isinstance(d, int) else 1 for d in dims[1:]]]
+        dtype = view.dtype(t.tensor)
+        for m, final in zip(methods, postprocess_heatmaps(b, raws, size), strict=True):
             name = heatmap_output_name(m, k)
             t.heatmaps[m], t.heatmap_size = name, st.heatmap_size
-            dims = [t.shape[0], *(size or _spatial(t))]
-            empty = [0, *[d if isinstance(d, int) else 1 for d in dims[1:]]]
-            out.append((postprocess_heatmap(b, raw, size), name, view.dtype(t.tensor), empty))
-            view.graph.output.append(
-                helper.make_tensor_value_info(name, view.dtype(t.tensor), dims)
-            )
+            out.append((final, name, dtype, empty))
+            view.graph.output.append(helper.make_tensor_value_info(name, dtype, dims))
     return out
 
 
