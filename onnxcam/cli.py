@@ -269,6 +269,12 @@ def _method_help() -> str:
 @click.option("--colormap", default="jet", show_default=True, help="OpenCV colormap name.")
 @click.option("--save-npy", is_flag=True, help="Also save each map (model-input size) as .npy.")
 @click.option(
+    "--save-tensors",
+    is_flag=True,
+    help="Also save the raw activations, gradients (and CAM weights) as .npy "
+    "(inputs of cpp_bindings/examples).",
+)
+@click.option(
     "--boxes",
     "box_threshold",
     type=click.FloatRange(0, 1),

@@ -75,6 +75,9 @@ class Explanation:
     """The class that was explained."""
     maps: dict[str, CamMap] = field(default_factory=dict)
     inference_seconds: float = 0.0
+    tensors: dict[str, np.ndarray] = field(default_factory=dict)
+    """Raw graph outputs of this image (activations, gradients, CAM weights) when asked for
+    with ``keep_tensors=True``."""
     """This image's share of the session.run time(s)."""
 
     def overlay(
@@ -242,6 +245,7 @@ class Explainer:
         smooth_noise: float = 0.15,
         seed: int = 0,
         perturbation: PerturbationOptions | None = None,
+        keep_tensors: bool = False,
         progress: Callable[[int], None] | None = None,
         method_progress: Progress | None = None,
     ) -> Iterator[Explanation | Failure]:
@@ -259,6 +263,7 @@ class Explainer:
             seed=seed,
             perturbation=perturbation,
             method_progress=method_progress,
+            keep_tensors=keep_tensors,
         )
         per_image = None if classes is None or isinstance(classes, (int, str)) else list(classes)
         fixed = None if per_image is not None or classes is None else self.info.class_index(classes)
@@ -323,11 +328,15 @@ class Explainer:
         from_graph = [h for m in opts.methods for h in self._graph_heatmaps(m, opts)]
         if from_graph:
             needs.add("gradients")  # the heatmaps live in the gradient branch (mode 0)
+        if opts.keep_tensors:
+            host = host or ["keep"]  # fetch the raw tensors even when every map is in-graph
+            needs |= {"activations", "gradients"}
         fetch = [
             info.logits_output,
             contract.CLASS_OUTPUT,
             *self._fetch_for(needs - {"gradients"} if not host else needs, opts.targets),
             *from_graph,
+            *([t.cam_weight for t in opts.targets if t.cam_weight] if opts.keep_tensors else []),
         ]
         # no gradient needed → skip the gradient subgraph (graph contract v2 mode input)
         mode = contract.MODE_EXPLAIN if "gradients" in needs else contract.MODE_FORWARD
@@ -372,11 +381,18 @@ class Explainer:
                         target,
                         {m: v[i] for m, v in maps.items()},
                         secs / len(batch),
+                        self._tensors_of(arrays, opts, i) if opts.keep_tensors else {},
                     )
                 )
         # image-major order: each image's classes together
         n = len(batch)
         return [results[r * n + i] for i in range(n) for r in range(len(rounds))]
+
+    @staticmethod
+    def _tensors_of(arrays: dict, opts: _RunOptions, i: int) -> dict[str, np.ndarray]:
+        """Image i's raw activations / gradients / CAM weights, keyed by output name."""
+        names = [n for t in opts.targets for n in (t.activation, t.gradient, t.cam_weight) if n]
+        return {n: arrays[n][i : i + 1] for n in names if n in arrays}
 
     def _options(
         self,
@@ -391,6 +407,7 @@ class Explainer:
         seed=0,
         perturbation=None,
         method_progress=None,
+        keep_tensors=False,
     ) -> _RunOptions:
         if topk < 1 or smooth_samples < 1:
             raise MethodError("topk and smooth_samples must be at least 1")
@@ -406,6 +423,7 @@ class Explainer:
             topk,
             perturbation or PerturbationOptions(seed=seed),
             method_progress,
+            keep_tensors,
         )
 
     def _graph_heatmaps(self, m: str, opts: _RunOptions) -> list[str]:
@@ -540,3 +558,4 @@ class _RunOptions:
     topk: int
     perturbation: PerturbationOptions
     method_progress: Progress | None
+    keep_tensors: bool = False

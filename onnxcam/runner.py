@@ -65,6 +65,7 @@ def run_images(
     as_json=False,
     perturbation=None,
     box_threshold=None,
+    save_tensors=False,
 ) -> list[Failure]:
     """Explain every image; write ``<stem>[_<class>]_<method>.png``; return the failures.
 
@@ -108,6 +109,7 @@ def run_images(
                 progress=bar.update,
                 perturbation=perturbation,
                 method_progress=_MethodProgress(sys.stderr.isatty() and not as_json),
+                keep_tensors=save_tensors,
             )
             for r in stream:
                 if isinstance(r, Failure):
@@ -165,6 +167,8 @@ def _save(
         base = f"{base}_{r.target.index}-{_slug(r.target.label)}"
     files = {}
     boxes = {}
+    for name, t in r.tensors.items():  # --save-tensors: <stem>_onnxcam_activation_0.npy ...
+        np.save(out_dir / f"{base}_{name}.npy", t)
     for name, m in r.maps.items():
         path = out_dir / f"{base}_{_slug(name)}.png"
         png = r.overlay(name, alpha=alpha, colormap=colormap)
