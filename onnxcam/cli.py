@@ -499,6 +499,13 @@ def demo_cmd(out_dir, photos, methods, rebuild) -> None:
     show_default=True,
     help="Boxes from maps: threshold as a fraction of the map's maximum.",
 )
+@click.option(
+    "--pointing-tolerance",
+    type=click.IntRange(0),
+    default=15,
+    show_default=True,
+    help="Pointing game tolerance, in pixels of the original image.",
+)
 @click.option("--batch-size", type=click.IntRange(1, 4096), default=32, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -513,6 +520,7 @@ def eval_cmd(
     steps,
     no_road,
     box_threshold,
+    pointing_tolerance,
     batch_size,
     device,
     seed,
@@ -533,7 +541,12 @@ def eval_cmd(
     ex = Explainer(model, device=device)
     names = resolve_methods(methods, ex.info.has_cam_weights)
     opts = EvalOptions(
-        steps=steps, road=not no_road, box_threshold=box_threshold, seed=seed, batch_size=batch_size
+        steps=steps,
+        road=not no_road,
+        box_threshold=box_threshold,
+        seed=seed,
+        batch_size=batch_size,
+        pointing_tolerance=pointing_tolerance,
     )
     with click.progressbar(
         length=len(files),

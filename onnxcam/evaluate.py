@@ -64,9 +64,18 @@ def load_annotations(path: str | os.PathLike) -> dict[str, Annotation]:
                 if m is None:
                     raise OnnxcamError(f"{p}: cannot read mask {mp}")
                 mask = m > 0
-            boxes = [list(map(float, b[:4])) for b in a.get("boxes", [])]
+            boxes = []
+            for b in a.get("boxes", []):
+                if len(b) < 4:
+                    raise OnnxcamError(
+                        f"cannot read annotations {p}: {name}: a box needs 4 numbers "
+                        "[x0, y0, x1, y1]"
+                    )
+                boxes.append([float(v) for v in b[:4]])
             out[name] = Annotation(a.get("class"), boxes, mask)
         return out
+    except OnnxcamError:
+        raise
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise OnnxcamError(f"cannot read annotations {p}: {e}") from None
 

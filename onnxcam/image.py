@@ -7,9 +7,13 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import cv2
+import cv2.utils.logging
 import numpy as np
 
 from .errors import ImageError
+
+# onnxcam reports unreadable images itself, on one line: keep OpenCV's own log quiet
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 

@@ -131,31 +131,51 @@ ROAD_KERNEL = np.array([[1 / 12, 1 / 6, 1 / 12], [1 / 6, 0, 1 / 6], [1 / 12, 1 /
 
 
 def noisy_linear_impute(
-    img: np.ndarray, removed: np.ndarray, noise: float = 0.01, rng=None, iterations: int = 200
+    img: np.ndarray, removed: np.ndarray, noise: float = 0.01, rng=None, tol: float = 1e-6
 ) -> np.ndarray:
     """ROAD's noisy linear imputation (arXiv:2202.00449) of the ``removed`` pixels of an
-    [H, W, C] image: each removed pixel equals the kernel-weighted mean of its neighbours
-    (solved iteratively, from OpenCV's Telea inpainting as a start), plus N(0, noise²)."""
-    out = img.astype(np.float32).copy()
-    if not removed.any():
-        return out
+    [H, W, C] image: each removed pixel equals the ``ROAD_KERNEL``-weighted mean of its
+    neighbours, plus N(0, noise²).
+
+    The linear system (W − K)·x = K·x_known on the removed pixels (W the in-bounds weight sum,
+    K the neighbour convolution) is symmetric positive definite, so it is solved exactly with
+    matrix-free conjugate gradients (convolutions only: numpy and OpenCV, no sparse solver)."""
+    out = img.astype(np.float64).copy()
     r = removed.astype(bool)
+    if not r.any():
+        return out.astype(np.float32)
+
+    def conv(v: np.ndarray) -> np.ndarray:
+        return cv2.filter2D(v, -1, ROAD_KERNEL, borderType=cv2.BORDER_CONSTANT)
+
+    weight = conv(np.ones(r.shape, np.float64))
     for c in range(out.shape[2]):
-        ch = out[..., c]
-        lo, hi = float(ch.min()), float(ch.max())
-        span = hi - lo if hi > lo else 1.0
-        u8 = np.uint8(np.clip((ch - lo) / span * 255, 0, 255))
-        start = cv2.inpaint(u8, r.astype(np.uint8), 3, cv2.INPAINT_TELEA).astype(np.float32)
-        ch[r] = start[r] / 255 * span + lo
-        weight = cv2.filter2D(np.ones_like(ch), -1, ROAD_KERNEL, borderType=cv2.BORDER_CONSTANT)
-        for _ in range(iterations):
-            avg = cv2.filter2D(ch, -1, ROAD_KERNEL, borderType=cv2.BORDER_CONSTANT) / weight
-            ch[r] = avg[r]
-        out[..., c] = ch
+        known = np.where(r, 0.0, out[..., c])
+        b = np.where(r, conv(known), 0.0)
+
+        def apply(v: np.ndarray) -> np.ndarray:
+            return np.where(r, weight * v - conv(v), 0.0)
+
+        x = np.where(r, known.sum() / max((~r).sum(), 1), 0.0)  # start from the mean
+        res = b - apply(x)
+        p = res.copy()
+        rr = float((res * res).sum())
+        stop = tol * tol * max(float((b * b).sum()), 1e-30)
+        for _ in range(4 * int(r.sum()) + 10):
+            if rr <= stop:
+                break
+            ap = apply(p)
+            alpha = rr / float((p * ap).sum())
+            x += alpha * p
+            res -= alpha * ap
+            rr_new = float((res * res).sum())
+            p = res + (rr_new / rr) * p
+            rr = rr_new
+        out[..., c] = np.where(r, x, out[..., c])
     if noise > 0:
         rng = rng or np.random.default_rng(0)
-        out[r] += rng.normal(0, noise, size=(int(r.sum()), out.shape[2])).astype(np.float32)
-    return out
+        out[r] += rng.normal(0, noise, size=(int(r.sum()), out.shape[2]))
+    return out.astype(np.float32)
 
 
 def road(
