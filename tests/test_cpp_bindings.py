@@ -354,3 +354,22 @@ def test_example_heatmap_from_npy(cc, cpp_build, tiny_out, tmp_path, rng):
     np.save(tmp_path / "bad.npy", A.astype(np.int32))
     r = _run([exe, "bad.npy", "grad.npy"], cwd=tmp_path, timeout=60)
     assert r.returncode == 1 and "not supported" in r.stderr
+
+
+def test_python_runtime_uses_the_cpp_core_when_present(cc, cpp_build, monkeypatch) -> None:
+    """ONNXCAM_CPP_LIB switches postprocess.overlay to the C++ core; the bytes are the same."""
+    from onnxcam import postprocess
+
+    shared = {".so", ".dylib", ".dll"}
+    lib = next(p for p in cpp_build.glob("*onnxcam_post.*") if p.suffix in shared)
+    rng = np.random.default_rng(3)
+    img = rng.integers(0, 256, (120, 200, 3)).astype(np.float32)
+    m = postprocess.normalize(rng.random((7, 7)).astype(np.float32))
+    monkeypatch.setattr(postprocess, "_CPP", False)  # numpy path
+    want = [postprocess.overlay(img, m), postprocess.overlay(img, m, 0.3, "turbo", 0.4)]
+    monkeypatch.setenv("ONNXCAM_CPP_LIB", str(lib))
+    monkeypatch.setattr(postprocess, "_CPP", None)  # look it up again
+    assert postprocess._cpp() is not None
+    got = [postprocess.overlay(img, m), postprocess.overlay(img, m, 0.3, "turbo", 0.4)]
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g, w)
