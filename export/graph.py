@@ -77,12 +77,7 @@ class GraphView:
         self.producer.clear()
         self.consumers.clear()
         for n in self.graph.node:
-            for o in n.output:
-                if o:
-                    self.producer[o] = n
-            for i in n.input:
-                if i:
-                    self.consumers.setdefault(i, []).append(n)
+            self._index(n)
 
     def refresh_shapes(self) -> None:
         """Re-run ONNX shape inference and record every tensor's static shape and dtype."""

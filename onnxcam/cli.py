@@ -213,26 +213,50 @@ def _method_help() -> str:
     return "Comma-separated methods or 'all': " + ", ".join(METHODS) + "."
 
 
-@cli.command("run")
-@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
-@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option(
-    "-m", "--method", "methods", default="gradcam", show_default=True, help=_method_help()
-)
-@click.option(
+# --- options shared by run / report / eval (one definition each) ------------------------------
+_class_option = click.option(
     "--class",
     "target",
     default=None,
     metavar="K|NAME",
     help="Class to explain: an index or a label name (default: top-1).",
 )
-@click.option(
+_topk_option = click.option(
     "--topk",
     type=click.IntRange(1, 50),
     default=1,
     show_default=True,
     help="Explain each of the top-K classes.",
 )
+_device_option = click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default="auto",
+    show_default=True,
+    help="auto: CUDA when onnxruntime-gpu sees a usable GPU, else CPU.",
+)
+_batch_option = click.option(
+    "--batch-size",
+    type=click.IntRange(1, 4096),
+    default=32,
+    show_default=True,
+    help="Images per run, and perturbed inputs per run for perturbation methods.",
+)
+_recursive_option = click.option("--recursive", is_flag=True, help="Search folders recursively.")
+
+
+def _methods_option(default: str):
+    return click.option(
+        "-m", "--method", "methods", default=default, show_default=True, help=_method_help()
+    )
+
+
+@cli.command("run")
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@_methods_option("gradcam")
+@_class_option
+@_topk_option
 @click.option(
     "-o",
     "--out",
@@ -242,16 +266,8 @@ def _method_help() -> str:
     show_default=True,
     help="Where overlays are written.",
 )
-@click.option(
-    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
-)
-@click.option(
-    "--batch-size",
-    type=click.IntRange(1, 4096),
-    default=32,
-    show_default=True,
-    help="Images per run, and perturbed inputs per run for perturbation methods.",
-)
+@_device_option
+@_batch_option
 @click.option(
     "--layer",
     default=None,
@@ -284,7 +300,7 @@ def _method_help() -> str:
     metavar="[FRACTION]",
     help="Draw the box around each map's largest region ≥ FRACTION·max (default 0.5).",
 )
-@click.option("--recursive", is_flag=True, help="Search folders recursively.")
+@_recursive_option
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON (for machines).")
 @click.option(
     "--scorecam-topk",
@@ -353,11 +369,11 @@ def run_cmd(model, images, **opts) -> None:
     show_default=True,
     help="The HTML file to write.",
 )
-@click.option("-m", "--method", "methods", default="all", show_default=True, help=_method_help())
-@click.option("--class", "target", default=None, metavar="K|NAME")
-@click.option("--topk", type=click.IntRange(1, 50), default=1, show_default=True)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
-@click.option("--batch-size", type=click.IntRange(1, 4096), default=32, show_default=True)
+@_methods_option("all")
+@_class_option
+@_topk_option
+@_device_option
+@_batch_option
 @click.option("--layer", default=None, metavar="K|NAME|all")
 @click.option(
     "--per-page",
@@ -366,7 +382,7 @@ def run_cmd(model, images, **opts) -> None:
     show_default=True,
     help="Images per page of the report.",
 )
-@click.option("--recursive", is_flag=True, help="Search folders recursively.")
+@_recursive_option
 @click.option(
     "--screenshot",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -475,7 +491,7 @@ def demo_cmd(out_dir, photos, methods, rebuild) -> None:
     default=None,
     help="JSON with classes, boxes or masks (docs/evaluation.md).",
 )
-@click.option("-m", "--method", "methods", default="all", show_default=True, help=_method_help())
+@_methods_option("all")
 @click.option(
     "-o",
     "--out",
@@ -506,10 +522,10 @@ def demo_cmd(out_dir, photos, methods, rebuild) -> None:
     show_default=True,
     help="Pointing game tolerance, in pixels of the original image.",
 )
-@click.option("--batch-size", type=click.IntRange(1, 4096), default=32, show_default=True)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
+@_batch_option
+@_device_option
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--recursive", is_flag=True, help="Search the folder recursively.")
+@_recursive_option
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def eval_cmd(
     model,
