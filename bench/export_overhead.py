@@ -12,10 +12,8 @@ file-size ratios.
 from __future__ import annotations
 
 import argparse
-import io
 import sys
 import tempfile
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -25,23 +23,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from harness import interleaved, markdown_table, median_ms, save, session
 
 
-def plain_onnx(module, size: int) -> bytes:
-    import torch
+def plain_onnx(module, size: int = 224) -> bytes:
+    from onnxcam.export import plain_onnx as export_plain
 
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            module.eval(),
-            (torch.randn(1, 3, size, size),),
-            buf,
-            input_names=["input"],
-            output_names=["logits"],
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-            opset_version=17,
-            dynamo=False,
-        )
-    return buf.getvalue()
+    return export_plain(module, (1, 3, size, size))
 
 
 def models() -> dict:

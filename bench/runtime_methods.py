@@ -19,7 +19,6 @@ Two phases per model and batch, in the same process (bench/harness.py, round-rob
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import sys
 import tempfile
@@ -77,23 +76,10 @@ def build(name: str):
     return efficientnet_lite0.build(), "_bn1", "_fc", efficientnet_lite0.PREPROCESSING
 
 
-def plain_onnx(module) -> bytes:
-    import torch
+def plain_onnx(module, size: int = 224) -> bytes:
+    from onnxcam.export import plain_onnx as export_plain
 
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            module,
-            (torch.randn(1, 3, 224, 224),),
-            buf,
-            input_names=["input"],
-            output_names=["logits"],
-            opset_version=17,
-            dynamo=False,
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-        )
-    return buf.getvalue()
+    return export_plain(module, (1, 3, size, size))
 
 
 def make_variants(module, layer, fc, ex, plain, x, onnx_methods, all_grad) -> dict:

@@ -12,6 +12,13 @@ from .layers import InputSpec, LayerInfo
 from .rules import VJP_RULES, supported_ops
 
 
+def plain_onnx(*args, **kwargs) -> bytes:
+    """A module as plain ONNX (see ``onnxcam.export.torch_frontend.plain_onnx``)."""
+    from .torch_frontend import plain_onnx as _plain_onnx
+
+    return _plain_onnx(*args, **kwargs)
+
+
 def export_torch(*args, **kwargs) -> ExportResult:
     """Export a ``torch.nn.Module`` (see ``onnxcam.export.torch_frontend.export_torch``)."""
     from .torch_frontend import export_torch as _export_torch
@@ -29,5 +36,6 @@ __all__ = [
     "list_layers",
     "load_labels",
     "load_model",
+    "plain_onnx",
     "supported_ops",
 ]

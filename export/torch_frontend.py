@@ -139,6 +139,20 @@ def _export_torch(module, input_shape, layers, output, dynamic_batch, opset, dyn
     )
 
 
+def plain_onnx(module, input_shape=(1, 3, 224, 224), opset: int = 17) -> bytes:
+    """``module`` as a plain ONNX model — input ``input``, output ``logits``, dynamic batch —
+    the file a user ships before onnxcam (benchmarks and tests start from it)."""
+    import torch
+
+    was_training = module.training
+    buf = io.BytesIO()
+    try:
+        _torch_export(module.eval(), torch.randn(*input_shape), buf, ["logits"], True, opset, False)
+    finally:
+        module.train(was_training)
+    return buf.getvalue()
+
+
 def _torch_export(wrapper, x, f, out_names, dynamic_batch, opset, dynamo) -> None:
     import torch
 

@@ -49,23 +49,10 @@ def tiny_torch_model():
 @pytest.fixture(scope="session")
 def tiny_onnx(tmp_path_factory, tiny_torch_model) -> Path:
     """The tiny model as a plain ONNX file (dynamic batch), written by torch.onnx.export."""
-    import warnings
-
-    import torch
+    from onnxcam.export import plain_onnx
 
     path = tmp_path_factory.mktemp("tiny") / "tiny.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            tiny_torch_model,
-            (torch.randn(1, 3, 32, 32),),
-            str(path),
-            input_names=["input"],
-            output_names=["logits"],
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-            opset_version=17,
-            dynamo=False,
-        )
+    path.write_bytes(plain_onnx(tiny_torch_model, (1, 3, 32, 32)))
     return path
 
 
@@ -87,15 +74,7 @@ def tiny_cam(tmp_path_factory, tiny_onnx) -> Path:
 @pytest.fixture(scope="session")
 def lite0_cam(tmp_path_factory) -> Path:
     """EfficientNet-Lite0 with its real ImageNet weights, exported through onnxcam."""
-    import warnings
-
-    from onnxcam.models import efficientnet_lite0
-
-    out = tmp_path_factory.mktemp("lite0") / "efficientnet_lite0.cam.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        efficientnet_lite0.export(out)
-    return out
+    return _lite0(tmp_path_factory.mktemp("lite0") / "efficientnet_lite0.cam.onnx")
 
 
 @pytest.fixture(scope="session")
@@ -114,12 +93,16 @@ def photos(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def lite0_heatmaps(tmp_path_factory) -> Path:
     """EfficientNet-Lite0 (real weights) exported with every in-graph heatmap."""
+    return _lite0(tmp_path_factory.mktemp("lite0h") / "lite0.heatmaps.cam.onnx", heatmaps="all")
+
+
+def _lite0(out: Path, **kwargs) -> Path:
+    """Export the pretrained EfficientNet-Lite0 recipe to ``out``."""
     import warnings
 
     from onnxcam.models import efficientnet_lite0
 
-    out = tmp_path_factory.mktemp("lite0h") / "efficientnet_lite0.heatmaps.cam.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        efficientnet_lite0.export(out, heatmaps="all")
+        efficientnet_lite0.export(out, **kwargs)
     return out

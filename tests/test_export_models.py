@@ -7,9 +7,6 @@ layer3, while onnxcam's float32 graph stays within 1e-6 of float64 (docs/graph-c
 
 from __future__ import annotations
 
-import io
-import warnings
-
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -24,7 +21,7 @@ from torch_reference import (
 )
 
 from onnxcam import contract
-from onnxcam.export import export_torch
+from onnxcam.export import export_torch, plain_onnx
 
 pytestmark = pytest.mark.model
 
@@ -32,20 +29,7 @@ TOL = 1e-4
 
 
 def _plain_onnx(model: torch.nn.Module, size: int) -> bytes:
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model,
-            (torch.randn(1, 3, size, size),),
-            buf,
-            input_names=["input"],
-            output_names=["logits"],
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-            opset_version=17,
-            dynamo=False,
-        )
-    return buf.getvalue()
+    return plain_onnx(model, (1, 3, size, size))
 
 
 @pytest.mark.parametrize("name", list(TORCHVISION_CASES))

@@ -49,7 +49,7 @@ from pytorch_grad_cam import (
 from pytorch_grad_cam.utils.image import scale_cam_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
-from torch_reference import calibrate_batchnorm, torchvision_model
+from torch_reference import calibrate_batchnorm, check_maps, torchvision_model, worst_per_image
 from torchcam.methods import CAM
 
 from onnxcam import postprocess
@@ -156,15 +156,11 @@ def _pgc(cls, case: Case, layers: list[torch.nn.Module], classes: list[int]):
 
 
 def _worst(got: np.ndarray, ref: np.ndarray) -> list[float]:
-    """Max |got − ref| per image."""
-    return np.abs(np.asarray(got, np.float64) - ref).max(axis=(1, 2)).tolist()
+    return worst_per_image(got, ref)
 
 
-def _check(what: str, got: np.ndarray, ref: np.ndarray, tol: float = TOL) -> None:
-    assert got.shape == ref.shape, f"{what}: shape {got.shape} != {ref.shape}"
-    worst = _worst(got, ref)
-    print(f"{what}: worst |Δ| per image {[f'{w:.2g}' for w in worst]}")
-    assert max(worst) <= tol, f"{what}: worst |Δ| per image {worst} > {tol}"
+def _check(what: str, got: np.ndarray, ref: np.ndarray, tol: float = TOL) -> float:
+    return check_maps(what, got, ref, tol)
 
 
 @pytest.mark.parametrize("name", list(MODELS))

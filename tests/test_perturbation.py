@@ -50,7 +50,7 @@ from pytorch_grad_cam import AblationCAM
 from pytorch_grad_cam import ScoreCAM as PgcScoreCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
-from torch_reference import torchvision_model
+from torch_reference import check_maps, torchvision_model, worst_per_image
 from torchcam.methods import ISCAM, SSCAM
 from torchcam.methods import ScoreCAM as TcScoreCAM
 
@@ -178,16 +178,11 @@ def _maps(exps, method: str, what: str) -> np.ndarray:
 
 
 def _worst(got: np.ndarray, ref: np.ndarray) -> list[float]:
-    """Max |got − ref| per image."""
-    return np.abs(np.asarray(got, np.float64) - ref).max(axis=(1, 2)).tolist()
+    return worst_per_image(got, ref)
 
 
 def _check(what: str, got: np.ndarray, ref: np.ndarray, tol: float = TOL) -> float:
-    assert got.shape == ref.shape, f"{what}: shape {got.shape} != {ref.shape}"
-    worst = _worst(got, ref)
-    print(f"{what}: worst |Δ| per image {[f'{w:.2g}' for w in worst]}")
-    assert max(worst) <= tol, f"{what}: worst |Δ| per image {worst} > {tol}"
-    return max(worst)
+    return check_maps(what, got, ref, tol)
 
 
 def _session_run(case: Case, x: np.ndarray, names: list[str], **extra) -> dict:

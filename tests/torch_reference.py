@@ -107,3 +107,17 @@ def calibrate_batchnorm(model: torch.nn.Module, batches) -> torch.nn.Module:
         for x in batches:
             model(x)
     return model.eval()
+
+
+def worst_per_image(got: np.ndarray, ref: np.ndarray) -> list[float]:
+    """Max |got − ref| per image of two [B, H, W] map stacks."""
+    return np.abs(np.asarray(got, np.float64) - ref).max(axis=(1, 2)).tolist()
+
+
+def check_maps(what: str, got: np.ndarray, ref: np.ndarray, tol: float) -> float:
+    """Assert two map stacks agree within ``tol`` per image; print and return the worst."""
+    assert got.shape == ref.shape, f"{what}: shape {got.shape} != {ref.shape}"
+    worst = worst_per_image(got, ref)
+    print(f"{what}: worst |Δ| per image {[f'{w:.2g}' for w in worst]}")
+    assert max(worst) <= tol, f"{what}: worst |Δ| per image {worst} > {tol}"
+    return max(worst)
