@@ -20,7 +20,7 @@ import onnx
 from onnxcam.errors import ExportError, UnsupportedOpError
 
 from .builder import GradBuilder
-from .graph import GraphView, node_label
+from .graph import GraphView, attr, node_label
 from .rules import BROADCASTING, VJP_RULES, supported_ops
 
 
@@ -75,7 +75,10 @@ def build_backward(
             return None
         if len(parts) > 1:  # fan-out: sum once, then reuse the sum
             grads[t] = [acc.Sum(*parts)]
-        return grads[t][0]
+        g = grads[t][0]
+        if g not in view.shapes and view.shape(t) is not None:
+            view.shapes[g] = view.shape(t)  # a gradient has its tensor's shape
+        return g
 
     for node in reversed(path_nodes(view, on_path)):
         gy = [total(o) if o in on_path else None for o in node.output]
@@ -99,3 +102,50 @@ def build_backward(
             raise ExportError(f"tensor {x!r} received no gradient")
         result[x] = g
     return result
+
+
+def spatially_constant_source(view: GraphView, g: str, spatial_axes: tuple[int, int]) -> str | None:
+    """The tensor gradient ``g`` is an ``Expand`` of, when that tensor has size 1 on both
+    ``spatial_axes`` — i.e. every position of the layer gets the same gradient, as when the
+    layer feeds a global average pool directly (GAP's or ReduceMean's rule broadcasts). None
+    otherwise. Used to compute per-channel gradient terms once instead of at every position."""
+    node = view.producer.get(g)
+    while node is not None and node.op_type == "Identity":
+        node = view.producer.get(node.input[0])
+    if node is None or node.op_type != "Expand":
+        return None
+    shape = _static_shape_of(view, node.input[0])
+    if shape is None or len(shape) != 4 or any(shape[a] != 1 for a in spatial_axes):
+        return None
+    return node.input[0]
+
+
+def _static_shape_of(view: GraphView, name: str, depth: int = 8) -> tuple | None:
+    """Shape of ``name`` from the view, or propagated through the few ops gradient rules put
+    between a pooled gradient and its ``Expand`` (element-wise arithmetic, Unsqueeze)."""
+    known = view.shape(name)
+    node = view.producer.get(name)
+    if known is not None or node is None or depth == 0:
+        return known
+    ins = [_static_shape_of(view, i, depth - 1) if i else None for i in node.input]
+    if node.op_type == "Identity":
+        return ins[0]
+    if node.op_type in ("Mul", "Div", "Add", "Sub"):
+        if any(s is None for s in ins):
+            return None
+        rank = max(len(s) for s in ins)
+        padded = [(1,) * (rank - len(s)) + tuple(s) for s in ins]
+        out = []
+        for dims in zip(*padded, strict=True):
+            rest = {d for d in dims if d != 1}
+            out.append(rest.pop() if len(rest) == 1 else (1 if not rest else None))
+        return tuple(out)
+    if node.op_type == "Unsqueeze" and ins[0] is not None:
+        axes = view.const(node.input[1]) if len(node.input) > 1 else None
+        axes = [int(a) for a in (axes if axes is not None else attr(node, "axes", []))]
+        out = list(ins[0])
+        rank = len(out) + len(axes)
+        for a in sorted(a % rank for a in axes):
+            out.insert(a, 1)
+        return tuple(out)
+    return None

@@ -54,11 +54,15 @@ class CamMap:
     @cached_property
     def input(self) -> np.ndarray:
         """The map at the model-input resolution (resized, then min-max normalised again)."""
+        if self.feature.shape == tuple(self.input_size):  # e.g. an in-graph heatmap
+            return self.feature  # already normalised: min-max would give it back unchanged
         return postprocess.resize_normalized(self.feature, *self.input_size)
 
     @cached_property
     def original(self) -> np.ndarray:
         """The map at the original image resolution (resized, then min-max normalised again)."""
+        if self.feature.shape == tuple(self.original_size):
+            return self.feature
         return postprocess.resize_normalized(self.feature, *self.original_size)
 
 
@@ -527,7 +531,9 @@ class Explainer:
             if need == "activations":
                 args.append(nchw(arrays[t.activation]))
             elif need == "gradients":
-                args.append(nchw(arrays[t.gradient]))
+                G = nchw(arrays[t.gradient])
+                # proven equal at every position: per channel ([B, C, 1, 1]), see methods._pooled
+                args.append(G[:, :, :1, :1] if t.gradient_pooled else G)
             elif need == "cam_weights":
                 args.append(arrays[t.cam_weight])
             elif need == "noisy_gradients":

@@ -51,6 +51,34 @@ def _weighted_sum(weights: np.ndarray, A: np.ndarray) -> np.ndarray:
     return np.matmul(weights[:, None, :], A.reshape(b, c, h * w)).reshape(b, h, w)
 
 
+def _spatial_sum(X: np.ndarray) -> np.ndarray:
+    """Σ_ij X[b, c, i, j] → [b, c], as a BLAS product with a vector of ones (5x faster than
+    ``X.sum(axis=(2, 3))`` for 7×7 maps)."""
+    b, c, h, w = X.shape
+    return X.reshape(b, c, h * w) @ np.ones(h * w, dtype=X.dtype)
+
+
+def _channel_sum(X: np.ndarray) -> np.ndarray:
+    """Σ_c X[b, c, i, j] → [b, h, w] (a product with a vector of ones)."""
+    b, c, h, w = X.shape
+    return (np.ones(c, dtype=X.dtype) @ X.reshape(b, c, h * w)).reshape(b, h, w)
+
+
+def _pooled(G: np.ndarray) -> bool:
+    """True when G is per channel ([B, C, 1, 1]): the engine passes gradients that way when
+    the exporter proved them the same at every position (``TargetLayer.gradient_pooled``, a
+    layer that feeds a global average pool). Each method then works on C numbers — the same
+    maps, computed without position-wise passes."""
+    return G.shape[2:] == (1, 1)
+
+
+def _sum_over_positions(term: np.ndarray, A: np.ndarray) -> np.ndarray:
+    """Σ_ij of a [B, C, h, w] term, or of a per-channel term broadcast over A's h·w positions."""
+    if term.shape[2:] == (1, 1):
+        return term[:, :, 0, 0] * np.float32(A.shape[2] * A.shape[3])
+    return _spatial_sum(term)
+
+
 @method("cam", ("activations", "cam_weights"), "classifier", "arXiv:1512.04150")
 def cam(A: np.ndarray, w: np.ndarray) -> np.ndarray:
     """CAM (Zhou et al. 2016): L = Σ_c w_c^k A_c, with w^k the classifier row of class k.
@@ -63,46 +91,81 @@ def cam(A: np.ndarray, w: np.ndarray) -> np.ndarray:
 @method("gradcam", ("activations", "gradients"), "gradient", "arXiv:1610.02391")
 def gradcam(A: np.ndarray, G: np.ndarray) -> np.ndarray:
     """Grad-CAM (Selvaraju et al. 2017): α_c = mean_ij G_cij;  L = Σ_c α_c A_c."""
-    return _weighted_sum(G.mean(axis=(2, 3)), A)
+    return _weighted_sum(_spatial_sum(G) / np.float32(G.shape[2] * G.shape[3]), A)
 
 
 @method("gradcam++", ("activations", "gradients"), "gradient", "arXiv:1710.11063")
 def gradcam_plusplus(A: np.ndarray, G: np.ndarray) -> np.ndarray:
     """Grad-CAM++ (Chattopadhyay et al. 2018), closed form with first-order gradients.
 
-    a_cij = G² / (2G² + Σ_ab A_cab · G³)  (0 where G = 0);  α_c = Σ_ij a_cij · ReLU(G_cij);
+    a_cij = G² / (2G² + Σ_ab A_cab · G³);  α_c = Σ_ij a_cij · ReLU(G_cij);
     L = Σ_c α_c A_c.
     """
-    g2 = G * G
-    g3 = g2 * G
-    denom = 2 * g2 + A.sum(axis=(2, 3), keepdims=True) * g3 + 1e-6
-    a = np.where(G != 0, g2 / denom, 0.0)
-    return _weighted_sum((a * np.maximum(G, 0)).sum(axis=(2, 3)), A)
+    # a·ReLU(G) written in r = ReLU(G): the same wherever G > 0 and exactly 0 elsewhere (the
+    # usual np.where(G != 0, a, 0) still gives inf·0 = NaN where 2G² + ΣA·G³ vanishes, G < 0)
+    r = np.maximum(G, 0)
+    r2 = r * r
+    r3 = r2 * r
+    denom = 2 * r2 + _spatial_sum(A)[:, :, None, None] * r3 + np.float32(1e-6)
+    return _weighted_sum(_sum_over_positions(r3 / denom, A), A)
 
 
 @method("xgradcam", ("activations", "gradients"), "gradient", "arXiv:2008.02312")
 def xgradcam(A: np.ndarray, G: np.ndarray) -> np.ndarray:
     """XGrad-CAM (Fu et al. 2020): α_c = Σ_ij G_cij · A_cij / Σ_ij A_cij;  L = Σ_c α_c A_c."""
-    weights = (G * A).sum(axis=(2, 3)) / (A.sum(axis=(2, 3)) + 1e-7)
-    return _weighted_sum(weights, A)
+    sum_a = _spatial_sum(A)
+    num = G[:, :, 0, 0] * sum_a if _pooled(G) else _spatial_sum(G * A)
+    return _weighted_sum(num / (sum_a + np.float32(1e-7)), A)
 
 
 @method("layercam", ("activations", "gradients"), "gradient", "arXiv:2107.07624")
 def layercam(A: np.ndarray, G: np.ndarray) -> np.ndarray:
     """Layer-CAM (Jiang et al. 2021): L = Σ_c ReLU(G_c) ⊙ A_c (element-wise weights)."""
-    return (np.maximum(G, 0) * A).sum(axis=1)
+    if _pooled(G):
+        return _weighted_sum(np.maximum(G[:, :, 0, 0], 0), A)
+    return _channel_sum(np.maximum(G, 0) * A)
 
 
 @method("hirescam", ("activations", "gradients"), "gradient", "arXiv:2011.08891")
 def hirescam(A: np.ndarray, G: np.ndarray) -> np.ndarray:
     """HiResCAM (Draelos & Carin 2020): L = Σ_c G_c ⊙ A_c (no spatial averaging)."""
-    return (G * A).sum(axis=1)
+    if _pooled(G):
+        return _weighted_sum(G[:, :, 0, 0], A)
+    return _channel_sum(G * A)
 
 
 @method("gradcam-elementwise", ("activations", "gradients"), "gradient", "arXiv:2011.08891")
 def gradcam_elementwise(A: np.ndarray, G: np.ndarray) -> np.ndarray:
     """Element-wise Grad-CAM (pytorch-grad-cam's GradCAMElementWise): L = Σ_c ReLU(G_c ⊙ A_c)."""
-    return np.maximum(G * A, 0).sum(axis=1)
+    if _pooled(G) and A.min() >= 0:  # ReLU(g_c·A_c) = ReLU(g_c)·A_c: one weighted sum
+        return _weighted_sum(np.maximum(G[:, :, 0, 0], 0), A)
+    return _channel_sum(np.maximum(G * A, 0))
+
+
+def _top_eigenpair(S: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Largest eigenvalue [b] and its unit eigenvector [b, n] of symmetric matrices [b, n, n].
+
+    The eigenvalues alone (``eigvalsh``), then two steps of inverse iteration shifted just
+    above λ₁: (S − σI)⁻¹ has the eigenvalue 1/(λ₁ − σ) ~ 10¹⁰/λ₁ against at most
+    1/(λ₁ − λ₂), so each step shrinks every other direction by ~10⁻¹⁰·λ₁/(λ₁ − λ₂) — the
+    same vector as a full ``eigh`` (to 1e-15 on CAM Gram matrices) in ~60% of its time.
+    A singular solve falls back to ``eigh``.
+    """
+    lam = np.linalg.eigvalsh(S)[:, -1]
+    n = S.shape[-1]
+    shifted = S - (lam * (1 + 1e-10) + 1e-300)[:, None, None] * np.eye(n)
+    v = np.ones((S.shape[0], n, 1))
+    try:
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            for _ in range(2):
+                v = np.linalg.solve(shifted, v)
+                v /= np.linalg.norm(v, axis=1, keepdims=True)
+    except np.linalg.LinAlgError:
+        v = np.full_like(v, np.nan)
+    if not np.isfinite(v).all():
+        vals, vecs = np.linalg.eigh(S)
+        return vals[:, -1], vecs[:, :, -1]
+    return lam, v[:, :, 0]
 
 
 def _first_component(X: np.ndarray) -> np.ndarray:
@@ -116,22 +179,24 @@ def _first_component(X: np.ndarray) -> np.ndarray:
     the projection correlate positively with the channel sum of X (so "where the features are
     strong" is positive); see docs/methods.md.
     """
-    X = np.nan_to_num(X)
+    X = np.asarray(X, dtype=np.float32)
+    if not np.isfinite(X).all():
+        X = np.nan_to_num(X, nan=0.0, posinf=0.0, neginf=0.0)
     b, c, h, w = X.shape
-    out = np.empty((b, h, w), dtype=np.float32)
-    for i in range(b):
-        rows = X[i].reshape(c, h * w).T.astype(np.float64)
-        rows -= rows.mean(axis=0)
-        if h * w <= c:  # pixels' Gram matrix: rows·rowsᵀ = U Σ² Uᵀ, projection = σ₁ u₁
-            vals, vecs = np.linalg.eigh(rows @ rows.T)
-            proj = vecs[:, -1] * np.sqrt(max(vals[-1], 0.0))
-        else:  # channels' covariance: rowsᵀ·rows = V Σ² Vᵀ, projection = rows · v₁
-            _, vecs = np.linalg.eigh(rows.T @ rows)
-            proj = rows @ vecs[:, -1]
-        if np.dot(proj, X[i].reshape(c, -1).sum(axis=0)) < 0:
-            proj = -proj
-        out[i] = proj.reshape(h, w)
-    return out
+    cols = X.reshape(b, c, h * w)
+    cols = cols - (cols @ np.full(h * w, 1 / (h * w), np.float32))[:, :, None]  # centre channels
+    rows = cols.transpose(0, 2, 1)  # [b, pixels, channels]
+    # the Gram matrix in float32 BLAS (a batched GEMM), its eigenvector in float64
+    if h * w <= c:  # pixels' Gram matrix: rows·rowsᵀ = U Σ² Uᵀ, projection = σ₁ u₁
+        val, vec = _top_eigenpair((rows @ cols).astype(np.float64))
+        proj = vec * np.sqrt(np.maximum(val, 0.0))[:, None]
+    else:  # channels' covariance: rowsᵀ·rows = V Σ² Vᵀ, projection = rows · v₁
+        _, vec = _top_eigenpair((cols @ rows).astype(np.float64))
+        proj = (rows.astype(np.float64) @ vec[:, :, None])[:, :, 0]
+    strength = X.sum(axis=1).reshape(b, h * w)
+    flip = np.einsum("bp,bp->b", proj, strength) < 0
+    proj[flip] = -proj[flip]
+    return proj.reshape(b, h, w).astype(np.float32)
 
 
 @method("eigencam", ("activations",), "activation", "arXiv:2008.00299")

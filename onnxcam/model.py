@@ -34,6 +34,9 @@ class TargetLayer:
     """method → output name of the in-graph heatmap (graph contract v2, optional)."""
     heatmap_size: str | None = None
     """'input' (model-input resolution) or 'feature'."""
+    gradient_pooled: bool = False
+    """The gradient is the same at every position (the layer feeds a global average pool):
+    the runtime then uses its first position only (graph contract v2, optional)."""
 
 
 @dataclass(frozen=True)
@@ -128,6 +131,7 @@ def parse_contract(meta: dict[str, str]) -> ModelInfo:
                 head_note=t.get("head_note"),
                 heatmaps=t.get("heatmaps") or {},
                 heatmap_size=t.get("heatmap_size"),
+                gradient_pooled=bool(t.get("gradient_pooled", False)),
             )
             for t in json.loads(meta[contract.META_TARGETS])
         ]

@@ -9,6 +9,7 @@ layers before the target are not run at all). Each method is one function regist
 
 from __future__ import annotations
 
+import hashlib
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -225,6 +226,18 @@ def _channels(p: PerturbationInputs, i: int) -> np.ndarray:
     return np.sort(np.argsort(-p.A[i].mean(axis=(1, 2)))[:k])
 
 
+def _distinct_masks(masks_of: Callable[[slice], np.ndarray], n: int, step: int) -> np.ndarray:
+    """For n masks built chunk by chunk, the index of the first bit-identical mask of each
+    (``first[k] == k`` for a representative). Masks are hashed (BLAKE2b, 128-bit) and
+    discarded, so memory stays at one chunk."""
+    first = np.empty(n, dtype=np.int64)
+    seen: dict[bytes, int] = {}
+    for s in _chunks(n, step):
+        for k, m in zip(range(s.start, s.stop), masks_of(s), strict=True):
+            first[k] = seen.setdefault(hashlib.blake2b(m.tobytes(), digest_size=16).digest(), k)
+    return first
+
+
 def _score_family(
     p: PerturbationInputs, variants: int, perturb, convention: str, deterministic: bool
 ) -> np.ndarray:
@@ -235,37 +248,40 @@ def _score_family(
     mean logit over variants (subtracting the unmasked logit, as torchcam does, would not change
     a softmax over channels). Returns raw maps [B, h, w].
 
-    With ``deterministic`` perturbations, channels whose map is constant (dead channels: more
-    than half of EfficientNet-Lite0's head on real photos) all have the all-zero mask, hence the
-    same masked input and score: it is computed once and shared — exact, not an approximation.
+    With ``deterministic`` perturbations, channels whose masks are bit-identical give the same
+    masked inputs, hence the same scores: each distinct mask is scored once and its score
+    shared — exact, not an approximation. That covers every dead channel (all-zero mask: more
+    than half of EfficientNet-Lite0's head on real photos) and channels that are scaled copies
+    of each other, typically those active at a single position (a few % of a ResNet-50's).
     """
     o = p.options
     out = []
+    step = max(1, o.batch_size)
     for i in range(len(p.x)):
         x1, A1 = p.x[i : i + 1], p.A[i]
         chosen = _channels(p, i)
-        flat = A1[chosen].reshape(len(chosen), -1)
-        constant = flat.max(axis=1) == flat.min(axis=1)
-        shared = deterministic and constant.sum() > 1
-        keep = np.concatenate([chosen[~constant], chosen[constant][:1]]) if shared else chosen
-        masks_of = score_masks(A1[keep], p.hw, convention)
-        total = len(keep) * variants
-        step = max(1, o.batch_size)
+        masks_of = score_masks(A1[chosen], p.hw, convention)
+        if deterministic:
+            first = _distinct_masks(masks_of, len(chosen), step)
+            reps = np.flatnonzero(first == np.arange(len(chosen)))
+            masks_of = score_masks(A1[chosen[reps]], p.hw, convention)
+        else:
+            first = reps = np.arange(len(chosen))
+        n_reps = len(reps)
+        total = n_reps * variants
 
-        def batches(masks_of=masks_of, keep=keep, x1=x1, step=step, i=i):
+        def batches(masks_of=masks_of, n=n_reps, x1=x1, i=i):
             for v in range(variants):
-                for s in _chunks(len(keep), step):
+                for s in _chunks(n, step):
                     yield p.apply_mask(x1, perturb(masks_of(s), v, i)).astype(np.float32)
 
         scores = p.scorer.images(batches(), total, int(p.classes[i]))
-        mean_logit = scores.logit.reshape(variants, len(keep)).mean(axis=0)
-        if shared:  # every constant channel gets the representative's score
-            mean_logit = np.concatenate(
-                [mean_logit[:-1], np.full(int(constant.sum()), mean_logit[-1])]
-            )
-            keep = np.concatenate([chosen[~constant], chosen[constant]])
+        mean_logit = scores.logit.reshape(variants, len(reps)).mean(axis=0)
+        per_channel = np.empty(len(chosen))
+        per_channel[reps] = mean_logit
+        per_channel = per_channel[first]  # every channel gets its representative's score
         w = np.zeros(A1.shape[0])
-        w[keep] = _softmax(mean_logit.astype(np.float64))
+        w[chosen] = _softmax(per_channel.astype(np.float64))
         out.append(_weighted(w, A1))
     return np.stack(out).astype(np.float32)
 

@@ -11,7 +11,7 @@ from torch_reference import calibrate_batchnorm, torchvision_model
 from onnxcam import Explainer
 from onnxcam.errors import ExportError
 from onnxcam.export import export_onnx, export_torch
-from onnxcam.export.heatmaps import HEATMAPS, output_name
+from onnxcam.export.heatmaps import HEATMAPS, _extreme_rows, interpolation_matrix, output_name
 
 pytestmark = pytest.mark.model
 
@@ -45,18 +45,57 @@ def _compare(with_maps: bytes, plain: bytes, methods: list[str], images) -> floa
     return worst
 
 
-@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small"])
-def test_torchvision_in_graph_heatmaps_equal_python(name: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "layer", "pooled"),
+    [
+        ("resnet18", "layer4", True),  # feeds the GAP: per-channel gradient, ReLU output
+        ("resnet18", "layer3", False),  # a different gradient at every position
+        ("mobilenet_v3_small", "features.12", True),  # Hardswish output: can be negative
+    ],
+)
+def test_torchvision_in_graph_heatmaps_equal_python(name: str, layer: str, pooled: bool) -> None:
     model = torchvision_model(name)
     gen = torch.Generator().manual_seed(0)  # data-dependent BN stats: no flat random-init maps
     calibrate_batchnorm(model, [torch.randn(8, 3, 224, 224, generator=gen) for _ in range(2)])
-    layer = {"resnet18": "layer4", "mobilenet_v3_small": "features.12"}[name]
-    with_maps = export_torch(model, (1, 3, 224, 224), [layer], heatmaps="all").model
+    with_maps = export_torch(model, (1, 3, 224, 224), [layer], heatmaps="all")
     plain = export_torch(model, (1, 3, 224, 224), [layer]).model
-    names = [o.name for o in with_maps.graph.output if o.name.startswith("onnxcam_heatmap_")]
+    assert with_maps.targets[0].gradient_pooled is pooled
+    names = [o.name for o in with_maps.model.graph.output if o.name.startswith("onnxcam_heatmap_")]
     methods = [m for m in HEATMAPS if output_name(m, 0) in names]
-    assert ("cam" in methods) == (name == "resnet18")  # MobileNetV3's head is not GAP→Linear
-    _compare(with_maps.SerializeToString(), plain.SerializeToString(), methods, _photos_like(2))
+    assert ("cam" in methods) == (layer == "layer4")  # GAP→Linear heads only
+    _compare(
+        with_maps.model.SerializeToString(), plain.SerializeToString(), methods, _photos_like(2)
+    )
+
+
+@pytest.mark.parametrize(("n_out", "n_in"), [(224, 7), (224, 14), (240, 7), (7, 7), (5, 9)])
+def test_interpolation_matrix_is_opencv_inter_linear(n_out: int, n_in: int) -> None:
+    import cv2
+
+    rng = np.random.default_rng(n_out + n_in)
+    m = rng.normal(size=(n_in, n_in + 2)).astype(np.float64)
+    want = cv2.resize(m, (n_out + 3, n_out), interpolation=cv2.INTER_LINEAR)
+    got = interpolation_matrix(n_out, n_in) @ m @ interpolation_matrix(n_out + 3, n_in + 2).T
+    assert np.abs(got - want).max() < 1e-6
+
+
+@pytest.mark.parametrize(("n_out", "n_in"), [(224, 7), (240, 7), (100, 13), (7, 7), (5, 9)])
+def test_extremes_of_a_bilinear_resize_lie_on_the_candidate_rows(n_out: int, n_in: int) -> None:
+    """min/max over the few candidate rows × columns = min/max over the whole resized map,
+    for random maps, sparse peaks and steps (what the in-graph min-max relies on)."""
+    rng = np.random.default_rng(n_out * n_in)
+    Ry, rows = interpolation_matrix(n_out, n_in), _extreme_rows(n_out, n_in)
+    assert len(rows) <= 2 * n_in + 2
+    for trial in range(200):
+        m = rng.normal(size=(n_in, n_in))
+        if trial % 3 == 1:
+            m = np.where(rng.random((n_in, n_in)) < 0.1, m, 0)
+        elif trial % 3 == 2:
+            m = np.sign(m)
+        full = Ry @ m @ Ry.T
+        cand = full[np.ix_(rows, rows)]
+        assert np.isclose(cand.max(), full.max(), atol=1e-12)
+        assert np.isclose(cand.min(), full.min(), atol=1e-12)
 
 
 def test_efficientnet_lite0_in_graph_heatmaps_equal_python(

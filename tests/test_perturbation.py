@@ -221,6 +221,37 @@ def test_scorecam_matches_pytorch_grad_cam(name: str, layer: str, mode: str) -> 
     )
 
 
+def test_scorecam_scores_each_distinct_mask_once() -> None:
+    """Channels with bit-identical masks (here: a duplicated filter, and dead channels) are
+    scored once and share the score: fewer forward passes, the same map as pytorch-grad-cam."""
+    model = _tiny_model()
+    with torch.no_grad():
+        conv = model.features[0]
+        conv.weight[1] = conv.weight[0]
+        conv.bias[1] = conv.bias[0]
+        conv.weight[2] = 0  # dead: ReLU(−1) everywhere
+        conv.bias[2] = -1.0
+        conv.weight[3] = 0
+        conv.bias[3] = -2.0
+    size = SPECS["tiny"].size
+    explainer, _ = _export(model, size, ["features"])
+    images = _images(size, 3, n=1)
+    totals: list[int] = []
+    exps = explainer.explain(
+        images,
+        ["scorecam"],
+        perturbation=PerturbationOptions(batch_size=5),
+        method_progress=lambda done, total, label: totals.append(total),
+    )
+    assert totals[-1] == 16 - 2  # 16 channels: one twin and one extra dead channel shared
+    x = _tensor(images)
+    with torch.no_grad():
+        cls = model(x).argmax(1).tolist()
+    with PgcScoreCAM(model=model, target_layers=[model.features]) as cam:
+        ref = cam(input_tensor=x, targets=[ClassifierOutputTarget(k) for k in cls])
+    _check("scorecam with duplicate channels vs pgc", _maps(exps, "scorecam", "input"), ref)
+
+
 # --- 2. Score-CAM (torchcam convention) vs torchcam -------------------------------------------
 def _torchcam(cls, case: Case, layer: str, classes: list[int], **kw) -> np.ndarray:
     H, W = case.spec.size

@@ -130,6 +130,46 @@ def test_all_zero_gradients_or_activations_give_zero_maps(name) -> None:
             np.testing.assert_array_equal(m, 0)
 
 
+@pytest.mark.parametrize("name", [m for m, s in METHODS.items() if "gradients" in s.needs])
+@pytest.mark.parametrize("sign", ["nonnegative", "signed"])
+def test_per_channel_gradient_gives_the_same_maps_as_the_full_tensor(name, sign) -> None:
+    """The engine passes a pooled gradient as [B, C, 1, 1] (TargetLayer.gradient_pooled);
+    every method must give the map it gives for that gradient broadcast to every position."""
+    rng = np.random.default_rng(1)
+    A = rng.normal(size=(3, 16, 6, 5)).astype(np.float32)
+    A = np.maximum(A, 0) if sign == "nonnegative" else A
+    g = rng.normal(size=(3, 16, 1, 1)).astype(np.float32)
+    full = METHODS[name].fn(A, np.broadcast_to(g, A.shape).copy())
+    pooled = METHODS[name].fn(A, g)
+    scale = np.abs(full).max()
+    assert np.abs(pooled - full).max() <= 1e-5 * scale
+
+
+def test_gradcam_pp_is_finite_where_its_denominator_vanishes() -> None:
+    """2G² + ΣA·G³ = 0 for G = −2/ΣA: a negative gradient there must not make inf·0 = NaN."""
+    A = np.ones((1, 2, 2, 2), np.float32)  # ΣA = 4 per channel
+    G = np.full_like(A, 0.25)
+    G[0, 0] = -0.5  # 2·0.25 − 4·0.125 = 0
+    raw = METHODS["gradcam++"].fn(A, G)
+    assert np.isfinite(raw).all() and (raw > 0).all()
+
+
+def test_top_eigenpair_matches_a_full_eigendecomposition() -> None:
+    from onnxcam.methods import _top_eigenpair
+
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(6, 49, 300))
+    X[1] *= 0  # all zero: λ = 0, any unit vector
+    X[2, :, 0] *= 1e3  # one dominant direction
+    S = X @ X.transpose(0, 2, 1)
+    lam, vec = _top_eigenpair(S)
+    vals, vecs = np.linalg.eigh(S)
+    np.testing.assert_allclose(lam, vals[:, -1], rtol=1e-12, atol=1e-9)
+    assert np.allclose(np.linalg.norm(vec, axis=1), 1)
+    for i in (0, 2, 3, 4, 5):
+        assert abs(abs(vec[i] @ vecs[i, :, -1]) - 1) < 1e-9
+
+
 def test_constant_and_nan_maps_normalise_to_zeros() -> None:
     m = np.stack([np.full((4, 4), 3.0), np.full((4, 4), np.nan)])
     np.testing.assert_array_equal(postprocess.normalize(m), 0)
