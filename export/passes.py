@@ -86,7 +86,6 @@ class ExportState:
     spec: InputSpec
     targets: list[Target]
     consts: dict = field(default_factory=dict)
-    onehot: str = ""
     cls: str = ""
     heatmaps: list[str] = field(default_factory=list)
     heatmap_size: str = "input"
@@ -139,7 +138,7 @@ def expose_activations(st: ExportState) -> None:
 def add_score(st: ExportState) -> None:
     """Class selector input, explained class and score outputs, and the one-hot gradient seed.
 
-    cls = sel if sel ≥ 0 else argmax(logits);  score = Σ_k logits[:, k]·onehot(cls)[:, k].
+    cls = sel if sel ≥ 0 else argmax(logits);  score = logits[:, cls] (a GatherElements).
     The selector is an input with a default ``[-1]`` initializer, so ``run(None, {image})``
     explains the top-1 class and callers may feed one class per sample.
     """
@@ -159,20 +158,10 @@ def add_score(st: ExportState) -> None:
             name=contract.CLASS_OUTPUT,
         )
     )
-    classes = b.Range(
-        b.const(np.array(0, dtype=np.int64)),
-        b.Squeeze(b.Shape(logits, start=1, end=2), b.ints(0)),
-        b.const(np.array(1, dtype=np.int64)),
-    )
-    hit = b.Equal(b.Unsqueeze(contract.CLASS_OUTPUT, b.ints(1)), classes)
-    st.onehot = b.Cast(hit, to=view.dtype(logits))
+    picked = b.GatherElements(logits, b.Unsqueeze(contract.CLASS_OUTPUT, b.ints(1)), axis=1)
     view.add_node(
         helper.make_node(
-            "ReduceSum",
-            [b.Mul(logits, st.onehot), b.ints(1)],
-            [contract.SCORE_OUTPUT],
-            name=contract.SCORE_OUTPUT,
-            keepdims=0,
+            "Squeeze", [picked, b.ints(1)], [contract.SCORE_OUTPUT], name=contract.SCORE_OUTPUT
         )
     )
     if st.head.activation is not None:  # the model outputs probabilities: publish the logits
@@ -250,6 +239,19 @@ def _empty_like_target(t: Target) -> list:
     return [0, *[d if isinstance(d, int) else 1 for d in t.shape[1:]]]
 
 
+def _onehot(st: ExportState) -> str:
+    """onehot(class) over the logits' last axis: ∂score/∂logits."""
+    view, logits = st.view, st.head.logits
+    b = GradBuilder(view, "onnxcam/score", st.consts)
+    classes = b.Range(
+        b.const(np.array(0, dtype=np.int64)),
+        b.Squeeze(b.Shape(logits, start=1, end=2), b.ints(0)),
+        b.const(np.array(1, dtype=np.int64)),
+    )
+    hit = b.Equal(b.Unsqueeze(contract.CLASS_OUTPUT, b.ints(1)), classes)
+    return b.Cast(hit, to=view.dtype(logits))
+
+
 def _score_seed(st: ExportState, wrt: list[str]) -> dict[str, str]:
     """Where the backward pass starts: ∂score/∂logits = onehot(class), or — when the logits
     come straight from a ``Gemm`` with constant weights (a Linear classifier) — one step
@@ -267,7 +269,7 @@ def _score_seed(st: ExportState, wrt: list[str]) -> dict[str, str]:
         or (len(gemm.input) > 2 and gemm.input[2] and not view.is_const(gemm.input[2]))
         or any(x == logits for x in wrt)
     ):
-        return {logits: st.onehot}
+        return {logits: _onehot(st)}
     w = gemm.input[1]
     b = GradBuilder(view, "onnxcam/score_seed", st.consts)
     if attr(gemm, "transB", 0):  # W: [classes, features]
