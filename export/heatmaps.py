@@ -114,26 +114,28 @@ class _Terms:
     """One layer's A and G flattened to [B, C, h·w], and the terms several methods share,
     each built on first use.
 
-    ``g`` is the per-channel gradient [B, C, 1] when every position has the same gradient
-    (the layer feeds a global average pool: ``autodiff.spatially_constant_source``); the
-    methods then work on C numbers instead of C·h·w — exactly the same maps, and Layer-CAM,
-    HiRes-CAM and XGrad-CAM become channel-weighted maps that join the shared MatMul.
+    ``g`` is the per-channel gradient when every position has the same gradient (the layer
+    feeds a global average pool: ``autodiff.spatially_constant_source``); the methods then work
+    on C numbers instead of C·h·w — exactly the same maps, and Layer-CAM, HiRes-CAM and
+    XGrad-CAM become channel-weighted maps that join the shared MatMul. Per-channel terms are
+    then kept as rows [B, 1, C], the layout the weights MatMul takes (no reshapes); otherwise
+    as columns [B, C, 1], next to A [B, C, h·w].
     """
 
     def __init__(self, b: GradBuilder, A: str, G: str, w: str | None, facts: LayerFacts):
         self.b, self.w, self.facts = b, w, facts
         flat = b.ints([0, 0, -1])
         self.A = b.Reshape(A, flat)
-        per_channel = b.ints([0, -1, 1])
-        self.g = (
-            None if facts.pooled_gradient is None else b.Reshape(facts.pooled_gradient, per_channel)
-        )
-        self.G = self.g if self.g is not None else b.Reshape(G, flat)
-        self.mean_a = None if facts.mean is None else b.Reshape(facts.mean, per_channel)
+        self.row = facts.pooled_gradient is not None
+        self.per_channel = b.ints([0, 1, -1] if self.row else [0, -1, 1])
+        self.g = b.Reshape(facts.pooled_gradient, self.per_channel) if self.row else None
+        self.G = self.g if self.row else b.Reshape(G, flat)
+        self.mean_a = None if facts.mean is None else b.Reshape(facts.mean, self.per_channel)
 
     @cached_property
     def GA(self) -> str:
-        return self.b.Mul(self.G, self.A)
+        g = self.b.Reshape(self.g, self.b.ints([0, -1, 1])) if self.row else self.G
+        return self.b.Mul(g, self.A)
 
     @cached_property
     def relu_g(self) -> str:
@@ -141,11 +143,12 @@ class _Terms:
 
     @cached_property
     def sum_a(self) -> str:
-        """Σ_hw A → [B, C, 1] (from the forward pass's own global average pool when the
-        layer feeds one: h·w · mean, no extra pass over A)."""
+        """Σ_hw A per channel (from the forward pass's own global average pool when the layer
+        feeds one: h·w · mean, no extra pass over A)."""
         if self.mean_a is not None:
             return self.b.Mul(self.mean_a, self.b.scalar(float(self.facts.positions), self.A))
-        return self.hw_sum(self.A)
+        s = self.hw_sum(self.A)
+        return self.b.Reshape(s, self.per_channel) if self.row else s
 
     def hw_sum(self, x: str) -> str:
         """Σ over the spatial axis: [B, C, h·w] → [B, C, 1]."""
@@ -214,7 +217,7 @@ def _gradcam_elementwise(t: _Terms) -> tuple[str, str]:
 def _cam(t: _Terms) -> tuple[str, str]:
     if t.w is None:
         raise ExportError("the 'cam' heatmap needs a GAP → Linear head after the target layer")
-    return "weights", t.b.Unsqueeze(t.w, t.b.ints([2]))
+    return "weights", t.b.Reshape(t.w, t.per_channel)
 
 
 def raw_maps(
@@ -232,8 +235,7 @@ def raw_maps(
     maps = list(dict.fromkeys(x for kind, x in parts if kind == "map"))
     blocks = []
     if weights:
-        row = b.ints([0, 1, -1])
-        W = [b.Reshape(x, row) for x in weights]  # [B, C, 1] → [B, 1, C]
+        W = weights if t.row else [b.Reshape(x, b.ints([0, 1, -1])) for x in weights]
         blocks.append(b.MatMul(W[0] if len(W) == 1 else b.Concat(*W, axis=1), t.A))
     blocks += maps
     stacked = blocks[0] if len(blocks) == 1 else b.Concat(*blocks, axis=1)
@@ -275,11 +277,10 @@ def _extreme_rows(n_out: int, n_in: int) -> list[int]:
 
 
 def _scale_to_unit(b: GradBuilder, m: str, lo: str, hi: str) -> str:
-    """(m − lo) / (hi − lo), 0 where hi = lo (a constant map becomes zeros, never NaN)."""
-    span = b.Sub(hi, lo)
-    pos = b.Greater(span, b.scalar(0.0, m))
-    inv = b.Where(pos, b.Reciprocal(b.Where(pos, span, b.scalar(1.0, m))), b.scalar(0.0, m))
-    return b.Mul(b.Sub(m, lo), inv)
+    """(m − lo) / (hi − lo); a constant map (hi = lo) becomes zeros, never NaN: m − lo is then
+    exactly 0 and the divisor is clamped to the smallest normal float."""
+    tiny = b.scalar(float(np.finfo(b.view.np_dtype(m)).tiny), m)
+    return b.Div(b.Sub(m, lo), b.Max(b.Sub(hi, lo), tiny))
 
 
 def postprocess(
@@ -303,8 +304,12 @@ def postprocess(
     static = isinstance(h, int) and isinstance(w, int)
     if size is not None and not static:
         raise ExportError("in-graph heatmaps at input resolution need a fixed feature size")
-    hw = b.ints([h, w]) if static else b.Shape(A, start=2, end=4)
-    m = b.Relu(b.Reshape(stacked, b.Concat(b.ints([0, -1]), hw, axis=0)))
+    shape = (
+        b.ints([0, -1, h, w])
+        if static
+        else b.Concat(b.ints([0, -1]), b.Shape(A, start=2, end=4), axis=0)
+    )
+    m = b.Relu(b.Reshape(stacked, shape))
     if size is None:
         lo = _reduce(b, "ReduceMin", m, [2, 3], 1)
         hi = _reduce(b, "ReduceMax", m, [2, 3], 1)

@@ -39,6 +39,7 @@ def _compare(with_maps: bytes, plain: bytes, methods: list[str], images) -> floa
         got = outs[output_name(m, 0)]
         want = np.stack([r.maps[m].input for r in ref])
         assert got.shape == want.shape, m
+        assert got.min() >= -1e-6 and got.max() <= 1 + 1e-6, m  # [0, 1] up to rounding
         diff = float(np.abs(got - want).max())
         assert diff <= 1e-5, f"{m}: {diff}"
         worst = max(worst, diff)

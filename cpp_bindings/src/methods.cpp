@@ -82,14 +82,16 @@ void channel_weights(int32_t method, const Sample& a, const Sample& g, const flo
                 break;
             }
             case ONNXCAM_METHOD_GRADCAM_PP: {
-                // a = G^2 / (2 G^2 + sum_ab A * G^3 + 1e-6) (0 where G == 0); sum_ij a * relu(G)
+                // a = G^2 / (2 G^2 + sum_ab A * G^3 + 1e-6); sum_ij a * relu(G). Only G > 0
+                // contributes: skipping G <= 0 also avoids inf * 0 where the denominator
+                // vanishes for a negative G (the Python runtime's r = ReLU(G) form).
                 double sum_a = 0.0;
                 for (int64_t p = 0; p < P; ++p) sum_a += a(c, p);
                 const float sa = static_cast<float>(sum_a);
                 double s = 0.0;
                 for (int64_t p = 0; p < P; ++p) {
                     const float gv = g(c, p);
-                    if (gv == 0.0f) continue;
+                    if (!(gv > 0.0f)) continue;
                     const float g2 = gv * gv;
                     const float g3 = g2 * gv;
                     const float denom = (2.0f * g2 + sa * g3) + 1e-6f;
