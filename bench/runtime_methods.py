@@ -6,7 +6,9 @@ median latency **per image** of
   * onnxcam: one ``session.run`` + the method(s) on the host + maps resized to the input size,
     per method and for all gradient methods at once,
   * pytorch-grad-cam and torchcam doing the same method (forward + backward + map), per method;
-    their "all" is the sum of their per-method times (each method re-runs the model).
+    their "all" is the sum of their per-method times (each method re-runs the model);
+  * onnxcam "all+heatmaps": the same eight maps from a graph exported with ``--heatmaps all``
+    (seven maps come finished out of the graph, EigenGrad-CAM is computed on the host).
 Two phases per model and batch, in the same process (bench/harness.py, round-robin):
   A. onnxruntime only: plain inference and every onnxcam variant (ratios vs plain come from here:
      torch's heavy runs in between inflate small ORT timings on this 2-core machine);
@@ -19,6 +21,7 @@ Two phases per model and batch, in the same process (bench/harness.py, round-rob
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import tempfile
@@ -82,6 +85,13 @@ def plain_onnx(module, size: int = 224) -> bytes:
     return export_plain(module, (1, 3, size, size))
 
 
+def _maps_at_input(ex, x, methods) -> None:
+    """One onnxcam call: every method's map at the input resolution (like pytorch-grad-cam)."""
+    for r in ex.explain_tensor(x, methods, smooth_samples=4):
+        for m in r.maps.values():
+            _ = m.input
+
+
 def make_variants(module, layer, fc, ex, plain, x, onnx_methods, all_grad) -> dict:
     """name → zero-argument callable doing one batch, for every library and method."""
     import pytorch_grad_cam
@@ -92,9 +102,7 @@ def make_variants(module, layer, fc, ex, plain, x, onnx_methods, all_grad) -> di
     target = module.get_submodule(layer)
 
     def oc(methods):
-        for r in ex.explain_tensor(x, methods, smooth_samples=4):
-            for m in r.maps.values():
-                _ = m.input  # maps at input resolution, like pytorch-grad-cam's
+        _maps_at_input(ex, x, methods)
 
     def pgc(cls_name):
         with getattr(pytorch_grad_cam, cls_name)(model=module, target_layers=[target]) as c:
@@ -144,8 +152,11 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             cam_path = Path(tmp) / "m.cam.onnx"
             export_onnx(plain_bytes, cam_path, **prep)
+            heat_path = Path(tmp) / "m.heatmaps.cam.onnx"
+            export_onnx(plain_bytes, heat_path, heatmaps="all", **prep)
             plain = session(plain_bytes)
             ex = Explainer(cam_path, session_options=session_options())
+            ex_heat = Explainer(heat_path, session_options=session_options())
         onnx_methods = [
             m
             for m in [*ONNXCAM_ALL, "eigencam", "smoothgradcam++", "cam"]
@@ -155,6 +166,9 @@ def main() -> None:
         for batch in map(int, args.batches.split(",")):
             x = np.random.default_rng(0).normal(size=(batch, 3, 224, 224)).astype(np.float32)
             variants = make_variants(module, layer, fc, ex, plain, x, onnx_methods, all_grad)
+            variants["onnxcam:all+heatmaps"] = functools.partial(
+                _maps_at_input, ex_heat, x, all_grad
+            )
             ort_only = {
                 k: v for k, v in variants.items() if k == "plain" or k.startswith("onnxcam")
             }
@@ -169,15 +183,15 @@ def main() -> None:
                 times |= interleaved(peers, repeats=args.peer_repeats, warmup=1)
             per_img = {k: median_ms(v) / batch for k, v in times.items()}
             base = per_img["plain"]
-            for m in [*onnx_methods, "all"]:
+            for m in [*onnx_methods, "all", "all+heatmaps"]:
                 pg = (
                     sum(per_img[f"pgc:{k}"] for k in all_grad if f"pgc:{k}" in per_img)
-                    if m == "all"
+                    if m.startswith("all")
                     else per_img.get(f"pgc:{m}")
                 )
                 tcm = (
                     sum(per_img[f"torchcam:{k}"] for k in all_grad if f"torchcam:{k}" in per_img)
-                    if m == "all"
+                    if m.startswith("all")
                     else per_img.get(f"torchcam:{m}")
                 )
                 o = per_img[f"onnxcam:{m}"]

@@ -238,6 +238,30 @@ def _distinct_masks(masks_of: Callable[[slice], np.ndarray], n: int, step: int) 
     return first
 
 
+def _distinct_masks_of(A1: np.ndarray, hw: tuple[int, int], convention: str, step: int):
+    """``_distinct_masks`` for channels [C, h, w], cheaply: constant channels (dead ones) all
+    have the all-zero mask and are grouped without building it; the others are grouped by their
+    min-max-normalised feature map (49 numbers), and only channels sharing one are compared by
+    their full masks — a mask is shared only when it is bit-identical."""
+    flat = A1.reshape(len(A1), -1).astype(np.float32)
+    lo = flat.min(axis=1, keepdims=True)
+    span = flat.max(axis=1, keepdims=True) - lo
+    constant = span[:, 0] == 0
+    first = np.arange(len(A1))
+    if constant.any():
+        first[constant] = np.flatnonzero(constant)[0]
+    live = np.flatnonzero(~constant)
+    groups: dict[bytes, list[int]] = {}
+    for k, row in zip(live, (flat[live] - lo[live]) / span[live], strict=True):
+        groups.setdefault(row.tobytes(), []).append(int(k))
+    for members in groups.values():
+        if len(members) > 1:
+            idx = np.array(members)
+            masks_of = score_masks(A1[idx], hw, convention)
+            first[idx] = idx[_distinct_masks(masks_of, len(idx), step)]
+    return first
+
+
 def _score_family(
     p: PerturbationInputs, variants: int, perturb, convention: str, deterministic: bool
 ) -> np.ndarray:
@@ -260,13 +284,12 @@ def _score_family(
     for i in range(len(p.x)):
         x1, A1 = p.x[i : i + 1], p.A[i]
         chosen = _channels(p, i)
-        masks_of = score_masks(A1[chosen], p.hw, convention)
         if deterministic:
-            first = _distinct_masks(masks_of, len(chosen), step)
+            first = _distinct_masks_of(A1[chosen], p.hw, convention, step)
             reps = np.flatnonzero(first == np.arange(len(chosen)))
-            masks_of = score_masks(A1[chosen[reps]], p.hw, convention)
         else:
             first = reps = np.arange(len(chosen))
+        masks_of = score_masks(A1[chosen[reps]], p.hw, convention)
         n_reps = len(reps)
         total = n_reps * variants
 

@@ -241,6 +241,62 @@ def test_nhwc_model_softmax_head_and_old_opset() -> None:
     assert meta["source_opset"] == 13 and meta["opset"] >= 17
 
 
+def _gemm_head_model(trans_b: int, alpha: float) -> onnx.ModelProto:
+    """conv → ReLU → GlobalAveragePool → Flatten → Gemm (any transB / alpha) = the logits."""
+    rng = np.random.default_rng(3)
+    w1 = rng.normal(size=(6, 3, 3, 3)).astype(np.float32) * 0.3
+    w2 = rng.normal(size=(5, 6) if trans_b else (6, 5)).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["input", "w1"], ["conv"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["conv"], ["features"]),
+        helper.make_node("GlobalAveragePool", ["features"], ["gap"]),
+        helper.make_node("Flatten", ["gap"], ["flat"]),
+        helper.make_node("Gemm", ["flat", "w2", "b2"], ["logits"], transB=trans_b, alpha=alpha),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "gemm_head",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 12, 10])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 5])],
+        initializer=[
+            numpy_helper.from_array(w1, "w1"),
+            numpy_helper.from_array(w2, "w2"),
+            numpy_helper.from_array(rng.normal(size=5).astype(np.float32), "b2"),
+        ],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+@pytest.mark.parametrize(("trans_b", "alpha"), [(1, 1.0), (0, 1.0), (1, 0.5), (0, -2.0)])
+def test_gemm_head_gradient_seeded_with_the_class_row(trans_b: int, alpha: float) -> None:
+    """With a Gemm classifier the backward pass starts at the Gemm's input with α·W[class]:
+    the gradient is still α·W[class] / (h·w) at every position, for any transB and alpha, per
+    sample and for a chosen class; the exporter marks it as pooled."""
+    model = _gemm_head_model(trans_b, alpha)
+    res = export_onnx(model)
+    assert res.targets[0].tensor == "features" and res.targets[0].gradient_pooled
+    assert not any(n.op_type == "Range" for n in _all_nodes(res.model))  # no one-hot built
+    w2 = numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == "w2"))
+    rows = w2 if trans_b else w2.T  # [classes, features]
+    x = np.random.default_rng(4).normal(size=(3, 3, 12, 10)).astype(np.float32)
+    for feeds in ({"input": x}, {"input": x, contract.CLASS_INPUT: np.array([4, -1, 0])}):
+        out = _run(res.model, feeds)
+        cls = out[contract.CLASS_OUTPUT]
+        logits = out["logits"]
+        np.testing.assert_allclose(out[contract.SCORE_OUTPUT], logits[np.arange(3), cls])
+        want = np.broadcast_to((alpha * rows[cls] / 120.0)[:, :, None, None], (3, 6, 12, 10))
+        np.testing.assert_allclose(out[contract.gradient_name(0)], want, rtol=1e-6, atol=1e-9)
+
+
+def _all_nodes(model: onnx.ModelProto):
+    """Every node, subgraphs (If branches) included."""
+    for n in model.graph.node:
+        yield n
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                yield from a.g.node
+
+
 def test_dynamic_size_fixed_with_size(tmp_path) -> None:
     model = _nhwc_model()
     dims = model.graph.input[0].type.tensor_type.shape.dim

@@ -124,3 +124,26 @@ def test_heatmap_options_are_validated(tiny_onnx) -> None:
     res = export_onnx(tiny_onnx, heatmaps="gradcam", heatmap_size="feature")
     out = next(o for o in res.model.graph.output if o.name == output_name("gradcam", 0))
     assert [d.dim_value for d in out.type.tensor_type.shape.dim][1:] == [8, 8]
+
+
+def test_nhwc_model_in_graph_heatmaps_equal_python() -> None:
+    """tf2onnx-style NHWC layer (ReduceMean over H, W → MatMul + Add head, no Gemm): pooled
+    gradient detected through the NHWC axes, maps equal the host's."""
+    import onnxruntime as ort
+    from test_export_api import _nhwc_model
+
+    from onnxcam.image import as_rgb_array, preprocess
+
+    res = export_onnx(_nhwc_model(), heatmaps="all")
+    assert res.targets[0].layout == "NHWC" and res.targets[0].gradient_pooled
+    plain = export_onnx(_nhwc_model()).model.SerializeToString()
+    images = [np.random.default_rng(i).uniform(0, 255, (20, 24, 3)) for i in range(3)]
+    with Explainer(plain) as host:
+        ref = host.explain(images, list(HEATMAPS))
+        x = preprocess([as_rgb_array(i) for i in images], host.info.input)
+    sess = ort.InferenceSession(res.model.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    outs = dict(zip(names, sess.run(None, {"image": x}), strict=True))
+    for m in HEATMAPS:
+        want = np.stack([r.maps[m].input for r in ref])
+        assert np.abs(outs[output_name(m, 0)] - want).max() <= 1e-5, m
