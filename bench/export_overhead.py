@@ -6,7 +6,7 @@ median latency of the original model, of the onnxcam graph with *all* outputs fe
 every in-graph heatmap as well (``--heatmaps all``: finished maps at 224×224), and the
 file-size ratios.
 
-    python bench/export_overhead.py [--repeats 20]
+    python bench/export_overhead.py [--repeats 20] [--models ResNet-50,EfficientNet-Lite0]
 """
 
 from __future__ import annotations
@@ -43,13 +43,17 @@ def models() -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--models", default="ResNet-50,EfficientNet-Lite0")
     args = ap.parse_args()
+    wanted = args.models.split(",")
     from onnxcam.export import export_onnx
 
     ort.set_default_logger_severity(3)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, (module, prep) in models().items():
+            if name not in wanted:
+                continue
             src = Path(tmp) / "plain.onnx"
             src.write_bytes(plain_onnx(module, 224))
             dst = Path(tmp) / "cam.onnx"
@@ -99,7 +103,8 @@ def main() -> None:
         ("size_ratio", "file size ratio"),
     ]
     print(markdown_table(rows, cols))
-    print("saved", save("export_overhead", rows, {"repeats": args.repeats}))
+    name = "export_overhead" + ("" if len(wanted) == 2 else "_" + "_".join(wanted))
+    print("saved", save(name, rows, {"repeats": args.repeats}))
 
 
 if __name__ == "__main__":
