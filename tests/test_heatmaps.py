@@ -147,3 +147,35 @@ def test_nhwc_model_in_graph_heatmaps_equal_python() -> None:
     for m in HEATMAPS:
         want = np.stack([r.maps[m].input for r in ref])
         assert np.abs(outs[output_name(m, 0)] - want).max() <= 1e-5, m
+
+
+def test_two_target_layers_each_get_their_heatmaps() -> None:
+    """layer4 (pooled gradient, GAP→Linear: cam too) and layer3 (per-position gradient) in one
+    export: heatmap outputs _0 and _1 equal the host's maps of each layer."""
+    import onnxruntime as ort
+
+    from onnxcam.image import as_rgb_array, preprocess
+
+    model = torchvision_model("resnet18")
+    gen = torch.Generator().manual_seed(1)
+    calibrate_batchnorm(model, [torch.randn(8, 3, 96, 96, generator=gen) for _ in range(2)])
+    res = export_torch(model, (1, 3, 96, 96), ["layer4", "layer3"], heatmaps="all")
+    assert [t.gradient_pooled for t in res.targets] == [True, False]
+    plain = export_torch(model, (1, 3, 96, 96), ["layer4", "layer3"]).model.SerializeToString()
+    images = _photos_like(2)
+    with Explainer(plain) as host:
+        ref = host.explain(images, [m for m in HEATMAPS if m != "cam"], layers="all")
+        cam = np.stack([r.maps["cam"].input for r in host.explain(images, ["cam"], layers=0)])
+        x = preprocess([as_rgb_array(i) for i in images], host.info.input)
+    sess = ort.InferenceSession(res.model.SerializeToString(), providers=["CPUExecutionProvider"])
+    outs = dict(
+        zip([o.name for o in sess.get_outputs()], sess.run(None, {"input": x}), strict=True)
+    )
+    for k, layer in enumerate(["layer4", "layer3"]):
+        for m in HEATMAPS:
+            name = output_name(m, k)
+            if m == "cam" and k == 1:
+                assert name not in outs  # layer3 does not feed the GAP → Linear head
+                continue
+            want = cam if m == "cam" else np.stack([r.maps[f"{m}@{layer}"].input for r in ref])
+            assert np.abs(outs[name] - want).max() <= 1e-5, (layer, m)
