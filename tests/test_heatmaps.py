@@ -179,3 +179,24 @@ def test_two_target_layers_each_get_their_heatmaps() -> None:
                 continue
             want = cam if m == "cam" else np.stack([r.maps[f"{m}@{layer}"].input for r in ref])
             assert np.abs(outs[name] - want).max() <= 1e-5, (layer, m)
+
+
+def test_feature_size_heatmaps_equal_the_host_feature_maps(tiny_onnx) -> None:
+    """heatmap_size="feature": the maps at the layer's resolution equal ``CamMap.feature``."""
+    import onnxruntime as ort
+
+    from onnxcam.image import as_rgb_array, preprocess
+
+    res = export_onnx(tiny_onnx, heatmaps="all", heatmap_size="feature")
+    images = _photos_like(3, seed=4)
+    with Explainer(export_onnx(tiny_onnx).model.SerializeToString()) as host:
+        ref = host.explain(images, list(HEATMAPS))
+        x = preprocess([as_rgb_array(i) for i in images], host.info.input)
+    sess = ort.InferenceSession(res.model.SerializeToString(), providers=["CPUExecutionProvider"])
+    outs = dict(
+        zip([o.name for o in sess.get_outputs()], sess.run(None, {"input": x}), strict=True)
+    )
+    for m in HEATMAPS:
+        want = np.stack([r.maps[m].feature for r in ref])
+        assert outs[output_name(m, 0)].shape == want.shape == (3, 8, 8)
+        assert np.abs(outs[output_name(m, 0)] - want).max() <= 1e-5, m
