@@ -193,7 +193,7 @@ def _first_component(X: np.ndarray) -> np.ndarray:
     else:  # channels' covariance: rowsᵀ·rows = V Σ² Vᵀ, projection = rows · v₁
         _, vec = _top_eigenpair((cols @ rows).astype(np.float64))
         proj = (rows.astype(np.float64) @ vec[:, :, None])[:, :, 0]
-    strength = X.sum(axis=1).reshape(b, h * w)
+    strength = np.ones(c, dtype=np.float32) @ X.reshape(b, c, h * w)  # channel sums [b, hw]
     flip = np.einsum("bp,bp->b", proj, strength) < 0
     proj[flip] = -proj[flip]
     return proj.reshape(b, h, w).astype(np.float32)

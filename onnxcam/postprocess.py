@@ -39,9 +39,12 @@ def _minmax(m: np.ndarray) -> np.ndarray:
     OpenCV's ``minMaxLoc`` for the extremes (one SIMD pass), then (m − lo) / span in float32 in
     place — the same bits as the C++ core (``cpp_bindings``), ~4x faster than numpy's
     reductions over the last two axes at 224×224."""
-    m = np.asarray(m, dtype=np.float32)
-    out = np.array(m, dtype=np.float32, order="C", copy=True)
-    for dst in out.reshape(-1, *m.shape[-2:]):
+    return _minmax_inplace(np.array(m, dtype=np.float32, order="C", copy=True))
+
+
+def _minmax_inplace(out: np.ndarray) -> np.ndarray:
+    """``_minmax`` of a C-contiguous float32 array the caller owns, in place."""
+    for dst in out.reshape(-1, *out.shape[-2:]):
         lo, hi, _, _ = cv2.minMaxLoc(dst)
         lo, span = np.float32(lo), np.float32(hi) - np.float32(lo)
         if not span > 0:
@@ -68,7 +71,8 @@ def resize(maps: np.ndarray, height: int, width: int) -> np.ndarray:
 
 def resize_normalized(maps: np.ndarray, height: int, width: int) -> np.ndarray:
     """Resize a normalised (finite) map, then min-max it again (as every returned map is)."""
-    return _minmax(resize(maps, height, width))
+    out = resize(maps, height, width)  # a new float32 array: normalise it in place
+    return _minmax_inplace(np.ascontiguousarray(out, dtype=np.float32))
 
 
 def colorize(map01: np.ndarray, colormap: str = "jet") -> np.ndarray:
