@@ -35,7 +35,8 @@ from .graph import GraphView, attr
 
 Builder = Callable[["_Terms"], tuple[str, str]]
 HEATMAPS: dict[str, Builder] = {}
-"""method name → builder(terms) returning ("weights", [B, C, 1]) or ("map", [B, 1, h·w])."""
+"""method name → builder(terms) returning ("weights", per-channel weights — [B, C, 1], or
+[B, 1, C] under a pooled gradient) or ("map", [B, 1, h·w])."""
 
 
 def heatmap(name: str):
