@@ -28,8 +28,8 @@ from functools import cached_property
 import numpy as np
 
 from onnxcam.errors import ExportError
+from onnxcam.postprocess import bilinear_sources, interpolation_matrix
 
-from .autodiff import spatially_constant_source
 from .builder import GradBuilder
 from .graph import GraphView, attr
 
@@ -70,30 +70,31 @@ class LayerFacts:
     """The activations come out of a ReLU / ReLU6 / sigmoid."""
 
 
-def layer_facts(view: GraphView, tensor: str, grad: str, layout_nhwc: bool, shape) -> LayerFacts:
-    """Static facts about target ``tensor`` (activations) and its gradient ``grad``."""
+def layer_facts(
+    view: GraphView, tensor: str, pooled_gradient: str | None, layout_nhwc: bool, shape
+) -> LayerFacts:
+    """Static facts about target ``tensor`` (activations); ``pooled_gradient`` as found by
+    ``autodiff.spatially_constant_source`` when the backward pass was built."""
     channels = shape[3] if layout_nhwc else shape[1]
     h, w = shape[1:3] if layout_nhwc else shape[2:4]
     positions = h * w if isinstance(h, int) and isinstance(w, int) else None
-    axes = (1, 2) if layout_nhwc else (2, 3)
-    pooled = spatially_constant_source(view, grad, axes) if positions else None
     return LayerFacts(
         channels if isinstance(channels, int) else None,
         positions,
-        pooled,
-        _spatial_mean(view, tensor, axes) if positions and not layout_nhwc else None,
+        pooled_gradient if positions else None,
+        _spatial_mean(view, tensor) if positions and not layout_nhwc else None,
         _nonnegative(view, tensor),
     )
 
 
-def _spatial_mean(view: GraphView, tensor: str, axes: tuple[int, int]) -> str | None:
-    """Output of a consumer of ``tensor`` that is its [B, C, 1, 1] mean over ``axes``."""
+def _spatial_mean(view: GraphView, tensor: str) -> str | None:
+    """Output of a consumer of NCHW ``tensor`` that is its [B, C, 1, 1] mean over H, W."""
     for node in view.consumers.get(tensor, []):
         if node.op_type == "GlobalAveragePool":
             return node.output[0]
         if node.op_type == "ReduceMean" and attr(node, "keepdims", 1):
             ax = view.const(node.input[1]) if len(node.input) > 1 else attr(node, "axes")
-            if ax is not None and sorted(int(a) % 4 for a in np.ravel(ax)) == list(axes):
+            if ax is not None and sorted(int(a) % 4 for a in np.ravel(ax)) == [2, 3]:
                 return node.output[0]
     return None
 
@@ -104,9 +105,8 @@ def _nonnegative(view: GraphView, tensor: str) -> bool:
         return False
     if node.op_type in ("Relu", "Sigmoid"):
         return True
-    if node.op_type == "Clip":
+    if node.op_type == "Clip":  # opset ≥ 11 (the exporter upgrades older models): min input
         lo = view.const(node.input[1]) if len(node.input) > 1 and node.input[1] else None
-        lo = attr(node, "min") if lo is None and view.opset < 11 else lo
         return lo is not None and float(np.min(lo)) >= 0
     return False
 
@@ -244,19 +244,6 @@ def raw_maps(
     return stacked, [order.index(x) for _, x in parts]
 
 
-def interpolation_matrix(n_out: int, n_in: int) -> np.ndarray:
-    """[n_out, n_in] bilinear weights, half-pixel centres, clamped at the border (OpenCV's
-    ``INTER_LINEAR`` for float maps): row i holds 1 − f at j0 and f at j0 + 1."""
-    s = np.clip((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0, n_in - 1)
-    j0 = np.floor(s).astype(np.int64)
-    j1 = np.minimum(j0 + 1, n_in - 1)
-    f = s - j0
-    R = np.zeros((n_out, n_in))
-    np.add.at(R, (np.arange(n_out), j0), 1 - f)
-    np.add.at(R, (np.arange(n_out), j1), f)
-    return R
-
-
 def _extreme_rows(n_out: int, n_in: int) -> list[int]:
     """Output indices that can hold the min or max of a bilinear resize along one axis.
 
@@ -266,9 +253,7 @@ def _extreme_rows(n_out: int, n_in: int) -> list[int]:
     its extremes lie on the cell's corner samples. The min/max of the whole resized map is
     therefore the min/max over these rows × these columns (about 2·n_in of each).
     """
-    s = np.clip((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0, n_in - 1)
-    j0 = np.floor(s).astype(np.int64)
-    j1 = np.minimum(j0 + 1, n_in - 1)
+    j0, j1, _ = bilinear_sources(n_out, n_in)
     first: dict[tuple[int, int], int] = {}
     last: dict[tuple[int, int], int] = {}
     for i, key in enumerate(zip(j0.tolist(), j1.tolist(), strict=True)):

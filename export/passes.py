@@ -51,7 +51,13 @@ class Target:
     head_note: str | None = None
     heatmaps: dict[str, str] = field(default_factory=dict)
     heatmap_size: str | None = None
-    gradient_pooled: bool = False
+    pooled_gradient: str | None = None
+    """The [B, C, 1, 1] tensor the gradient broadcasts, when it is the same at every position
+    (``autodiff.spatially_constant_source``)."""
+
+    @property
+    def gradient_pooled(self) -> bool:
+        return self.pooled_gradient is not None
 
     def to_json(self, k: int) -> dict:
         d = {
@@ -293,7 +299,7 @@ def add_backward(st: ExportState) -> None:
     for k, t in enumerate(st.targets):
         t.gradient = contract.gradient_name(k)
         axes = (1, 2) if t.layout == contract.LAYOUT_NHWC else (2, 3)
-        t.gradient_pooled = spatially_constant_source(view, grads[t.tensor], axes) is not None
+        t.pooled_gradient = spatially_constant_source(view, grads[t.tensor], axes)
         dtype = view.dtype(t.tensor)
         results.append((grads[t.tensor], t.gradient, dtype, _empty_like_target(t)))
         view.graph.output.append(_value_info(view, t.gradient, t.tensor))
@@ -324,8 +330,9 @@ def _heatmap_results(st: ExportState, grads: dict[str, str]) -> list:
             methods.append(m)
         if not methods:
             continue
-        nhwc = t.layout == contract.LAYOUT_NHWC
-        facts = layer_facts(view, t.tensor, grads[t.tensor], nhwc, t.shape)
+        facts = layer_facts(
+            view, t.tensor, t.pooled_gradient, t.layout == contract.LAYOUT_NHWC, t.shape
+        )
         stacked, rows = raw_heatmaps(b, A, G, t.cam_weight, methods, facts)
         finals = postprocess_heatmaps(b, stacked, rows, A, tuple(_spatial(t)), size)
         dims = [t.shape[0], *(size or _spatial(t))]

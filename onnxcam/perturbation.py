@@ -19,6 +19,7 @@ import numpy as np
 from . import contract
 from .errors import MethodError
 from .methods import method
+from .postprocess import interpolation_matrix
 
 Progress = Callable[[int, int, str], None]
 """progress(done, total, label): called after every scored batch."""
@@ -171,19 +172,8 @@ def _chunks(n: int, size: int) -> Iterator[slice]:
 
 
 # --- masks -----------------------------------------------------------------------------------
-def _interp_matrix(n_in: int, n_out: int, align_corners: bool) -> np.ndarray:
-    """[n_out, n_in] bilinear interpolation weights along one axis."""
-    if align_corners:
-        src = np.arange(n_out) * ((n_in - 1) / (n_out - 1)) if n_out > 1 else np.zeros(1)
-    else:
-        src = np.clip((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0, n_in - 1)
-    lo = np.floor(src).astype(int)
-    hi = np.minimum(lo + 1, n_in - 1)
-    frac = src - lo
-    m = np.zeros((n_out, n_in))
-    m[np.arange(n_out), lo] += 1 - frac
-    m[np.arange(n_out), hi] += frac
-    return m.astype(np.float32)
+def _interp(n_out: int, n_in: int, align_corners: bool) -> np.ndarray:
+    return interpolation_matrix(n_out, n_in, align_corners).astype(np.float32)
 
 
 def _minmax_channels(a: np.ndarray) -> np.ndarray:
@@ -199,10 +189,10 @@ def score_masks(
     h, w = A1.shape[-2:]
     A1 = A1.astype(np.float32)  # float32 like the peers: half the memory traffic of float64
     if convention == "pytorch-grad-cam":
-        mh, mw = _interp_matrix(h, hw[0], True), _interp_matrix(w, hw[1], True)
+        mh, mw = _interp(hw[0], h, True), _interp(hw[1], w, True)
         return lambda s: _minmax_channels(mh @ A1[s] @ mw.T)
     if convention == "torchcam":
-        mh, mw = _interp_matrix(h, hw[0], False), _interp_matrix(w, hw[1], False)
+        mh, mw = _interp(hw[0], h, False), _interp(hw[1], w, False)
         norm = _minmax_channels(A1)
         return lambda s: mh @ norm[s] @ mw.T
     raise MethodError(f"unknown Score-CAM convention {convention!r}: pytorch-grad-cam or torchcam")

@@ -57,6 +57,30 @@ def _minmax_inplace(out: np.ndarray) -> np.ndarray:
     return out
 
 
+def bilinear_sources(
+    n_out: int, n_in: int, align_corners: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each of ``n_out`` output positions along one axis: the two source indices j0 ≤ j1
+    it interpolates and the weight f of j1. Half-pixel centres clamped at the border (OpenCV's
+    ``INTER_LINEAR``) by default; ``align_corners`` as torch's ``interpolate``."""
+    if align_corners:
+        s = np.arange(n_out) * ((n_in - 1) / (n_out - 1)) if n_out > 1 else np.zeros(1)
+    else:
+        s = np.clip((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0, n_in - 1)
+    j0 = np.floor(s).astype(np.int64)
+    return j0, np.minimum(j0 + 1, n_in - 1), s - j0
+
+
+def interpolation_matrix(n_out: int, n_in: int, align_corners: bool = False) -> np.ndarray:
+    """[n_out, n_in] float64 bilinear weights along one axis (``bilinear_sources``): a resize
+    is ``R_h · m · R_wᵀ``."""
+    j0, j1, f = bilinear_sources(n_out, n_in, align_corners)
+    R = np.zeros((n_out, n_in))
+    np.add.at(R, (np.arange(n_out), j0), 1 - f)
+    np.add.at(R, (np.arange(n_out), j1), f)
+    return R
+
+
 def resize(maps: np.ndarray, height: int, width: int) -> np.ndarray:
     """Bilinear resize of one map (h, w) or a stack (..., h, w) to (height, width)."""
     m = np.asarray(maps, dtype=np.float32)
