@@ -74,7 +74,7 @@ def _pooled(G: np.ndarray) -> bool:
 
 def _sum_over_positions(term: np.ndarray, A: np.ndarray) -> np.ndarray:
     """Σ_ij of a [B, C, h, w] term, or of a per-channel term broadcast over A's h·w positions."""
-    if term.shape[2:] == (1, 1):
+    if _pooled(term):
         return term[:, :, 0, 0] * np.float32(A.shape[2] * A.shape[3])
     return _spatial_sum(term)
 
