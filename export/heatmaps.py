@@ -16,7 +16,10 @@ The subgraph is built for speed next to small networks (EfficientNet-Lite0 runs 
   * the bilinear resize is two ``MatMul``s with constant interpolation matrices, and the
     final min-max is computed *before* the resize from the few output pixels that can hold an
     extreme (``_extreme_rows``), so the full-resolution maps are written once and never
-    re-read (the previous Resize + min-max + Split design made 7 passes over them).
+    re-read (the previous Resize + min-max + Split design made 7 passes over them);
+  * Eigen-CAM and EigenGrad-CAM, which need an eigenvector ONNX has no operator for, come
+    from repeated squaring of the small Gram matrix (``_principal_maps``), one chain of
+    [n, n] MatMuls for both (n = min(h·w, C), 49 for a 7×7 layer).
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ from .graph import GraphView, attr
 Builder = Callable[["_Terms"], tuple[str, str]]
 HEATMAPS: dict[str, Builder] = {}
 """method name → builder(terms) returning ("weights", per-channel weights — [B, C, 1], or
-[B, 1, C] under a pooled gradient) or ("map", [B, 1, h·w])."""
+[B, 1, C] under a pooled gradient), ("map", [B, 1, h·w]) or ("principal", X [B, C, h·w]):
+the map is X's first principal component (``_principal_maps``)."""
 
 
 def heatmap(name: str):
@@ -139,6 +143,24 @@ class _Terms:
         return self.b.Mul(g, self.A)
 
     @cached_property
+    def centred_a(self) -> str:
+        """A minus its mean over positions, per channel (the forward pass's own global average
+        pool when the layer feeds one)."""
+        b = self.b
+        if self.facts.mean is not None:
+            return b.Sub(self.A, b.Reshape(self.facts.mean, b.ints([0, -1, 1])))
+        return b.Sub(self.A, _reduce(b, "ReduceMean", self.A, [2], 1))
+
+    @cached_property
+    def centred_ga(self) -> str:
+        """G·A minus its mean over positions, per channel (g·(A − mean A) under a pooled
+        gradient: one pass)."""
+        b = self.b
+        if self.row:
+            return b.Mul(b.Reshape(self.g, b.ints([0, -1, 1])), self.centred_a)
+        return b.Sub(self.GA, _reduce(b, "ReduceMean", self.GA, [2], 1))
+
+    @cached_property
     def relu_g(self) -> str:
         return self.b.Relu(self.G)
 
@@ -216,9 +238,92 @@ def _gradcam_elementwise(t: _Terms) -> tuple[str, str]:
 
 @heatmap("cam")
 def _cam(t: _Terms) -> tuple[str, str]:
-    if t.w is None:
-        raise ExportError("the 'cam' heatmap needs a GAP → Linear head after the target layer")
     return "weights", t.b.Reshape(t.w, t.per_channel)
+
+
+EIGEN_SQUARINGS = 16
+"""Repeated squarings of the Gram matrix for the eigen maps (``_principal_maps``): the other
+principal directions shrink by (λ₂/λ₁)^(2^16) — below float32 resolution for any
+λ₂/λ₁ ≤ 0.9997 (measured on CAM layers: 0.1–0.75)."""
+
+EIGEN_MAX_SIZE = 512
+"""Largest Gram matrix (min(h·w, C)) the eigen maps are built for; each squaring costs n³."""
+
+
+def _gram(t: _Terms, Xc: str) -> tuple[str, str]:
+    """(Gram matrix [B, 1, n, n] of the centred Xc, Xc's channel sum [B, 1, h·w, 1]) for
+    ``_principal_maps``; n = min(h·w, C)."""
+    b, f = t.b, t.facts
+    XcT = b.Transpose(Xc, perm=[0, 2, 1])  # [B, h·w, C]
+    S = b.MatMul(XcT, Xc) if f.positions <= f.channels else b.MatMul(Xc, XcT)
+    s = b.Transpose(t.channel_sum(Xc), perm=[0, 2, 1])  # [B, h·w, 1]
+    return b.Unsqueeze(S, b.ints([1])), b.Unsqueeze(s, b.ints([1]))
+
+
+def _principal_maps(t: _Terms, Xs: list[str]) -> str:
+    """Each X's projection on its first principal direction [B, E, h·w], with the runtime's
+    sign (positively correlated with X's channel sum s), up to a positive scale (the maps are
+    min-max normalised afterwards). ``Xs`` are already centred per channel over positions
+    (``_Terms.centred_a`` / ``centred_ga``); the uncentred channel sum differs from the
+    centred one by a constant over positions, which the centred Gram matrix annihilates
+    (S·1 = 0), so either gives the same sign. One chain of MatMuls serves every X (stacked).
+
+    ONNX has no eigen-solver, but the direction is the limit of powers of the Gram matrix:
+    with the centred X = Σ σᵢ vᵢ uᵢᵀ (uᵢ over positions), S = XᵀX has P = S^(2^k) / scale →
+    c·u₁u₁ᵀ, so P·s → c·(u₁ᵀs)·u₁: σ₁u₁ up to scale, with the sign that makes it correlate
+    positively with s (``onnxcam.methods._first_component``'s convention). k =
+    ``EIGEN_SQUARINGS``. P is positive semi-definite, so its largest entry is a diagonal one
+    and λ₁ lies between it and n times it: after scaling by it, ``j`` squarings stay below
+    n^(2^j) — the scale is renewed every j steps (float32 range; a zero matrix stays zero).
+    When C < h·w the channels' Gram matrix Q = XXᵀ is used and the map is
+    Xᵀ·Q^(2^k)·X·s = c·σ₁²·(u₁ᵀs)·u₁.
+    """
+    b, f = t.b, t.facts
+    pairs = [_gram(t, X) for X in Xs]
+    S = pairs[0][0] if len(pairs) == 1 else b.Concat(*[p[0] for p in pairs], axis=1)
+    s = pairs[0][1] if len(pairs) == 1 else b.Concat(*[p[1] for p in pairs], axis=1)
+    n = min(f.positions, f.channels)
+    big = np.finfo(b.view.np_dtype(t.A)).max
+    every = max(1, int(np.floor(np.log2(np.log(big) / np.log(max(n, 2))))) - 1)
+    tiny = b.scalar(float(np.finfo(b.view.np_dtype(t.A)).tiny), t.A)
+    P = S
+    for step in range(EIGEN_SQUARINGS + 1):
+        if step:
+            P = b.MatMul(P, P)
+        if step % every == 0 or step == EIGEN_SQUARINGS:
+            P = b.Div(P, b.Max(_reduce(b, "ReduceMax", P, [2, 3], 1), tiny))
+    if f.positions <= f.channels:
+        v = b.MatMul(P, s)
+    else:
+        Xc = b.Concat(*[b.Unsqueeze(x, b.ints([1])) for x in Xs], axis=1)
+        v = b.MatMul(b.Transpose(Xc, perm=[0, 1, 3, 2]), b.MatMul(P, b.MatMul(Xc, s)))
+    return b.Reshape(v, b.ints([0, 0, -1]))  # [B, E, h·w]
+
+
+@heatmap("eigencam")
+def _eigencam(t: _Terms) -> tuple[str, str]:
+    return "principal", t.centred_a
+
+
+@heatmap("eigengradcam")
+def _eigengradcam(t: _Terms) -> tuple[str, str]:
+    return "principal", t.centred_ga
+
+
+def unavailable(method: str, facts: LayerFacts, cam_weight: str | None) -> str | None:
+    """Why ``method`` cannot be an in-graph heatmap of this layer (None when it can)."""
+    if method == "cam" and not cam_weight:
+        return "the 'cam' heatmap needs a GAP → Linear head after the target layer"
+    if method in ("eigencam", "eigengradcam"):
+        if facts.positions is None or facts.channels is None:
+            return f"the {method} heatmap needs a fixed feature size"
+        n = min(facts.positions, facts.channels)
+        if n > EIGEN_MAX_SIZE:
+            return (
+                f"the {method} heatmap squares a {n}×{n} Gram matrix {EIGEN_SQUARINGS} times: "
+                f"too costly above {EIGEN_MAX_SIZE} (the runtime computes it on the host)"
+            )
+    return None
 
 
 def raw_maps(
@@ -239,8 +344,11 @@ def raw_maps(
         W = weights if t.row else [b.Reshape(x, b.ints([0, 1, -1])) for x in weights]
         blocks.append(b.MatMul(W[0] if len(W) == 1 else b.Concat(*W, axis=1), t.A))
     blocks += maps
+    principal = list(dict.fromkeys(x for kind, x in parts if kind == "principal"))
+    if principal:
+        blocks.append(_principal_maps(t, principal))
     stacked = blocks[0] if len(blocks) == 1 else b.Concat(*blocks, axis=1)
-    order = weights + maps
+    order = weights + maps + principal
     return stacked, [order.index(x) for _, x in parts]
 
 
@@ -346,4 +454,5 @@ __all__ = [
     "parse_methods",
     "postprocess",
     "raw_maps",
+    "unavailable",
 ]

@@ -28,6 +28,7 @@ from .heatmaps import layer_facts
 from .heatmaps import output_name as heatmap_output_name
 from .heatmaps import postprocess as postprocess_heatmaps
 from .heatmaps import raw_maps as raw_heatmaps
+from .heatmaps import unavailable as heatmap_unavailable
 from .layers import ClassifierHead, Head, InputSpec, LayerInfo, find_gap_linear, tensor_layout
 
 
@@ -319,20 +320,18 @@ def _heatmap_results(st: ExportState, grads: dict[str, str]) -> list:
         A, G = t.tensor, grads[t.tensor]
         if t.layout == contract.LAYOUT_NHWC:
             A, G = b.Transpose(A, perm=[0, 3, 1, 2]), b.Transpose(G, perm=[0, 3, 1, 2])
-        methods = []
-        for m in st.heatmaps:
-            if m == "cam" and not t.cam_weight:
-                if st.heatmaps_all:  # "all" means every heatmap this layer can have
-                    continue
-                raise ExportError(
-                    f"the 'cam' heatmap needs a GAP → Linear head after layer {t.name!r}"
-                )
-            methods.append(m)
-        if not methods:
-            continue
         facts = layer_facts(
             view, t.tensor, t.pooled_gradient, t.layout == contract.LAYOUT_NHWC, t.shape
         )
+        methods = []
+        for m in st.heatmaps:
+            why = heatmap_unavailable(m, facts, t.cam_weight)
+            if why and not st.heatmaps_all:  # "all" means every heatmap this layer can have
+                raise ExportError(f"{why} (layer {t.name!r})")
+            if not why:
+                methods.append(m)
+        if not methods:
+            continue
         stacked, rows = raw_heatmaps(b, A, G, t.cam_weight, methods, facts)
         finals = postprocess_heatmaps(b, stacked, rows, A, tuple(_spatial(t)), size)
         dims = [t.shape[0], *(size or _spatial(t))]

@@ -118,7 +118,8 @@ def cli() -> None:
     default=None,
     metavar="METHODS",
     help="Add finished maps as graph outputs: gradcam,gradcam++,xgradcam,layercam,"
-    "hirescam,gradcam-elementwise,cam or all.",
+    "hirescam,gradcam-elementwise,eigencam,eigengradcam,cam or all (every exported map is "
+    "computed on each run: export the ones you use).",
 )
 @click.option(
     "--heatmap-size",

@@ -203,7 +203,9 @@ def _first_component(X: np.ndarray) -> np.ndarray:
 def eigencam(A: np.ndarray) -> np.ndarray:
     """Eigen-CAM (Muhammad & Yeasin 2020): first principal component of the activations.
 
-    Class-agnostic (no gradients); computed on the host because ONNX has no SVD.
+    Class-agnostic (no gradients). ONNX has no eigen-solver: on the host this is ``eigvalsh``
+    + inverse iteration; an ``--heatmaps`` export computes it in the graph by repeated
+    squaring of the Gram matrix (``export/heatmaps.py``).
     """
     return _first_component(A)
 

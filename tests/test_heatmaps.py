@@ -200,3 +200,108 @@ def test_feature_size_heatmaps_equal_the_host_feature_maps(tiny_onnx) -> None:
         want = np.stack([r.maps[m].feature for r in ref])
         assert outs[output_name(m, 0)].shape == want.shape == (3, 8, 8)
         assert np.abs(outs[output_name(m, 0)] - want).max() <= 1e-5, m
+
+
+def _conv_gap_model(channels: int, side: int) -> tuple[onnx.ModelProto, np.ndarray]:
+    """x [N, 3, side, side] → 1×1 conv with orthonormal filters (+ a large bias, so the ReLU
+    passes everything) → ReLU "features" → GAP → Gemm. Returns the model and the filters."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(channels)
+    q, _ = np.linalg.qr(rng.normal(size=(channels, 3)))
+    conv = q.astype(np.float32).reshape(channels, 3, 1, 1)
+    fc = rng.normal(size=(5, channels)).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["x", "conv_w", "conv_b"], ["pre"]),
+        helper.make_node("Relu", ["pre"], ["features"]),
+        helper.make_node("GlobalAveragePool", ["features"], ["pooled"]),
+        helper.make_node("Flatten", ["pooled"], ["flat"]),
+        helper.make_node("Gemm", ["flat", "fc_w"], ["logits"], transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "conv_gap",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, side, side])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 5])],
+        initializer=[
+            numpy_helper.from_array(conv, "conv_w"),
+            numpy_helper.from_array(np.full(channels, 10, np.float32), "conv_b"),
+            numpy_helper.from_array(fc, "fc_w"),
+        ],
+    )
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m, q
+
+
+@pytest.mark.parametrize("channels", [64, 16])  # 6×6 = 36 positions: pixel / channel Gram
+@pytest.mark.parametrize("ratio", [0.5, 0.999])  # λ₂/λ₁ of the centred activations
+def test_eigen_heatmaps_find_the_principal_component(channels: int, ratio: float) -> None:
+    """Activations with a known spectrum (rank 3, λ₂/λ₁ = ``ratio``): the in-graph Eigen-CAM
+    is the known first component (sign: correlated with the channel sum), and both eigen maps
+    equal the host's eigen-solver maps. At λ₂/λ₁ = 0.999 the direction itself is sensitive to
+    the float32 rounding of the activations (host and graph both differ from the analytic
+    answer by ~1e-4 there), hence the wider bound; too few squarings would leave a mix of the
+    first two components (errors of order 1: 0.999^(2^8) = 0.77)."""
+    import onnxruntime as ort
+
+    from onnxcam import postprocess
+
+    side, tol = 6, 1e-5 if ratio <= 0.5 else 5e-4
+    model, q = _conv_gap_model(channels, side)
+    rng = np.random.default_rng(7)
+    patterns = rng.normal(size=(side * side, 3))
+    patterns -= patterns.mean(axis=0)  # centred, orthonormal position patterns
+    patterns, _ = np.linalg.qr(patterns)
+    sigma = np.array([1.0, np.sqrt(ratio), 0.3]) * 5
+    # image 0: patterns[:, 0] leads; image 1: the σ reversed, patterns[:, 2] leads
+    x = np.stack([(patterns * s).T.reshape(3, side, side) for s in (sigma, sigma[::-1])])
+    x = x.astype(np.float32)
+    res = export_onnx(model, layers=["features"], heatmaps="all", heatmap_size="feature")
+    assert res.targets[0].gradient_pooled
+    sess = ort.InferenceSession(res.model.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    outs = dict(zip(names, sess.run(None, {"x": x}), strict=True))
+    with Explainer(export_onnx(model, layers=["features"]).model.SerializeToString()) as host:
+        ref = host.explain_tensor(x, ["eigencam", "eigengradcam"])
+    for m in ("eigencam", "eigengradcam"):
+        got = outs[output_name(m, 0)]
+        assert np.isfinite(got).all()
+        want = np.stack([r.maps[m].feature for r in ref])
+        assert np.abs(got - want).max() <= tol, m
+    # analytic: the centred activations are q · diag(σ) · patternsᵀ
+    for i, lead in enumerate([0, 2]):
+        u = patterns[:, lead]
+        strength = (q @ x[i].reshape(3, -1)).sum(axis=0)  # channel sums (centred part)
+        u = u if u @ strength >= 0 else -u
+        want = postprocess.normalize(np.maximum(u, 0).reshape(side, side))
+        assert np.abs(outs[output_name("eigencam", 0)][i] - want).max() <= 2 * tol
+
+
+def test_eigen_heatmaps_of_zero_gradients_are_zero() -> None:
+    """All-zero gradients (a zero classifier): EigenGrad-CAM's Gram matrix is 0 → the map is
+    zeros, never NaN."""
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    model, _ = _conv_gap_model(16, 6)
+    fc = next(i for i in model.graph.initializer if i.name == "fc_w")
+    fc.CopyFrom(numpy_helper.from_array(np.zeros((5, 16), np.float32), "fc_w"))
+    res = export_onnx(model, layers=["features"], heatmaps="eigengradcam")
+    sess = ort.InferenceSession(res.model.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).normal(size=(2, 3, 6, 6)).astype(np.float32)
+    (got,) = sess.run([output_name("eigengradcam", 0)], {"x": x})
+    assert got.shape == (2, 6, 6) and np.array_equal(got, np.zeros_like(got))
+
+
+def test_eigen_heatmaps_are_skipped_for_large_layers() -> None:
+    """A 24×24 layer with 600 channels would square a 576² Gram matrix: asking for the eigen
+    heatmap explicitly is an error that says why; "all" leaves it out and builds the rest."""
+    from onnxcam.export.heatmaps import EIGEN_MAX_SIZE
+
+    model, _ = _conv_gap_model(600, 24)
+    assert EIGEN_MAX_SIZE < 24 * 24
+    with pytest.raises(ExportError, match="eigencam heatmap squares a 576×576"):
+        export_onnx(model, layers=["features"], heatmaps="eigencam")
+    res = export_onnx(model, layers=["features"], heatmaps="all")
+    assert set(res.targets[0].heatmaps) == set(HEATMAPS) - {"eigencam", "eigengradcam"}
