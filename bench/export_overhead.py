@@ -21,17 +21,9 @@ import numpy as np
 import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).parent))
-from harness import interleaved, markdown_table, median_ms, save, session
+from harness import GRADIENT_MAPS, interleaved, markdown_table, median_ms, save, session
 
-WEIGHTED = [
-    "gradcam",
-    "gradcam++",
-    "xgradcam",
-    "layercam",
-    "hirescam",
-    "gradcam-elementwise",
-    "cam",
-]
+WEIGHTED = [m for m in GRADIENT_MAPS if not m.startswith("eigen")] + ["cam"]
 """The in-graph heatmaps other than the eigen maps."""
 
 

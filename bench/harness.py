@@ -17,6 +17,18 @@ from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
 
+GRADIENT_MAPS = [
+    "gradcam",
+    "gradcam++",
+    "xgradcam",
+    "layercam",
+    "hirescam",
+    "gradcam-elementwise",
+    "eigengradcam",
+]
+"""The gradient methods whose maps "all gradient maps at once" means (with ``cam`` where the
+model has a GAP → Linear head)."""
+
 
 def interleaved(
     variants: dict[str, Callable[[], object]], repeats: int = 20, warmup: int = 3

@@ -35,17 +35,16 @@ import numpy as np
 # (onnxruntime) variant of an interleaved run; make them sleep instead (set before torch loads).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(Path(__file__).parent))
-from harness import interleaved, markdown_table, median_ms, save, session, session_options
+from harness import (
+    GRADIENT_MAPS,
+    interleaved,
+    markdown_table,
+    median_ms,
+    save,
+    session,
+    session_options,
+)
 
-ONNXCAM_ALL = [
-    "gradcam",
-    "gradcam++",
-    "xgradcam",
-    "layercam",
-    "hirescam",
-    "gradcam-elementwise",
-    "eigengradcam",
-]
 PGC = {
     "gradcam": "GradCAM",
     "gradcam++": "GradCAMPlusPlus",
@@ -155,13 +154,13 @@ def main() -> None:
             export_onnx(plain_bytes, cam_path, **prep)
             plain = session(plain_bytes)
             ex = Explainer(cam_path, session_options=session_options())
-            all_grad = [m for m in [*ONNXCAM_ALL, "cam"] if m != "cam" or ex.info.has_cam_weights]
+            all_grad = [m for m in [*GRADIENT_MAPS, "cam"] if m != "cam" or ex.info.has_cam_weights]
             heat_path = Path(tmp) / "m.heatmaps.cam.onnx"
             export_onnx(plain_bytes, heat_path, heatmaps=",".join(all_grad), **prep)
             ex_heat = Explainer(heat_path, session_options=session_options())
         onnx_methods = [
             m
-            for m in [*ONNXCAM_ALL, "eigencam", "smoothgradcam++", "cam"]
+            for m in [*GRADIENT_MAPS, "eigencam", "smoothgradcam++", "cam"]
             if m != "cam" or ex.info.has_cam_weights
         ]
         for batch in map(int, args.batches.split(",")):
