@@ -155,7 +155,7 @@ def test_ctrl_c_stops_cleanly_and_keeps_what_was_written(lite0_cam, photos, tmp_
 
     src = tmp_path / "in"
     src.mkdir()
-    for i in range(4):
+    for i in range(8):  # ~2 s of Score-CAM each: the run is far from done at the 1st image
         shutil.copy(photos["chelsea"], src / f"cat{i}.jpg")
     out = tmp_path / "o"
     proc = subprocess.Popen(
@@ -181,12 +181,13 @@ def test_ctrl_c_stops_cleanly_and_keeps_what_was_written(lite0_cam, photos, tmp_
     while time.time() < deadline and not list(out.glob("*.png")):  # wait for the 1st image
         time.sleep(0.2)
     assert list(out.glob("*.png")), "no image finished in time"
+    assert proc.poll() is None, "the run ended before it could be interrupted"
     os.kill(proc.pid, signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130
     assert "Traceback" not in stderr and "Interrupted" in stderr
     written = sorted(out.glob("*.png"))
-    assert 1 <= len(written) < 4
+    assert 1 <= len(written) < 8
     assert all(cv2.imread(str(p)) is not None for p in written)  # complete, readable files
 
 
