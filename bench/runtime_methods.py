@@ -85,6 +85,25 @@ def plain_onnx(module, size: int = 224) -> bytes:
     return export_plain(module, (1, 3, size, size))
 
 
+def explainers(name: str):
+    """(torch module, its target module name, its classifier name, plain ONNX bytes, Explainer
+    of the onnxcam graph, Explainer of the graph exported with the heatmaps of all gradient
+    maps, those maps' names) for ``build(name)``."""
+    from onnxcam.engine import Explainer
+    from onnxcam.export import export_onnx
+
+    module, layer, fc, prep = build(name)
+    plain_bytes = plain_onnx(module)
+    with tempfile.TemporaryDirectory() as tmp:
+        cam_path, heat_path = Path(tmp) / "m.cam.onnx", Path(tmp) / "m.heatmaps.cam.onnx"
+        export_onnx(plain_bytes, cam_path, **prep)
+        ex = Explainer(cam_path, session_options=session_options())
+        maps = [m for m in [*GRADIENT_MAPS, "cam"] if m != "cam" or ex.info.has_cam_weights]
+        export_onnx(plain_bytes, heat_path, heatmaps=",".join(maps), **prep)
+        ex_heat = Explainer(heat_path, session_options=session_options())
+    return module, layer, fc, plain_bytes, ex, ex_heat, maps
+
+
 def _maps_at_input(ex, x, methods) -> None:
     """One onnxcam call: every method's map at the input resolution (like pytorch-grad-cam)."""
     for r in ex.explain_tensor(x, methods, smooth_samples=4):
@@ -141,23 +160,11 @@ def main() -> None:
 
     import torch
 
-    from onnxcam.engine import Explainer
-    from onnxcam.export import export_onnx
-
     torch.set_num_threads(2)
     rows = []
     for name in args.models.split(","):
-        module, layer, fc, prep = build(name)
-        plain_bytes = plain_onnx(module)
-        with tempfile.TemporaryDirectory() as tmp:
-            cam_path = Path(tmp) / "m.cam.onnx"
-            export_onnx(plain_bytes, cam_path, **prep)
-            plain = session(plain_bytes)
-            ex = Explainer(cam_path, session_options=session_options())
-            all_grad = [m for m in [*GRADIENT_MAPS, "cam"] if m != "cam" or ex.info.has_cam_weights]
-            heat_path = Path(tmp) / "m.heatmaps.cam.onnx"
-            export_onnx(plain_bytes, heat_path, heatmaps=",".join(all_grad), **prep)
-            ex_heat = Explainer(heat_path, session_options=session_options())
+        module, layer, fc, plain_bytes, ex, ex_heat, all_grad = explainers(name)
+        plain = session(plain_bytes)
         onnx_methods = [
             m
             for m in [*GRADIENT_MAPS, "eigencam", "smoothgradcam++", "cam"]

@@ -6,6 +6,7 @@ Kept out of ``cli.py`` so the CLI stays a thin layer of options over this and th
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 import time
@@ -27,10 +28,18 @@ def _slug(text: str) -> str:
 
 
 def _write_png(path: Path, rgb: np.ndarray) -> None:
+    """Write an RGB image as PNG atomically: a partial file never carries the final name (an
+    interrupted or killed run leaves only complete overlays)."""
     ok, buf = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))
     if not ok:
         raise OnnxcamError(f"cannot encode {path.name}")
-    path.write_bytes(buf.tobytes())
+    part = path.with_name(f".{path.name}.part")
+    try:
+        part.write_bytes(buf.tobytes())
+        os.replace(part, path)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
 
 
 class _MethodProgress:
