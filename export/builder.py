@@ -75,6 +75,13 @@ class GradBuilder:
         """A 1-D int64 constant (for axes, shapes, starts, pads ...)."""
         return self.const(np.asarray(values, dtype=np.int64).reshape(-1))
 
+    def reduce(self, op: str, x: str, axes: Sequence[int], keepdims: int = 1) -> str:
+        """``op`` (ReduceMax, ReduceMean, ReduceLogSumExp, ...) over ``axes`` in the model's
+        opset: axes became an input in opset 18 (ReduceSum already in 13)."""
+        if op == "ReduceSum" or self.view.opset >= 18:
+            return self.op(op, x, self.ints(list(axes)), keepdims=keepdims)
+        return self.op(op, x, axes=list(axes), keepdims=keepdims)
+
     def zeros(self, shape: str, like: str) -> str:
         """A zero tensor of runtime shape ``shape`` (an int64 tensor) with ``like``'s dtype."""
         zero = numpy_helper.from_array(np.zeros(1, dtype=self.view.np_dtype(like)))

@@ -51,14 +51,6 @@ def heatmap(name: str):
     return register
 
 
-def _reduce(b: GradBuilder, op: str, x: str, axes: list[int], keepdims: int) -> str:
-    """Reduce* over ``axes`` in the model's opset (axes became an input in opset 18;
-    ReduceSum already in 13)."""
-    if op == "ReduceSum" or b.view.opset >= 18:
-        return b.op(op, x, b.ints(axes), keepdims=keepdims)
-    return b.op(op, x, axes=axes, keepdims=keepdims)
-
-
 @dataclass(frozen=True)
 class LayerFacts:
     """What the graph guarantees about a target layer, used to build cheaper exact maps."""
@@ -149,7 +141,7 @@ class _Terms:
         b = self.b
         if self.facts.mean is not None:
             return b.Sub(self.A, b.Reshape(self.facts.mean, b.ints([0, -1, 1])))
-        return b.Sub(self.A, _reduce(b, "ReduceMean", self.A, [2], 1))
+        return b.Sub(self.A, b.reduce("ReduceMean", self.A, [2], 1))
 
     @cached_property
     def centred_ga(self) -> str:
@@ -158,7 +150,7 @@ class _Terms:
         b = self.b
         if self.row:
             return b.Mul(b.Reshape(self.g, b.ints([0, -1, 1])), self.centred_a)
-        return b.Sub(self.GA, _reduce(b, "ReduceMean", self.GA, [2], 1))
+        return b.Sub(self.GA, b.reduce("ReduceMean", self.GA, [2], 1))
 
     @cached_property
     def relu_g(self) -> str:
@@ -175,7 +167,7 @@ class _Terms:
 
     def hw_sum(self, x: str) -> str:
         """Σ over the spatial axis: [B, C, h·w] → [B, C, 1]."""
-        return _reduce(self.b, "ReduceSum", x, [2], 1)
+        return self.b.reduce("ReduceSum", x, [2], 1)
 
     def hw_sum_of_g_term(self, x: str) -> str:
         """Σ over positions of a term computed from G alone ([B, C, 1] when G is per-channel:
@@ -187,14 +179,14 @@ class _Terms:
     def channel_sum(self, x: str) -> str:
         """Σ over channels: [B, C, h·w] → [B, 1, h·w] (a MatMul with a row of ones)."""
         if self.facts.channels is None:
-            return _reduce(self.b, "ReduceSum", x, [1], 1)
+            return self.b.reduce("ReduceSum", x, [1], 1)
         ones = np.ones((1, self.facts.channels), dtype=self.b.view.np_dtype(self.A))
         return self.b.MatMul(self.b.const(ones), x)
 
 
 @heatmap("gradcam")
 def _gradcam(t: _Terms) -> tuple[str, str]:
-    return "weights", t.g if t.g is not None else _reduce(t.b, "ReduceMean", t.G, [2], 1)
+    return "weights", t.g if t.g is not None else t.b.reduce("ReduceMean", t.G, [2], 1)
 
 
 @heatmap("gradcam++")
@@ -291,7 +283,7 @@ def _principal_maps(t: _Terms, Xs: list[str]) -> str:
         if step:
             P = b.MatMul(P, P)
         if step % every == 0 or step == EIGEN_SQUARINGS:
-            P = b.Div(P, b.Max(_reduce(b, "ReduceMax", P, [2, 3], 1), tiny))
+            P = b.Div(P, b.Max(b.reduce("ReduceMax", P, [2, 3], 1), tiny))
     if f.positions <= f.channels:
         v = b.MatMul(P, s)
     else:
@@ -405,8 +397,8 @@ def postprocess(
     )
     m = b.Relu(b.Reshape(stacked, shape))
     if size is None:
-        lo = _reduce(b, "ReduceMin", m, [2, 3], 1)
-        hi = _reduce(b, "ReduceMax", m, [2, 3], 1)
+        lo = b.reduce("ReduceMin", m, [2, 3], 1)
+        hi = b.reduce("ReduceMax", m, [2, 3], 1)
         unit = _scale_to_unit(b, m, lo, hi)
         done = {r: b.Gather(unit, b.const(np.int64(r)), axis=1) for r in set(rows)}
         return [done[r] for r in rows]
@@ -415,8 +407,8 @@ def postprocess(
     Ry, Rx = interpolation_matrix(H, h), interpolation_matrix(W, w)
     ry, rx = _extreme_rows(H, h), _extreme_rows(W, w)
     cand = b.MatMul(b.MatMul(b.const(Ry[ry].astype(dtype)), m), b.const(Rx[rx].T.astype(dtype)))
-    lo = _reduce(b, "ReduceMin", cand, [2, 3], 1)
-    hi = _reduce(b, "ReduceMax", cand, [2, 3], 1)
+    lo = b.reduce("ReduceMin", cand, [2, 3], 1)
+    hi = b.reduce("ReduceMax", cand, [2, 3], 1)
     tall = b.MatMul(b.const(Ry.astype(dtype)), _scale_to_unit(b, m, lo, hi))  # [B, M, H, w]
     rxt = b.const(Rx.T.astype(dtype))
     done = {r: b.MatMul(b.Gather(tall, b.const(np.int64(r)), axis=1), rxt) for r in set(rows)}

@@ -185,6 +185,35 @@ def add_score(st: ExportState) -> None:
         helper.make_tensor_value_info(contract.SCORE_OUTPUT, view.dtype(logits), [batch])
     )
     st.cls = contract.CLASS_OUTPUT
+    _add_topk(st, b, batch)
+
+
+def _add_topk(st: ExportState, b: GradBuilder, batch) -> None:
+    """The top-K classes with their logits and probabilities as outputs (K = min(5, classes)):
+    the runtime's predictions without a pass over the logits on the host (numpy right after
+    the network costs ~0.25 ms per batch: a few % of a 5-ms model)."""
+    view, logits = st.view, st.head.logits
+    shape = view.shape(logits)
+    if not shape or len(shape) != 2 or not isinstance(shape[1], int):
+        return  # dynamic class count: the runtime ranks the logits itself
+    k = min(contract.TOPK, shape[1])
+    values, index = contract.TOPK_LOGIT_OUTPUT, contract.TOPK_INDEX_OUTPUT
+    view.add_node(
+        helper.make_node("TopK", [logits, b.ints([k])], [values, index], name=index, axis=1)
+    )
+    if st.head.activation == "sigmoid":  # multi-label: each class on its own
+        node = helper.make_node("Sigmoid", [values], [contract.TOPK_PROBABILITY_OUTPUT])
+    else:  # softmax over all classes: exp(z − logsumexp z)
+        lse = b.reduce("ReduceLogSumExp", logits, [1], 1)
+        node = helper.make_node("Exp", [b.Sub(values, lse)], [contract.TOPK_PROBABILITY_OUTPUT])
+    node.name = contract.TOPK_PROBABILITY_OUTPUT
+    view.add_node(node)
+    dtype = view.dtype(logits)
+    for name, t in ((index, TensorProto.INT64), (values, dtype)):
+        view.graph.output.append(helper.make_tensor_value_info(name, t, [batch, k]))
+    view.graph.output.append(
+        helper.make_tensor_value_info(contract.TOPK_PROBABILITY_OUTPUT, dtype, [batch, k])
+    )
 
 
 def add_mode_input(st: ExportState) -> None:

@@ -44,6 +44,16 @@ GRADIENT_OUTPUT = "onnxcam_gradient_{k}"
 HEAD_OUTPUT = "onnxcam_head_logits_{k}"
 """float ``[m, classes]``: logits of the head of target k on ``onnxcam_head_input_k`` (mode 2;
 empty otherwise). The layers before the target are not run for these."""
+TOPK_INDEX_OUTPUT = "onnxcam_topk_index"
+"""int64 ``[batch, K]``: the K best classes of each sample, best first (ties: lower index first);
+K = min(``TOPK``, classes). Optional (absent when the class count is dynamic)."""
+TOPK_LOGIT_OUTPUT = "onnxcam_topk_logit"
+"""float ``[batch, K]``: their logits."""
+TOPK_PROBABILITY_OUTPUT = "onnxcam_topk_probability"
+"""float ``[batch, K]``: their probabilities — the softmax over all logits, or the sigmoid of each
+for a multi-label (Sigmoid) head, as ``ModelInfo.probabilities`` computes them."""
+TOPK = 5
+"""How many classes the top-k outputs hold (the runtime always reports at least five)."""
 CAM_WEIGHT_OUTPUT = "onnxcam_cam_weight_{k}"
 """float ``[batch, C]``: classifier weights of the explained class (only for a GAP→Linear head)."""
 

@@ -197,9 +197,28 @@ class Explainer:
         names = list(dict.fromkeys(fetch))
         return dict(zip(names, self.session.run(names, feeds), strict=True))
 
-    def _predictions(self, logits: np.ndarray, k: int) -> list[list[Prediction]]:
-        """Top-k of each row (probabilities are monotone in the logits: rank the logits, a
-        partial sort — this runs for every batch, next to a few-ms network)."""
+    def _predictions(self, out: dict[str, np.ndarray], k: int) -> list[list[Prediction]]:
+        """Top-k of each sample: read from the graph's top-k outputs when it has them (and k is
+        within them), else ranked here from the logits."""
+        index = out.get(contract.TOPK_INDEX_OUTPUT)
+        logits = out[self.info.logits_output]
+        if index is not None and (k <= index.shape[1] or index.shape[1] == logits.shape[1]):
+            label = self.info.label
+            rows = zip(
+                index.tolist(),
+                out[contract.TOPK_PROBABILITY_OUTPUT].tolist(),
+                out[contract.TOPK_LOGIT_OUTPUT].tolist(),
+                strict=True,
+            )
+            return [
+                [Prediction(j, label(j), p, z) for j, p, z in list(zip(*r, strict=True))[:k]]
+                for r in rows
+            ]
+        return self._rank(logits, k)
+
+    def _rank(self, logits: np.ndarray, k: int) -> list[list[Prediction]]:
+        """Top-k of each row of the logits (probabilities are monotone in them: a partial
+        sort of the logits)."""
         k = min(k, logits.shape[1])
         top = np.argpartition(-logits, k - 1, axis=1)[:, :k]
         top = np.take_along_axis(top, np.argsort(-np.take_along_axis(logits, top, 1), 1), 1)
@@ -216,8 +235,14 @@ class Explainer:
         """Top-k predictions for each image (no maps)."""
         arrays = [self.load(s)[1] for s in images]
         x = preprocess(arrays, self.info.input)
-        logits = self._run(x, None, [self.info.logits_output])[self.info.logits_output]
-        return self._predictions(logits, topk)
+        return self._predictions(self._run(x, None, self._prediction_outputs()), topk)
+
+    def _prediction_outputs(self) -> list[str]:
+        """The outputs predictions are read from: the logits, and the graph's top-k if any."""
+        topk = [contract.TOPK_INDEX_OUTPUT, contract.TOPK_PROBABILITY_OUTPUT]
+        topk.append(contract.TOPK_LOGIT_OUTPUT)
+        have = all(n in self._outputs for n in topk)
+        return [self.info.logits_output, *(topk if have else [])]
 
     def explain(
         self, images: ImageSource | Iterable[ImageSource], methods="gradcam", **kw
@@ -339,8 +364,9 @@ class Explainer:
         if opts.keep_tensors:
             host = host or ["keep"]  # fetch the raw tensors even when every map is in-graph
             needs |= {"activations", "gradients"}
+        predicting = self._prediction_outputs()
         fetch = [
-            info.logits_output,
+            *predicting,
             contract.CLASS_OUTPUT,
             *self._fetch_for(needs - {"gradients"} if not host else needs, opts.targets),
             *from_graph,
@@ -352,13 +378,13 @@ class Explainer:
         out = self._run(x, cls, fetch, mode)
         seconds = time.perf_counter() - t0
         k = max(opts.topk, 5)
-        preds = self._predictions(out[info.logits_output], k)
+        preds = self._predictions(out, k)
         rounds = [(out, out[contract.CLASS_OUTPUT], seconds)]
         if opts.topk > 1:  # ranks 2..k: the images again, with the class input set
             reps = np.array([[p.index for p in ps[1 : opts.topk]] for ps in preds])  # [B, k-1]
             xr = np.repeat(x, opts.topk - 1, axis=0)
             t0 = time.perf_counter()
-            more = self._run(xr, reps.reshape(-1), fetch[1:], mode)
+            more = self._run(xr, reps.reshape(-1), fetch[len(predicting) :], mode)
             dt = time.perf_counter() - t0
             for r in range(opts.topk - 1):
                 sel = {n: v[r :: opts.topk - 1] for n, v in more.items()}

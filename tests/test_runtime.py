@@ -302,3 +302,82 @@ def test_efficientnet_lite0_chelsea_is_a_cat_and_gradcam_peaks_on_it(lite0_cam, 
         x0, y0, x1, y1 = CAT_FACE
         mm = cat.maps[m].original
         assert mm[y0:y1, x0:x1].sum() / mm.sum() > 0.6
+
+
+# --- predictions from the graph's top-k outputs --------------------------------------------------
+def _head_model(classes: int, activation: str | None):
+    """x [N, 3, 8, 8] → conv → ReLU → GAP → Gemm (``classes`` logits) → optional activation."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(classes)
+    nodes = [
+        helper.make_node("Conv", ["x", "cw"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("GlobalAveragePool", ["r"], ["p"]),
+        helper.make_node("Flatten", ["p"], ["f"]),
+        helper.make_node("Gemm", ["f", "fw"], ["logits"], transB=1),
+    ]
+    out = "logits"
+    if activation:
+        nodes.append(
+            helper.make_node(activation, ["logits"], ["probs"], axis=1)
+            if activation == "Softmax"
+            else helper.make_node(activation, ["logits"], ["probs"])
+        )
+        out = "probs"
+    graph = helper.make_graph(
+        nodes,
+        "head",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info(out, TensorProto.FLOAT, ["N", classes])],
+        initializer=[
+            numpy_helper.from_array(rng.normal(size=(6, 3, 3, 3)).astype(np.float32), "cw"),
+            numpy_helper.from_array(rng.normal(size=(classes, 6)).astype(np.float32) * 3, "fw"),
+        ],
+    )
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+@pytest.mark.parametrize(
+    ("classes", "activation"), [(12, None), (12, "Softmax"), (12, "Sigmoid"), (4, "Softmax")]
+)
+def test_graph_topk_outputs_equal_the_host_ranking(classes: int, activation: str | None) -> None:
+    """onnxcam_topk_* (TopK + log-sum-exp, or sigmoid for a multi-label head) give the same
+    classes, logits and probabilities as ranking the logits on the host, and the Explainer's
+    predictions are the same either way."""
+    import onnxruntime as ort
+
+    from onnxcam import contract
+    from onnxcam.export import export_onnx
+
+    model = export_onnx(_head_model(classes, activation)).model.SerializeToString()
+    sess = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(1).normal(size=(6, 3, 8, 8)).astype(np.float32)
+    names = [o.name for o in sess.get_outputs()]
+    out = dict(zip(names, sess.run(None, {"x": x}), strict=True))
+    k = min(5, classes)
+    assert out[contract.TOPK_INDEX_OUTPUT].shape == (6, k)
+    with Explainer(model) as ex:
+        logits = out[ex.info.logits_output]
+        order = np.argsort(-logits, axis=1, kind="stable")[:, :k]
+        np.testing.assert_array_equal(out[contract.TOPK_INDEX_OUTPUT], order)
+        np.testing.assert_array_equal(
+            out[contract.TOPK_LOGIT_OUTPUT], np.take_along_axis(logits, order, 1)
+        )
+        probs = ex.info.probabilities(logits)
+        np.testing.assert_allclose(
+            out[contract.TOPK_PROBABILITY_OUTPUT], np.take_along_axis(probs, order, 1), atol=1e-6
+        )
+        from_graph = ex._predictions(out, 5)
+        on_host = ex._rank(logits, 5)
+        assert [[p.index for p in r] for r in from_graph] == [[p.index for p in r] for r in on_host]
+        for ra, rb in zip(from_graph, on_host, strict=True):
+            for a, b in zip(ra, rb, strict=True):
+                assert abs(a.probability - b.probability) < 1e-6
+                assert abs(a.logit - b.logit) < 1e-6
+        # explain() reads them (and does not rank the logits itself): the same predictions
+        ex._rank = lambda *_: pytest.fail("ranked on the host although the graph has top-k")
+        preds = [r.predictions for r in ex.explain_tensor(x, "gradcam")]
+        assert [[p.index for p in r] for r in preds] == [[p.index for p in r] for r in on_host]
