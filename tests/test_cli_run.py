@@ -155,7 +155,7 @@ def test_ctrl_c_stops_cleanly_and_keeps_what_was_written(lite0_cam, photos, tmp_
 
     src = tmp_path / "in"
     src.mkdir()
-    for i in range(8):  # ~2 s of Score-CAM each: the run is far from done at the 1st image
+    for i in range(4):  # ~2 s of Score-CAM each: the run is far from done at the 1st image
         shutil.copy(photos["chelsea"], src / f"cat{i}.jpg")
     out = tmp_path / "o"
     proc = subprocess.Popen(
@@ -176,6 +176,11 @@ def test_ctrl_c_stops_cleanly_and_keeps_what_was_written(lite0_cam, photos, tmp_
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # a test run started in the background by a non-interactive shell inherits SIGINT
+        # *ignored* (POSIX, for asynchronous commands), and so would the CLI — then Python
+        # installs no KeyboardInterrupt handler and Ctrl-C does nothing, as it should for a
+        # background job. Give the CLI the disposition of an interactive run.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.time() + 240
     while time.time() < deadline and not list(out.glob("*.png")):  # wait for the 1st image
@@ -188,7 +193,7 @@ def test_ctrl_c_stops_cleanly_and_keeps_what_was_written(lite0_cam, photos, tmp_
     why = f"exit {proc.returncode}, {len(written)} PNGs; stderr {stderr[-1500:]!r}; {stdout!r}"
     assert proc.returncode == 130, why
     assert "Traceback" not in stderr and "Interrupted" in stderr, why
-    assert 1 <= len(written) < 8, why
+    assert 1 <= len(written) < 4, why
     assert all(cv2.imread(str(p)) is not None for p in written)  # complete, readable files
     assert not list(out.glob(".*.part"))  # PNGs are written atomically, nothing left over
 
