@@ -242,14 +242,15 @@ EIGEN_MAX_SIZE = 512
 """Largest Gram matrix (min(h·w, C)) the eigen maps are built for; each squaring costs n³."""
 
 
-def _gram(t: _Terms, Xc: str) -> tuple[str, str]:
-    """(Gram matrix [B, 1, n, n] of the centred Xc, Xc's channel sum [B, 1, h·w, 1]) for
-    ``_principal_maps``; n = min(h·w, C)."""
+def _gram(t: _Terms, Xc: str) -> tuple[str, str, str]:
+    """(Gram matrix [B, 1, n, n] of the centred Xc, Xc's channel sum [B, 1, h·w, 1], Xcᵀ
+    [B, 1, h·w, C]) for ``_principal_maps``; n = min(h·w, C)."""
     b, f = t.b, t.facts
     XcT = b.Transpose(Xc, perm=[0, 2, 1])  # [B, h·w, C]
     S = b.MatMul(XcT, Xc) if f.positions <= f.channels else b.MatMul(Xc, XcT)
     s = b.Transpose(t.channel_sum(Xc), perm=[0, 2, 1])  # [B, h·w, 1]
-    return b.Unsqueeze(S, b.ints([1])), b.Unsqueeze(s, b.ints([1]))
+    one = b.ints([1])
+    return b.Unsqueeze(S, one), b.Unsqueeze(s, one), b.Unsqueeze(XcT, one)
 
 
 def _principal_maps(t: _Terms, Xs: list[str]) -> str:
@@ -271,9 +272,13 @@ def _principal_maps(t: _Terms, Xs: list[str]) -> str:
     Xᵀ·Q^(2^k)·X·s = c·σ₁²·(u₁ᵀs)·u₁.
     """
     b, f = t.b, t.facts
-    pairs = [_gram(t, X) for X in Xs]
-    S = pairs[0][0] if len(pairs) == 1 else b.Concat(*[p[0] for p in pairs], axis=1)
-    s = pairs[0][1] if len(pairs) == 1 else b.Concat(*[p[1] for p in pairs], axis=1)
+    grams = [_gram(t, X) for X in Xs]
+
+    def stacked(i: int) -> str:
+        parts = [g[i] for g in grams]
+        return parts[0] if len(parts) == 1 else b.Concat(*parts, axis=1)
+
+    S, s = stacked(0), stacked(1)
     n = min(f.positions, f.channels)
     big = np.finfo(b.view.np_dtype(t.A)).max
     every = max(1, int(np.floor(np.log2(np.log(big) / np.log(max(n, 2))))) - 1)
@@ -286,9 +291,10 @@ def _principal_maps(t: _Terms, Xs: list[str]) -> str:
             P = b.Div(P, b.Max(b.reduce("ReduceMax", P, [2, 3], 1), tiny))
     if f.positions <= f.channels:
         v = b.MatMul(P, s)
-    else:
-        Xc = b.Concat(*[b.Unsqueeze(x, b.ints([1])) for x in Xs], axis=1)
-        v = b.MatMul(b.Transpose(Xc, perm=[0, 1, 3, 2]), b.MatMul(P, b.MatMul(Xc, s)))
+    else:  # Xcᵀ·P·Xc·s, with Xc·s = (sᵀ·Xcᵀ)ᵀ — no second transpose of X
+        XcT = stacked(2)
+        Xcs = b.Transpose(b.MatMul(b.Transpose(s, perm=[0, 1, 3, 2]), XcT), perm=[0, 1, 3, 2])
+        v = b.MatMul(XcT, b.MatMul(P, Xcs))
     return b.Reshape(v, b.ints([0, 0, -1]))  # [B, E, h·w]
 
 

@@ -209,11 +209,12 @@ def _add_topk(st: ExportState, b: GradBuilder, batch) -> None:
     node.name = contract.TOPK_PROBABILITY_OUTPUT
     view.add_node(node)
     dtype = view.dtype(logits)
-    for name, t in ((index, TensorProto.INT64), (values, dtype)):
+    for name, t in (
+        (index, TensorProto.INT64),
+        (values, dtype),
+        (contract.TOPK_PROBABILITY_OUTPUT, dtype),
+    ):
         view.graph.output.append(helper.make_tensor_value_info(name, t, [batch, k]))
-    view.graph.output.append(
-        helper.make_tensor_value_info(contract.TOPK_PROBABILITY_OUTPUT, dtype, [batch, k])
-    )
 
 
 def add_mode_input(st: ExportState) -> None:

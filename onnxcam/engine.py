@@ -132,6 +132,15 @@ class Explainer:
         self.provider = self.session.get_providers()[0]
         self.device = "cuda" if self.provider == "CUDAExecutionProvider" else "cpu"
         self._outputs = {o.name for o in self.session.get_outputs()}
+        topk = [
+            contract.TOPK_INDEX_OUTPUT,
+            contract.TOPK_PROBABILITY_OUTPUT,
+            contract.TOPK_LOGIT_OUTPUT,
+        ]
+        self._predicting = [self.info.logits_output]
+        """The outputs predictions are read from: the logits, and the graph's top-k if any."""
+        if all(n in self._outputs for n in topk):
+            self._predicting += topk
 
     def _export_in_memory(self, model: str | os.PathLike | bytes) -> bytes:
         try:
@@ -235,14 +244,7 @@ class Explainer:
         """Top-k predictions for each image (no maps)."""
         arrays = [self.load(s)[1] for s in images]
         x = preprocess(arrays, self.info.input)
-        return self._predictions(self._run(x, None, self._prediction_outputs()), topk)
-
-    def _prediction_outputs(self) -> list[str]:
-        """The outputs predictions are read from: the logits, and the graph's top-k if any."""
-        topk = [contract.TOPK_INDEX_OUTPUT, contract.TOPK_PROBABILITY_OUTPUT]
-        topk.append(contract.TOPK_LOGIT_OUTPUT)
-        have = all(n in self._outputs for n in topk)
-        return [self.info.logits_output, *(topk if have else [])]
+        return self._predictions(self._run(x, None, self._predicting), topk)
 
     def explain(
         self, images: ImageSource | Iterable[ImageSource], methods="gradcam", **kw
@@ -364,7 +366,7 @@ class Explainer:
         if opts.keep_tensors:
             host = host or ["keep"]  # fetch the raw tensors even when every map is in-graph
             needs |= {"activations", "gradients"}
-        predicting = self._prediction_outputs()
+        predicting = self._predicting
         fetch = [
             *predicting,
             contract.CLASS_OUTPUT,
