@@ -7,8 +7,10 @@ activations and the gradient of the explained class score with respect to them.
 
 from __future__ import annotations
 
+from onnxcam.contract import InputSpec
+
 from .api import ExportResult, export_onnx, list_layers, load_labels, load_model
-from .layers import InputSpec, LayerInfo
+from .layers import LayerInfo
 from .rules import VJP_RULES, supported_ops
 
 

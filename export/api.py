@@ -14,13 +14,13 @@ import onnx
 from onnx import version_converter
 
 from onnxcam import __version__, contract
+from onnxcam.contract import InputSpec, TargetLayer
 from onnxcam.errors import ExportError, ModelLoadError
 
 from .graph import GraphView
 from .heatmaps import parse_methods as parse_heatmaps
 from .layers import (
     Head,
-    InputSpec,
     LayerInfo,
     candidate_layers,
     find_head,
@@ -30,7 +30,6 @@ from .layers import (
 )
 from .passes import (
     ExportState,
-    Target,
     add_backward,
     add_cam_weights,
     add_heads,
@@ -53,7 +52,7 @@ class ExportResult:
 
     model: onnx.ModelProto
     path: Path | None
-    targets: list[Target]
+    targets: list[TargetLayer]
     input: InputSpec
     head: Head
     seconds: float
@@ -124,7 +123,7 @@ def _normalize_opset(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
 def _fix_size(model: onnx.ModelProto, name: str, layout: str, size: Sequence[int]) -> None:
     vi = next(i for i in model.graph.input if i.name == name)
     dims = vi.type.tensor_type.shape.dim
-    axes = (1, 2) if layout == contract.LAYOUT_NHWC else (2, 3)
+    axes = contract.layout_of(layout).spatial_axes
     for axis, want in zip(axes, size, strict=True):
         d = dims[axis]
         if d.HasField("dim_value") and d.dim_value != want:
@@ -228,26 +227,7 @@ def export_onnx(
     else:
         default = next(c for c in candidates if c.default)
         tensors, users = [default.tensor], [default.tensor]
-    shape = view.shape(image) or (None,) * 4
-    hw = (shape[1], shape[2]) if layout == contract.LAYOUT_NHWC else (shape[2], shape[3])
-    channels = shape[3] if layout == contract.LAYOUT_NHWC else shape[1]
-    spec = InputSpec(
-        name=image,
-        layout=layout,
-        height=hw[0] if isinstance(hw[0], int) else None,
-        width=hw[1] if isinstance(hw[1], int) else None,
-        channels=channels if isinstance(channels, int) else 3,
-    )
-    if channels == 1:
-        spec.color, spec.mean, spec.std = "GRAY", (0.5,), (0.5,)
-    if color is not None:
-        spec.color = color.upper()
-    if mean is not None:
-        spec.mean = tuple(float(v) for v in mean)
-    if std is not None:
-        spec.std = tuple(float(v) for v in std)
-    if scale is not None:
-        spec.scale = float(scale)
+    spec = _input_spec(view, image, layout, color=color, mean=mean, std=std, scale=scale)
     _check_spec(spec)
     st = ExportState(view, head, spec, make_targets(view, list(zip(users, tensors, strict=True))))
     st.heatmaps = parse_heatmaps(heatmaps)
@@ -295,6 +275,28 @@ def export_onnx(
         except OSError as e:
             raise ExportError(f"cannot write {out_path}: {e.strerror}") from None
     return ExportResult(m, out_path, st.targets, spec, head, time.perf_counter() - t0, diff)
+
+
+def _input_spec(view: GraphView, image: str, layout: str, **given) -> InputSpec:
+    """The image input's spec: its size and channels from the graph, the preprocessing from
+    the caller (``color``, ``mean``, ``std``, ``scale``; None = the ``InputSpec`` default, or
+    GRAY with mean/std 0.5 for a one-channel input)."""
+    lay = contract.layout_of(layout)
+    shape = view.shape(image) or (None,) * 4
+    h, w = lay.spatial(shape)
+    channels = lay.channels(shape)
+    fields: dict = {"color": "GRAY", "mean": (0.5,), "std": (0.5,)} if channels == 1 else {}
+    fields.update({k: v for k, v in given.items() if v is not None})
+    if "color" in fields:
+        fields["color"] = fields["color"].upper()
+    return InputSpec(
+        name=image,
+        layout=lay,
+        height=h if isinstance(h, int) else None,
+        width=w if isinstance(w, int) else None,
+        channels=channels if isinstance(channels, int) else 3,
+        **fields,
+    )
 
 
 def _check_spec(spec: InputSpec) -> None:

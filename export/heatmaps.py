@@ -30,6 +30,7 @@ from functools import cached_property
 
 import numpy as np
 
+from onnxcam.contract import NCHW, Layout, heatmap_name
 from onnxcam.errors import ExportError
 from onnxcam.postprocess import bilinear_sources, interpolation_matrix
 
@@ -67,18 +68,18 @@ class LayerFacts:
 
 
 def layer_facts(
-    view: GraphView, tensor: str, pooled_gradient: str | None, layout_nhwc: bool, shape
+    view: GraphView, tensor: str, pooled_gradient: str | None, layout: Layout, shape
 ) -> LayerFacts:
     """Static facts about target ``tensor`` (activations); ``pooled_gradient`` as found by
     ``autodiff.spatially_constant_source`` when the backward pass was built."""
-    channels = shape[3] if layout_nhwc else shape[1]
-    h, w = shape[1:3] if layout_nhwc else shape[2:4]
+    channels = layout.channels(shape)
+    h, w = layout.spatial(shape)
     positions = h * w if isinstance(h, int) and isinstance(w, int) else None
     return LayerFacts(
         channels if isinstance(channels, int) else None,
         positions,
         pooled_gradient if positions else None,
-        _spatial_mean(view, tensor) if positions and not layout_nhwc else None,
+        _spatial_mean(view, tensor) if positions and layout == NCHW else None,
         _nonnegative(view, tensor),
     )
 
@@ -421,9 +422,8 @@ def postprocess(
     return [done[r] for r in rows]
 
 
-def output_name(method: str, k: int) -> str:
-    """``onnxcam_heatmap_<method>_<k>`` with '+' spelled 'p' (gradcam++ → gradcampp)."""
-    return f"onnxcam_heatmap_{method.replace('+', 'p').replace('-', '_')}_{k}"
+output_name = heatmap_name
+"""Output name of a heatmap (defined in ``onnxcam.contract``)."""
 
 
 def parse_methods(text: str | list[str] | None) -> list[str]:

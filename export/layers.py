@@ -6,7 +6,7 @@ produces and consumes it, so tf2onnx models (NHWC feature maps around transposed
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import cache
 
 import onnx
@@ -58,26 +58,6 @@ ELEMENTWISE = {
     "Abs",
 }
 OUTPUT_ACTIVATIONS = {"Softmax": "softmax", "LogSoftmax": "log_softmax", "Sigmoid": "sigmoid"}
-
-
-@dataclass
-class InputSpec:
-    """How an image becomes the model's input tensor: (pixel·scale − mean) / std."""
-
-    name: str
-    layout: str
-    height: int | None
-    width: int | None
-    channels: int
-    color: str = "RGB"
-    scale: float = 1.0 / 255.0
-    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
-    std: tuple[float, ...] = (0.229, 0.224, 0.225)
-
-    def to_json(self) -> dict:
-        d = asdict(self)
-        d["mean"], d["std"] = list(self.mean), list(self.std)
-        return d
 
 
 @dataclass

@@ -9,7 +9,6 @@ the MaxPool VJP rule records in the node's ``doc_string``.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -18,6 +17,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxcam import contract
+from onnxcam.contract import ClassifierSpec, Contract, InputSpec, ScoreSpec, TargetLayer
 from onnxcam.errors import ExportError
 
 from .autodiff import build_backward, spatially_constant_source
@@ -25,63 +25,13 @@ from .builder import GradBuilder
 from .graph import GraphView, attr
 from .head import build_head
 from .heatmaps import layer_facts
-from .heatmaps import output_name as heatmap_output_name
 from .heatmaps import postprocess as postprocess_heatmaps
 from .heatmaps import raw_maps as raw_heatmaps
 from .heatmaps import unavailable as heatmap_unavailable
-from .layers import ClassifierHead, Head, InputSpec, LayerInfo, find_gap_linear, tensor_layout
+from .layers import ClassifierHead, Head, LayerInfo, find_gap_linear, tensor_layout
 
-
-@dataclass
-class Target:
-    """One target layer as exported."""
-
-    name: str
-    """What the user asked for (ONNX tensor/node name, or torch module name)."""
-    tensor: str
-    layout: str
-    shape: list
-    producer: str
-    activation: str = ""
-    gradient: str = ""
-    cam_weight: str | None = None
-    classifier: ClassifierHead | None = None
-    note: str | None = None
-    head_input: str | None = None
-    head_output: str | None = None
-    head_note: str | None = None
-    heatmaps: dict[str, str] = field(default_factory=dict)
-    heatmap_size: str | None = None
-    pooled_gradient: str | None = None
-    """The [B, C, 1, 1] tensor the gradient broadcasts, when it is the same at every position
-    (``autodiff.spatially_constant_source``)."""
-
-    @property
-    def gradient_pooled(self) -> bool:
-        return self.pooled_gradient is not None
-
-    def to_json(self, k: int) -> dict:
-        d = {
-            "index": k,
-            "name": self.name,
-            "tensor": self.tensor,
-            "layout": self.layout,
-            "shape": self.shape,
-            "producer": self.producer,
-            "activation": self.activation,
-            "gradient": self.gradient,
-            "cam_weight": self.cam_weight,
-            "head_input": self.head_input,
-            "head_logits": self.head_output,
-            "heatmaps": self.heatmaps,
-            "heatmap_size": self.heatmap_size,
-            "gradient_pooled": self.gradient_pooled,
-        }
-        if self.note:
-            d["note"] = self.note
-        if self.head_note:
-            d["head_note"] = self.head_note
-        return d
+Target = TargetLayer
+"""The exporter fills the contract's record pass by pass (one name for one concept)."""
 
 
 @dataclass
@@ -97,6 +47,11 @@ class ExportState:
     heatmaps: list[str] = field(default_factory=list)
     heatmap_size: str = "input"
     heatmaps_all: bool = False
+    pooled: dict[int, str] = field(default_factory=dict)
+    """Target index → the [B, C, 1, 1] tensor its gradient broadcasts, when the gradient is the
+    same at every position (``autodiff.spatially_constant_source``)."""
+    classifiers: dict[int, ClassifierHead] = field(default_factory=dict)
+    """Target index → its GAP → Linear classifier (targets that have one)."""
 
 
 def _value_info(view: GraphView, name: str, like: str, shape=None) -> onnx.ValueInfoProto:
@@ -119,23 +74,21 @@ def make_targets(view: GraphView, names: Sequence[tuple[str, str]]) -> list[Targ
     """(user name, tensor) pairs → ``Target`` records with layout, shape and producer."""
     targets = []
     seen = set()
-    for user, tensor in names:
+    for k, (user, tensor) in enumerate(names):
         if tensor in seen:
             raise ExportError(f"layer {user!r} was requested twice")
         seen.add(tensor)
         p = view.producer.get(tensor)
         shape = list(view.shape(tensor) or [])
-        targets.append(
-            Target(user, tensor, tensor_layout(view, tensor), shape, p.op_type if p else "input")
-        )
+        layout = tensor_layout(view, tensor)
+        targets.append(TargetLayer(k, user, tensor, layout, shape, p.op_type if p else "input"))
     return targets
 
 
 def expose_activations(st: ExportState) -> None:
     """Output each target tensor as ``onnxcam_activation_k``."""
     g = st.view.graph
-    for k, t in enumerate(st.targets):
-        t.activation = contract.activation_name(k)
+    for t in st.targets:
         st.view.add_node(
             helper.make_node("Identity", [t.tensor], [t.activation], name=t.activation)
         )
@@ -328,9 +281,9 @@ def add_backward(st: ExportState) -> None:
     grads = build_backward(view, _score_seed(st, wrt), wrt, st.consts)
     results = []
     for k, t in enumerate(st.targets):
-        t.gradient = contract.gradient_name(k)
-        axes = (1, 2) if t.layout == contract.LAYOUT_NHWC else (2, 3)
-        t.pooled_gradient = spatially_constant_source(view, grads[t.tensor], axes)
+        pooled = spatially_constant_source(view, grads[t.tensor], t.layout.spatial_axes)
+        if pooled is not None:
+            st.pooled[k], t.gradient_pooled = pooled, True
         dtype = view.dtype(t.tensor)
         results.append((grads[t.tensor], t.gradient, dtype, _empty_like_target(t)))
         view.graph.output.append(_value_info(view, t.gradient, t.tensor))
@@ -348,11 +301,10 @@ def _heatmap_results(st: ExportState, grads: dict[str, str]) -> list:
     for k, t in enumerate(st.targets):
         b = GradBuilder(view, f"onnxcam/heatmap{k}", st.consts)
         A, G = t.tensor, grads[t.tensor]
-        if t.layout == contract.LAYOUT_NHWC:
-            A, G = b.Transpose(A, perm=[0, 3, 1, 2]), b.Transpose(G, perm=[0, 3, 1, 2])
-        facts = layer_facts(
-            view, t.tensor, t.pooled_gradient, t.layout == contract.LAYOUT_NHWC, t.shape
-        )
+        if t.layout != contract.NCHW:
+            perm = list(t.layout.to_nchw_perm)
+            A, G = b.Transpose(A, perm=perm), b.Transpose(G, perm=perm)
+        facts = layer_facts(view, t.tensor, st.pooled.get(k), t.layout, t.shape)
         methods = []
         for m in st.heatmaps:
             why = heatmap_unavailable(m, facts, t.cam_weight)
@@ -363,20 +315,16 @@ def _heatmap_results(st: ExportState, grads: dict[str, str]) -> list:
         if not methods:
             continue
         stacked, rows = raw_heatmaps(b, A, G, t.cam_weight, methods, facts)
-        finals = postprocess_heatmaps(b, stacked, rows, A, tuple(_spatial(t)), size)
-        dims = [t.shape[0], *(size or _spatial(t))]
+        finals = postprocess_heatmaps(b, stacked, rows, A, t.spatial, size)
+        dims = [t.shape[0], *(size or t.spatial)]
         empty = [0, *[d if isinstance(d, int) else 1 for d in dims[1:]]]
         dtype = view.dtype(t.tensor)
         for m, final in zip(methods, finals, strict=True):
-            name = heatmap_output_name(m, k)
+            name = contract.heatmap_name(m, k)
             t.heatmaps[m], t.heatmap_size = name, st.heatmap_size
             out.append((final, name, dtype, empty))
             view.graph.output.append(helper.make_tensor_value_info(name, dtype, dims))
     return out
-
-
-def _spatial(t: Target) -> list:
-    return list(t.shape[1:3] if t.layout == contract.LAYOUT_NHWC else t.shape[2:4])
 
 
 def add_heads(st: ExportState) -> None:
@@ -423,51 +371,33 @@ def add_cam_weights(st: ExportState) -> None:
             w = b.Transpose(b.Gather(cls.weight, st.cls, axis=1), perm=[1, 0])
         if cls.alpha != 1.0:
             w = b.Mul(w, b.scalar(cls.alpha, cls.weight))
-        t.cam_weight, t.classifier = contract.cam_weight_name(k), cls
+        t.cam_weight, st.classifiers[k] = contract.cam_weight_name(k), cls
         view.add_node(_identity(w, t.cam_weight))
-        channels = t.shape[3] if t.layout == contract.LAYOUT_NHWC else t.shape[1]
         batch = (view.shape(st.head.logits) or ["batch"])[0]
-        view.graph.output.append(_vi(t.cam_weight, view.dtype(cls.weight), [batch, channels]))
+        view.graph.output.append(_vi(t.cam_weight, view.dtype(cls.weight), [batch, t.channels]))
 
 
 def write_metadata(st: ExportState, labels: list[str] | None, exporter_info: dict) -> None:
     """Record the contract in ``metadata_props`` (other existing entries are kept)."""
+    classifier = None
+    if st.classifiers:
+        k = min(st.classifiers)
+        c = st.classifiers[k]
+        layout = "classes_first" if c.rows_are_classes else "channels_first"
+        classifier = ClassifierSpec(c.weight, c.bias, layout, c.alpha, k)
+    h = st.head
+    record = Contract(
+        targets=st.targets,
+        input=st.spec,
+        score=ScoreSpec(h.logits, h.output, h.activation, h.num_classes),
+        labels=labels,
+        classifier=classifier,
+        exporter=exporter_info,
+    )
     props = {p.key: p.value for p in st.view.model.metadata_props}
     for key in contract.ALL_META_KEYS:
         props.pop(key, None)
-    props[contract.META_VERSION] = str(contract.VERSION)
-    props[contract.META_EXPORTER] = json.dumps(exporter_info)
-    props[contract.META_TARGETS] = json.dumps([t.to_json(k) for k, t in enumerate(st.targets)])
-    props[contract.META_INPUT] = json.dumps(st.spec.to_json())
-    props[contract.META_SCORE] = json.dumps(
-        {
-            "logits": st.head.logits,
-            "output": st.head.output,
-            "activation": st.head.activation,
-            "num_classes": st.head.num_classes,
-            "logits_output": (
-                contract.LOGITS_OUTPUT if st.head.activation is not None else st.head.output
-            ),
-            "class_input": contract.CLASS_INPUT,
-            "class_output": contract.CLASS_OUTPUT,
-            "score_output": contract.SCORE_OUTPUT,
-        }
-    )
-    if labels is not None:
-        props[contract.META_LABELS] = json.dumps(labels)
-    cam = next(((k, t) for k, t in enumerate(st.targets) if t.classifier), None)
-    if cam is not None:
-        k, t = cam
-        c = t.classifier
-        props[contract.META_CLASSIFIER] = json.dumps(
-            {
-                "weight": c.weight,
-                "bias": c.bias,
-                "weight_layout": "classes_first" if c.rows_are_classes else "channels_first",
-                "alpha": c.alpha,
-                "target": k,
-            }
-        )
+    props.update(record.to_metadata())
     del st.view.model.metadata_props[:]
     for key, value in props.items():
         st.view.model.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
@@ -487,9 +417,8 @@ def random_feeds(model: onnx.ModelProto, spec: InputSpec, batch: int, seed: int 
             for k, d in enumerate(tt.shape.dim)
         ]
         if vi.name == spec.name:
-            hw = {"NCHW": (2, 3), "NHWC": (1, 2)}[spec.layout]
-            dims[hw[0]] = dims[hw[0]] or spec.height
-            dims[hw[1]] = dims[hw[1]] or spec.width
+            for axis, size in zip(spec.layout.spatial_axes, spec.size, strict=True):
+                dims[axis] = dims[axis] or size
         if any(d is None for d in dims):
             raise ExportError(f"cannot make a test input for {vi.name!r}: shape {dims} not static")
         dt = helper.tensor_dtype_to_np_dtype(tt.elem_type)

@@ -1,12 +1,26 @@
-"""Graph contract v2: every name the exporter writes and the runtime reads, defined once.
+"""Graph contract v2: every name and record the exporter writes and the runtime reads, once.
 
 The exporter (``onnxcam.export``) appends these inputs, outputs and ``metadata_props`` to a
 model; the runtime reads them through ``session.get_modelmeta().custom_metadata_map`` and the
 session's input/output lists, so it needs neither ``onnx`` nor any name guessing.
+
+Three kinds of definitions live here and nowhere else: the *names* (inputs, outputs, metadata
+keys, with the functions that build the per-layer ones), the *layouts* (``Layout``: which axes
+hold channels and positions, and the conversions), and the *records* written as JSON metadata
+(``InputSpec``, ``TargetLayer``, ``ScoreSpec``, ``ClassifierSpec``, gathered in ``Contract``),
+each with ``to_json``/``from_json`` used by both sides.
 See ``docs/graph-contract.md`` for the meaning of every entry.
 """
 
 from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+
+from .errors import ContractError
 
 VERSION = 2
 """Contract version; bumped whenever a name or a meaning below changes.
@@ -56,6 +70,9 @@ TOPK = 5
 """How many classes the top-k outputs hold (the runtime always reports at least five)."""
 CAM_WEIGHT_OUTPUT = "onnxcam_cam_weight_{k}"
 """float ``[batch, C]``: classifier weights of the explained class (only for a GAP→Linear head)."""
+HEATMAP_OUTPUT = "onnxcam_heatmap_{method}_{k}"
+"""float ``[batch, H, W]``: the finished map of ``method`` for target k (export ``--heatmaps``);
+``method`` spelled with ``+`` → ``p`` and ``-`` → ``_`` (see ``heatmap_name``)."""
 
 # --- metadata_props keys --------------------------------------------------------------------
 META_PREFIX = "onnxcam."
@@ -64,7 +81,7 @@ META_VERSION = "onnxcam.contract_version"
 META_EXPORTER = "onnxcam.exporter"
 """JSON: exporter name/version, source model, opset, the time it took."""
 META_TARGETS = "onnxcam.targets"
-"""JSON list, one object per target layer: see ``TargetInfo`` keys in docs/graph-contract.md."""
+"""JSON list, one ``TargetLayer`` object per target layer (keys in docs/graph-contract.md)."""
 META_INPUT = "onnxcam.input"
 """JSON object: the image input spec (name, layout, size, color order, scale, mean, std)."""
 META_SCORE = "onnxcam.score"
@@ -83,12 +100,6 @@ ALL_META_KEYS = (
     META_LABELS,
     META_CLASSIFIER,
 )
-
-# --- values used inside the metadata ---------------------------------------------------------
-LAYOUT_NCHW = "NCHW"
-LAYOUT_NHWC = "NHWC"
-LAYOUTS = (LAYOUT_NCHW, LAYOUT_NHWC)
-COLOR_ORDERS = ("RGB", "BGR", "GRAY")
 
 
 def activation_name(k: int) -> str:
@@ -114,3 +125,318 @@ def head_output_name(k: int) -> str:
 def cam_weight_name(k: int) -> str:
     """Output name of target layer ``k``'s per-sample CAM class weights."""
     return CAM_WEIGHT_OUTPUT.format(k=k)
+
+
+def heatmap_name(method: str, k: int) -> str:
+    """Output name of target layer ``k``'s in-graph ``method`` heatmap (gradcam++ → gradcampp)."""
+    return HEATMAP_OUTPUT.format(method=method.replace("+", "p").replace("-", "_"), k=k)
+
+
+# --- layouts ---------------------------------------------------------------------------------
+class Layout(str):
+    """A feature-map or image layout: the string written in the metadata (``"NCHW"``), plus
+    the axes it puts channels and positions on and the conversions to and from NCHW.
+
+    A ``Layout`` *is* its name (``NCHW == "NCHW"``, JSON writes it as that string), so records
+    read from older graphs and code that compares names keep working. The conversions use
+    negative axes, so they work on ``[B, ...]`` and on stacked ``[B, n, ...]`` arrays alike.
+    Token layouts (a sequence with prefix tokens and a patch grid) get their own value here.
+    """
+
+    channel_axis: int
+    spatial_axes: tuple[int, int]
+    to_nchw_perm: tuple[int, int, int, int]
+    from_nchw_perm: tuple[int, int, int, int]
+
+    def __new__(cls, name: str, channel_axis: int, spatial_axes: tuple[int, int]) -> Layout:
+        self = super().__new__(cls, name)
+        self.channel_axis, self.spatial_axes = channel_axis, spatial_axes
+        order = (0, channel_axis, *spatial_axes)  # where N, C, H, W live
+        self.to_nchw_perm = order  # type: ignore[assignment]
+        self.from_nchw_perm = tuple(order.index(i) for i in range(4))  # type: ignore[assignment]
+        return self
+
+    def spatial(self, shape: Sequence) -> tuple:
+        """(h, w) of a 4-D shape in this layout."""
+        return (shape[self.spatial_axes[0]], shape[self.spatial_axes[1]])
+
+    def channels(self, shape: Sequence):
+        """The channel count of a 4-D shape in this layout."""
+        return shape[self.channel_axis]
+
+    def shape(self, n, c, h, w) -> tuple:
+        """A 4-D shape in this layout from its N, C, H, W sizes."""
+        nchw = (n, c, h, w)
+        return tuple(nchw[i] for i in self.from_nchw_perm)
+
+    def to_nchw(self, a: np.ndarray) -> np.ndarray:
+        """``[..., (layout)]`` → ``[..., C, H, W]`` (a view; the last three axes move)."""
+        return a if self.channel_axis == 1 else np.moveaxis(a, -1, -3)
+
+    def from_nchw(self, a: np.ndarray) -> np.ndarray:
+        """``[..., C, H, W]`` → this layout (a view)."""
+        return a if self.channel_axis == 1 else np.moveaxis(a, -3, -1)
+
+    def per_position(self, masks: np.ndarray) -> np.ndarray:
+        """Masks ``[m, H, W]`` → broadcastable over this layout's channels."""
+        return np.expand_dims(masks, self.channel_axis)
+
+    def __reduce__(self):
+        return (layout_of, (str(self),))
+
+
+NCHW = Layout("NCHW", 1, (2, 3))
+NHWC = Layout("NHWC", 3, (1, 2))
+LAYOUT_NCHW = NCHW
+LAYOUT_NHWC = NHWC
+LAYOUTS = (NCHW, NHWC)
+COLOR_ORDERS = ("RGB", "BGR", "GRAY")
+
+
+def layout_of(name: str) -> Layout:
+    """The ``Layout`` for a metadata value; unknown values are a ``ContractError``."""
+    for lay in LAYOUTS:
+        if name == lay:
+            return lay
+    raise ContractError(f"unknown layout {name!r}; this onnxcam reads {', '.join(LAYOUTS)}")
+
+
+# --- records (the JSON metadata, read and written through these classes only) --------------
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _known(cls, d: dict) -> dict:
+    """The entries of ``d`` that are fields of ``cls`` (newer exporters may add keys)."""
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in d.items() if k in names}
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """How images become the model input: (pixel·scale − mean) / std, in ``color`` order.
+
+    ``height``/``width`` are None while an exporter has not fixed a dynamic size; the runtime
+    refuses such a model (``Contract.from_metadata``)."""
+
+    name: str
+    layout: Layout
+    height: int | None
+    width: int | None
+    channels: int = 3
+    color: str = "RGB"
+    scale: float = 1.0 / 255.0
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "layout", layout_of(self.layout))
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+
+    @property
+    def size(self) -> tuple[int | None, int | None]:
+        """(height, width)."""
+        return (self.height, self.width)
+
+    def shape(self, batch: int) -> tuple:
+        """The input tensor's shape for ``batch`` images."""
+        return self.layout.shape(batch, self.channels, self.height, self.width)
+
+    def to_json(self) -> dict:
+        return {
+            "name": self.name,
+            "layout": str(self.layout),
+            "height": self.height,
+            "width": self.width,
+            "channels": self.channels,
+            "color": self.color,
+            "scale": self.scale,
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
+
+    @classmethod
+    def from_json(cls, d: dict) -> InputSpec:
+        return cls(**_known(cls, d))
+
+
+@dataclass(eq=False)
+class TargetLayer:
+    """One target layer: the tensor explained and the contract names that expose it.
+
+    The exporter fills it pass by pass (``export/passes.py``); the runtime reads it back from
+    ``onnxcam.targets``. ``heatmaps`` maps a method to its in-graph heatmap output."""
+
+    index: int
+    name: str
+    """What the user asked for (ONNX tensor/node name, or torch module name)."""
+    tensor: str
+    layout: Layout
+    shape: Sequence
+    """Its shape (ints, or dim names where dynamic): a list while exporting, a tuple when read."""
+    producer: str = ""
+    activation: str = ""
+    gradient: str = ""
+    cam_weight: str | None = None
+    head_input: str | None = None
+    head_output: str | None = None
+    head_note: str | None = None
+    """Why the layer has no head-only path (when it has none)."""
+    note: str | None = None
+    heatmaps: dict[str, str] = field(default_factory=dict)
+    heatmap_size: str | None = None
+    """'input' (model-input resolution) or 'feature'."""
+    gradient_pooled: bool = False
+    """The gradient is the same at every position (the layer feeds a global average pool):
+    the runtime then uses its first position only."""
+
+    _JSON_KEYS = {"head_output": "head_logits"}  # noqa: RUF012 (a class constant)
+    """Field → JSON key where they differ (the key is the name graphs have carried since v2)."""
+    _OMIT_EMPTY = ("note", "head_note")
+
+    def __post_init__(self) -> None:
+        self.layout = layout_of(self.layout)
+        self.activation = self.activation or activation_name(self.index)
+        self.gradient = self.gradient or gradient_name(self.index)
+
+    @property
+    def spatial(self) -> tuple:
+        """(h, w) of the layer (ints, or None where dynamic)."""
+        return self.layout.spatial(self.shape)
+
+    @property
+    def channels(self):
+        return self.layout.channels(self.shape)
+
+    def to_json(self) -> dict:
+        d = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name in self._OMIT_EMPTY and not v:
+                continue
+            d[self._JSON_KEYS.get(f.name, f.name)] = (
+                list(v) if isinstance(v, tuple) else (str(v) if f.name == "layout" else v)
+            )
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> TargetLayer:
+        back = {v: k for k, v in cls._JSON_KEYS.items()}
+        d = {back.get(k, k): v for k, v in d.items()}
+        d["heatmaps"] = d.get("heatmaps") or {}
+        d["gradient_pooled"] = bool(d.get("gradient_pooled", False))
+        d["shape"] = tuple(d["shape"])
+        return cls(**_known(cls, d))
+
+
+@dataclass(frozen=True)
+class ScoreSpec:
+    """Which tensor is differentiated (the logits), the model output it feeds, and how the
+    model turns logits into probabilities (``activation``: softmax | log_softmax | sigmoid |
+    None)."""
+
+    logits: str
+    output: str
+    activation: str | None
+    num_classes: int | None
+    logits_output: str = ""
+    """The session output holding the logits: the model's output, or ``onnxcam_logits``."""
+    class_input: str = CLASS_INPUT
+    class_output: str = CLASS_OUTPUT
+    score_output: str = SCORE_OUTPUT
+
+    def __post_init__(self) -> None:
+        if not self.logits_output:
+            logits_output = LOGITS_OUTPUT if self.activation is not None else self.output
+            object.__setattr__(self, "logits_output", logits_output)
+
+    def to_json(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_json(cls, d: dict) -> ScoreSpec:
+        d = dict(d)
+        d.setdefault("logits_output", d.get("output"))
+        return cls(**_known(cls, d))
+
+
+@dataclass(frozen=True)
+class ClassifierSpec:
+    """The classifier weight of a GAP → Linear head after target ``target`` (enables CAM)."""
+
+    weight: str
+    bias: str | None
+    weight_layout: str
+    """classes_first (W: [K, C]) | channels_first (W: [C, K])"""
+    alpha: float
+    target: int
+
+    def to_json(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_json(cls, d: dict) -> ClassifierSpec:
+        return cls(**_known(cls, d))
+
+
+@dataclass
+class Contract:
+    """All of a graph's onnxcam metadata; ``to_metadata``/``from_metadata`` are the only places
+    the ``metadata_props`` are written and read."""
+
+    targets: list[TargetLayer]
+    input: InputSpec
+    score: ScoreSpec
+    labels: list[str] | None = None
+    classifier: ClassifierSpec | None = None
+    exporter: dict = field(default_factory=dict)
+    version: int = VERSION
+
+    def to_metadata(self) -> dict[str, str]:
+        """``metadata_props`` entries (key → JSON text)."""
+        meta = {
+            META_VERSION: str(self.version),
+            META_EXPORTER: json.dumps(self.exporter),
+            META_TARGETS: json.dumps([t.to_json() for t in self.targets]),
+            META_INPUT: json.dumps(self.input.to_json()),
+            META_SCORE: json.dumps(self.score.to_json()),
+        }
+        if self.labels is not None:
+            meta[META_LABELS] = json.dumps(list(self.labels))
+        if self.classifier is not None:
+            meta[META_CLASSIFIER] = json.dumps(self.classifier.to_json())
+        return meta
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, str]) -> Contract:
+        """Read a graph's ``custom_metadata_map``; a missing, newer or broken contract is a
+        ``ContractError`` that says what to do."""
+        version = meta.get(META_VERSION)
+        if version is None:
+            raise ContractError("not an onnxcam model (no onnxcam.contract_version metadata)")
+        if int(version) != VERSION:
+            raise ContractError(
+                f"the model uses graph contract v{version}; this onnxcam reads v{VERSION} "
+                "(re-export it with this version's `onnxcam export`)"
+            )
+        try:
+            labels = json.loads(meta[META_LABELS]) if META_LABELS in meta else None
+            classifier = (
+                ClassifierSpec.from_json(json.loads(meta[META_CLASSIFIER]))
+                if META_CLASSIFIER in meta
+                else None
+            )
+            return cls(
+                targets=[TargetLayer.from_json(t) for t in json.loads(meta[META_TARGETS])],
+                input=InputSpec.from_json(json.loads(meta[META_INPUT])),
+                score=ScoreSpec.from_json(json.loads(meta[META_SCORE])),
+                labels=labels,
+                classifier=classifier,
+                exporter=json.loads(meta.get(META_EXPORTER, "{}")),
+                version=int(version),
+            )
+        except ContractError:
+            raise
+        except (KeyError, ValueError, TypeError) as e:
+            raise ContractError(f"broken onnxcam metadata: {e}") from None

@@ -2,56 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from . import contract
+from .contract import Contract, InputSpec, TargetLayer
 from .errors import ContractError, DeviceError, ModelLoadError
 
 DEVICES = ("auto", "cpu", "cuda")
-
-
-@dataclass(frozen=True)
-class TargetLayer:
-    """One exported target layer (graph contract ``onnxcam.targets`` entry)."""
-
-    index: int
-    name: str
-    tensor: str
-    layout: str
-    shape: tuple
-    activation: str
-    gradient: str
-    cam_weight: str | None
-    head_input: str | None = None
-    head_output: str | None = None
-    head_note: str | None = None
-    heatmaps: dict = field(default_factory=dict)
-    """method → output name of the in-graph heatmap (graph contract v2, optional)."""
-    heatmap_size: str | None = None
-    """'input' (model-input resolution) or 'feature'."""
-    gradient_pooled: bool = False
-    """The gradient is the same at every position (the layer feeds a global average pool):
-    the runtime then uses its first position only (graph contract v2, optional)."""
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """How images become the model input: (pixel·scale − mean) / std, in ``color`` order."""
-
-    name: str
-    layout: str
-    height: int
-    width: int
-    channels: int
-    color: str
-    scale: float
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
 
 
 @dataclass
@@ -107,61 +67,19 @@ class ModelInfo:
 
 def parse_contract(meta: dict[str, str]) -> ModelInfo:
     """Graph-contract metadata (``custom_metadata_map``) → ``ModelInfo``."""
-    version = meta.get(contract.META_VERSION)
-    if version is None:
-        raise ContractError("not an onnxcam model (no onnxcam.contract_version metadata)")
-    if int(version) != contract.VERSION:
-        raise ContractError(
-            f"the model uses graph contract v{version}; this onnxcam reads v{contract.VERSION} "
-            "(re-export it with this version's `onnxcam export`)"
-        )
-    try:
-        targets = [
-            TargetLayer(
-                index=t["index"],
-                name=t["name"],
-                tensor=t["tensor"],
-                layout=t["layout"],
-                shape=tuple(t["shape"]),
-                activation=t["activation"],
-                gradient=t["gradient"],
-                cam_weight=t.get("cam_weight"),
-                head_input=t.get("head_input"),
-                head_output=t.get("head_logits"),
-                head_note=t.get("head_note"),
-                heatmaps=t.get("heatmaps") or {},
-                heatmap_size=t.get("heatmap_size"),
-                gradient_pooled=bool(t.get("gradient_pooled", False)),
-            )
-            for t in json.loads(meta[contract.META_TARGETS])
-        ]
-        spec = json.loads(meta[contract.META_INPUT])
-        score = json.loads(meta[contract.META_SCORE])
-        labels = json.loads(meta[contract.META_LABELS]) if contract.META_LABELS in meta else None
-    except (KeyError, ValueError, TypeError) as e:
-        raise ContractError(f"broken onnxcam metadata: {e}") from None
-    if not spec.get("height") or not spec.get("width"):
+    c = Contract.from_metadata(meta)
+    if not c.input.height or not c.input.width:
         raise ContractError("the model's input size is not fixed; re-export with --size H W")
     return ModelInfo(
-        targets=targets,
-        input=InputSpec(
-            name=spec["name"],
-            layout=spec["layout"],
-            height=int(spec["height"]),
-            width=int(spec["width"]),
-            channels=int(spec.get("channels", 3)),
-            color=spec.get("color", "RGB"),
-            scale=float(spec.get("scale", 1 / 255)),
-            mean=tuple(spec.get("mean", (0.0,))),
-            std=tuple(spec.get("std", (1.0,))),
-        ),
-        logits=score["logits"],
-        output=score["output"],
-        logits_output=score.get("logits_output", score["output"]),
-        activation=score.get("activation"),
-        num_classes=score.get("num_classes"),
-        labels=labels,
-        has_cam_weights=any(t.cam_weight for t in targets),
+        targets=c.targets,
+        input=c.input,
+        logits=c.score.logits,
+        output=c.score.output,
+        logits_output=c.score.logits_output,
+        activation=c.score.activation,
+        num_classes=c.score.num_classes,
+        labels=c.labels,
+        has_cam_weights=any(t.cam_weight for t in c.targets),
     )
 
 
