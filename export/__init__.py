@@ -2,7 +2,8 @@
 
 ``export_onnx`` takes any ONNX classifier; ``export_torch`` takes a ``torch.nn.Module`` and
 names target layers by module name. Both append, in standard ONNX ops, the target layers'
-activations and the gradient of the explained class score with respect to them.
+activations and the gradient of the explained class score with respect to them: the passes
+listed, in order, in ``export/pipeline.py`` (``PASSES``), then the checks in ``export/verify.py``.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ import onnx
 from onnx import version_converter
 
 from onnxcam import __version__, contract
-from onnxcam.contract import InputSpec, TargetLayer
+from onnxcam.contract import InputSpec, Layout, TargetLayer
 from onnxcam.errors import ExportError, ModelLoadError
 
 from .graph import GraphView
@@ -28,18 +28,9 @@ from .layers import (
     input_layout,
     resolve_layer,
 )
-from .passes import (
-    ExportState,
-    add_backward,
-    add_cam_weights,
-    add_heads,
-    add_mode_input,
-    add_score,
-    expose_activations,
-    make_targets,
-    verify_forward,
-    write_metadata,
-)
+from .passes import ExportState, make_targets, write_metadata
+from .pipeline import run_passes
+from .verify import check_forward_nodes_kept, check_model, forward_nodes, verify_forward
 
 MIN_OPSET = 17
 
@@ -120,10 +111,10 @@ def _normalize_opset(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     return converted, opset
 
 
-def _fix_size(model: onnx.ModelProto, name: str, layout: str, size: Sequence[int]) -> None:
+def _fix_size(model: onnx.ModelProto, name: str, layout: Layout, size: Sequence[int]) -> None:
     vi = next(i for i in model.graph.input if i.name == name)
     dims = vi.type.tensor_type.shape.dim
-    axes = contract.layout_of(layout).spatial_axes
+    axes = layout.spatial_axes
     for axis, want in zip(axes, size, strict=True):
         d = dims[axis]
         if d.HasField("dim_value") and d.dim_value != want:
@@ -195,17 +186,59 @@ def export_onnx(
     runtime must apply. ``output`` is written atomically and never equals the
     input. Front ends may pass ``layer_names``/``layer_notes`` (how targets are named and
     annotated in the metadata) and ``drop_outputs`` (helper outputs removed after verification).
+
+    Steps: load and upgrade → ``build_state`` → ``pipeline.PASSES`` → metadata → checks
+    (forward nodes kept, ``onnx.checker``) → ``verify_forward`` → write.
     """
     t0 = time.perf_counter()
     out_path = check_output_path(model, output)
-    m = load_model(model)
-    props = {p.key for p in m.metadata_props}
-    if contract.META_VERSION in props:
-        raise ExportError("this model was already exported by onnxcam; export the original model")
-    original = m.SerializeToString()
-    m, source_opset = _normalize_opset(m)
-    if m.ir_version < 8:
-        m.ir_version = 8
+    m, original, source_opset = _load_for_export(model)
+    st = build_state(
+        m,
+        layers=layers,
+        size=size,
+        mean=mean,
+        std=std,
+        scale=scale,
+        color=color,
+        labels=labels,
+        model_output=model_output,
+        heatmaps=heatmaps,
+        heatmap_size=heatmap_size,
+        layer_names=layer_names,
+        layer_notes=layer_notes,
+    )
+    forward = forward_nodes(m)
+    run_passes(st)
+    write_metadata(st, _exporter_info(st.view, source_opset, time.perf_counter() - t0))
+    check_forward_nodes_kept(forward, m)
+    check_model(m)
+    diff = verify_forward(original, m, st.spec) if verify else 0.0
+    _drop_outputs(m, drop_outputs)
+    if out_path is not None:
+        _save(m, out_path)
+    return ExportResult(m, out_path, st.targets, st.spec, st.head, time.perf_counter() - t0, diff)
+
+
+def build_state(
+    m: onnx.ModelProto,
+    *,
+    layers: Sequence[str] | None = None,
+    size: Sequence[int] | None = None,
+    labels: str | os.PathLike | Sequence[str] | None = None,
+    model_output: str | None = None,
+    heatmaps: str | Sequence[str] | None = None,
+    heatmap_size: str = "input",
+    layer_names: Sequence[str] | None = None,
+    layer_notes: Sequence[str | None] | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    scale: float | None = None,
+    color: str | None = None,
+) -> ExportState:
+    """What the passes start from, for a model at opset ≥ 17: the image input (``size``
+    fixed), its spec, the head, the labels and the target layers (the arguments are
+    ``export_onnx``'s)."""
     view = GraphView(m)
     image = image_input(view)
     layout = input_layout(view, image)
@@ -213,23 +246,15 @@ def export_onnx(
         _fix_size(m, image, layout, size)
         view = GraphView(m)
     label_list = (
-        load_labels(labels)
-        if isinstance(labels, (str, os.PathLike))
-        else (list(labels) if labels is not None else None)
+        load_labels(labels) if isinstance(labels, (str, os.PathLike)) else _list_or_none(labels)
     )
     head = find_head(view, model_output)
     if label_list is not None and head.num_classes and len(label_list) != head.num_classes:
         raise ExportError(f"{len(label_list)} labels given for {head.num_classes} classes")
-    candidates = candidate_layers(view, head)
-    if layers:
-        tensors = [resolve_layer(view, name, candidates) for name in layers]
-        users = list(layer_names) if layer_names else list(layers)
-    else:
-        default = next(c for c in candidates if c.default)
-        tensors, users = [default.tensor], [default.tensor]
+    names = _target_names(view, head, layers, layer_names)
     spec = _input_spec(view, image, layout, color=color, mean=mean, std=std, scale=scale)
     _check_spec(spec)
-    st = ExportState(view, head, spec, make_targets(view, list(zip(users, tensors, strict=True))))
+    st = ExportState(view, head, spec, make_targets(view, names), labels=label_list)
     st.heatmaps = parse_heatmaps(heatmaps)
     st.heatmaps_all = isinstance(heatmaps, str) and "all" in heatmaps.lower().split(",")
     if heatmap_size not in ("input", "feature"):
@@ -237,61 +262,79 @@ def export_onnx(
     st.heatmap_size = heatmap_size
     for t, note in zip(st.targets, layer_notes or [None] * len(st.targets), strict=True):
         t.note = note
-    add_mode_input(st)
-    expose_activations(st)
-    add_score(st)
-    add_cam_weights(st)
-    add_backward(st)
-    add_heads(st)
-    seconds = time.perf_counter() - t0
-    write_metadata(
-        st,
-        label_list,
-        {
-            "name": "onnxcam",
-            "version": __version__,
-            "source_opset": source_opset,
-            "opset": view.opset if view.opset >= MIN_OPSET else MIN_OPSET,
-            "seconds": round(seconds, 3),
-        },
-    )
+    return st
+
+
+def _list_or_none(values: Sequence[str] | None) -> list[str] | None:
+    return None if values is None else list(values)
+
+
+def _load_for_export(model: ModelSource) -> tuple[onnx.ModelProto, bytes, int]:
+    """(the model at opset ≥ 17 and IR ≥ 8, its original bytes, its original opset); a model
+    onnxcam already exported is refused."""
+    m = load_model(model)
+    if contract.META_VERSION in {p.key for p in m.metadata_props}:
+        raise ExportError("this model was already exported by onnxcam; export the original model")
+    original = m.SerializeToString()
+    m, source_opset = _normalize_opset(m)
+    m.ir_version = max(m.ir_version, 8)
+    return m, original, source_opset
+
+
+def _exporter_info(view: GraphView, source_opset: int, seconds: float) -> dict:
+    """The ``onnxcam.exporter`` metadata entry."""
+    return {
+        "name": "onnxcam",
+        "version": __version__,
+        "source_opset": source_opset,
+        "opset": max(view.opset, MIN_OPSET),
+        "seconds": round(seconds, 3),
+    }
+
+
+def _drop_outputs(m: onnx.ModelProto, names: Sequence[str]) -> None:
+    """Remove the named outputs (a front end's helper outputs) from the graph's output list."""
+    keep = [o for o in m.graph.output if o.name not in set(names)]
+    del m.graph.output[:]
+    m.graph.output.extend(keep)
+
+
+def _target_names(
+    view: GraphView, head: Head, layers: Sequence[str] | None, names: Sequence[str] | None
+) -> list[tuple[str, str]]:
+    """(user name, tensor) of each requested layer (default: the default candidate)."""
+    candidates = candidate_layers(view, head)
+    if not layers:
+        default = next(c for c in candidates if c.default)
+        return [(default.tensor, default.tensor)]
+    tensors = [resolve_layer(view, name, candidates) for name in layers]
+    return list(zip(list(names) if names else list(layers), tensors, strict=True))
+
+
+def _save(m: onnx.ModelProto, out_path: Path) -> None:
+    """Write ``m`` atomically (a ``.partial`` file renamed into place)."""
+    tmp = out_path.with_name(out_path.name + ".partial")
     try:
-        onnx.checker.check_model(m, full_check=True)
-    except Exception as e:
-        raise ExportError(f"internal: the exported graph fails onnx.checker: {e}") from None
-    diff = 0.0
-    if verify:
-        batch = 2 if not isinstance((view.shape(image) or [1])[0], int) else view.shape(image)[0]
-        diff = verify_forward(original, m, spec, batch)
-    if drop_outputs:
-        keep = [o for o in m.graph.output if o.name not in set(drop_outputs)]
-        del m.graph.output[:]
-        m.graph.output.extend(keep)
-    if out_path is not None:
-        tmp = out_path.with_name(out_path.name + ".partial")
-        try:
-            onnx.save(m, str(tmp))
-            os.replace(tmp, out_path)
-        except OSError as e:
-            raise ExportError(f"cannot write {out_path}: {e.strerror}") from None
-    return ExportResult(m, out_path, st.targets, spec, head, time.perf_counter() - t0, diff)
+        onnx.save(m, str(tmp))
+        os.replace(tmp, out_path)
+    except OSError as e:
+        raise ExportError(f"cannot write {out_path}: {e.strerror}") from None
 
 
-def _input_spec(view: GraphView, image: str, layout: str, **given) -> InputSpec:
+def _input_spec(view: GraphView, image: str, layout: Layout, **given) -> InputSpec:
     """The image input's spec: its size and channels from the graph, the preprocessing from
     the caller (``color``, ``mean``, ``std``, ``scale``; None = the ``InputSpec`` default, or
     GRAY with mean/std 0.5 for a one-channel input)."""
-    lay = contract.layout_of(layout)
     shape = view.shape(image) or (None,) * 4
-    h, w = lay.spatial(shape)
-    channels = lay.channels(shape)
+    h, w = layout.spatial(shape)
+    channels = layout.channels(shape)
     fields: dict = {"color": "GRAY", "mean": (0.5,), "std": (0.5,)} if channels == 1 else {}
     fields.update({k: v for k, v in given.items() if v is not None})
     if "color" in fields:
         fields["color"] = fields["color"].upper()
     return InputSpec(
         name=image,
-        layout=lay,
+        layout=layout,
         height=h if isinstance(h, int) else None,
         width=w if isinstance(w, int) else None,
         channels=channels if isinstance(channels, int) else 3,

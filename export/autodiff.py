@@ -6,7 +6,7 @@ The walker owns everything that is not op-specific:
    tensor are visited, so the layers before the target and side branches cost nothing;
 2. **fan-out** — a tensor consumed k times gets the ``Sum`` of its k incoming gradients;
 3. **un-broadcasting** — for ops in ``BROADCASTING`` every input gradient is summed back to
-   that input's shape (``GradBuilder.unbroadcast``, written once);
+   that input's shape (``NodeBuilder.unbroadcast``, written once);
 4. **dispatch** — one VJP rule per op type from ``VJP_RULES``; a missing rule is an
    ``UnsupportedOpError`` naming the op, the node and the supported ops.
 """
@@ -19,7 +19,7 @@ import onnx
 
 from onnxcam.errors import ExportError, UnsupportedOpError
 
-from .builder import GradBuilder
+from .builder import NodeBuilder
 from .graph import GraphView, attr, node_label
 from .rules import BROADCASTING, VJP_RULES, supported_ops
 
@@ -67,7 +67,7 @@ def build_backward(
         if x not in on_path or not (view.descendants([x], data_only=True) & set(seeds)):
             raise ExportError(f"tensor {x!r} does not influence the score: no gradient path")
     grads: dict[str, list[str]] = {y: [g] for y, g in seeds.items()}
-    acc = GradBuilder(view, "onnxcam/accumulate", consts)
+    acc = NodeBuilder(view, "onnxcam/accumulate", consts)
 
     def total(t: str) -> str | None:
         parts = grads.get(t)
@@ -86,7 +86,7 @@ def build_backward(
             continue
         need = [bool(i) and i in on_path for i in node.input]
         rule = _rule_for(node)
-        b = GradBuilder.for_node(view, node, consts)
+        b = NodeBuilder.for_node(view, node, consts)
         gx = [*rule(b, node, gy, need), *[None] * len(need)][: len(need)]
         out_shape = view.shape(node.output[0])
         for name, flag, g in zip(node.input, need, gx, strict=True):

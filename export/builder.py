@@ -1,9 +1,11 @@
-"""``GradBuilder``: emit ONNX nodes with one call each, named after the node they differentiate.
+"""``NodeBuilder``: emit ONNX nodes with one call each, named after where they come from.
 
 ``b.Mul(x, y)`` appends a default-domain ``Mul`` node and returns its output name;
-``b.Split(g, sizes, axis=1, outputs=3)`` returns a list. Every name is
-``<forward node>/grad/<n>`` so a viewer such as Netron shows where a gradient node comes from.
-Constants are deduplicated model-wide and stored as small initializers.
+``b.Split(g, sizes, axis=1, outputs=3)`` returns a list. Every node the exporter appends is
+built here: gradients, the score and top-k, CAM weights, heatmaps, head copies. Every name is
+``<label>/grad/<n>``, the label being the forward node a gradient node differentiates (so a
+viewer such as Netron shows where it comes from) or the pass's own (``onnxcam/score``,
+``onnxcam/heatmap0``). Constants are deduplicated model-wide and stored as small initializers.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ from onnxcam.errors import ExportError
 from .graph import Dim, GraphView, node_label
 
 
-class GradBuilder:
-    """Appends nodes to ``view``'s graph under the name prefix ``<label>/grad``."""
+class NodeBuilder:
+    """Appends nodes to ``view``'s graph under the name prefix ``<label>/grad`` (the prefix
+    every exported graph has carried since v1, kept for stable node names)."""
 
     def __init__(self, view: GraphView, label: str, consts: dict | None = None) -> None:
         self.view = view
@@ -31,7 +34,7 @@ class GradBuilder:
         self._n = 0
 
     @classmethod
-    def for_node(cls, view: GraphView, node: onnx.NodeProto, consts: dict) -> GradBuilder:
+    def for_node(cls, view: GraphView, node: onnx.NodeProto, consts: dict) -> NodeBuilder:
         return cls(view, node_label(node), consts)
 
     def __getattr__(self, op_type: str) -> Callable[..., Any]:

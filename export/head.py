@@ -18,7 +18,7 @@ from onnx import helper
 from onnxcam.errors import ExportError
 
 from .autodiff import path_nodes, path_tensors
-from .builder import GradBuilder
+from .builder import NodeBuilder
 from .graph import GraphView, attr, node_label
 
 SUFFIX = "/onnxcam_head{k}"
@@ -34,7 +34,7 @@ class _Copier:
         self.suffix = SUFFIX.format(k=k)
         self.renamed: dict[str, str] = {target: head_input}
         self.nodes: list[onnx.NodeProto] = []
-        self.b = GradBuilder(view, f"onnxcam/head{k}", consts)
+        self.b = NodeBuilder(view, f"onnxcam/head{k}", consts)
 
     def name(self, t: str) -> str:
         if t not in self.renamed:

@@ -34,8 +34,9 @@ from onnxcam.contract import NCHW, Layout, heatmap_name
 from onnxcam.errors import ExportError
 from onnxcam.postprocess import bilinear_sources, interpolation_matrix
 
-from .builder import GradBuilder
+from .builder import NodeBuilder
 from .graph import GraphView, attr
+from .layers import reduce_axes
 
 Builder = Callable[["_Terms"], tuple[str, str]]
 HEATMAPS: dict[str, Builder] = {}
@@ -79,20 +80,22 @@ def layer_facts(
         channels if isinstance(channels, int) else None,
         positions,
         pooled_gradient if positions else None,
-        _spatial_mean(view, tensor) if positions and layout == NCHW else None,
+        _spatial_mean(view, tensor, layout) if positions else None,
         _nonnegative(view, tensor),
     )
 
 
-def _spatial_mean(view: GraphView, tensor: str) -> str | None:
-    """Output of a consumer of NCHW ``tensor`` that is its [B, C, 1, 1] mean over H, W."""
+def _spatial_mean(view: GraphView, tensor: str, layout: Layout) -> str | None:
+    """Output of a consumer of ``tensor`` that is its [B, C, 1, 1] mean over positions (NCHW
+    layers only: the shape ``_Terms`` reads it in)."""
+    if layout != NCHW:
+        return None
     for node in view.consumers.get(tensor, []):
         if node.op_type == "GlobalAveragePool":
             return node.output[0]
-        if node.op_type == "ReduceMean" and attr(node, "keepdims", 1):
-            ax = view.const(node.input[1]) if len(node.input) > 1 else attr(node, "axes")
-            if ax is not None and sorted(int(a) % 4 for a in np.ravel(ax)) == [2, 3]:
-                return node.output[0]
+        mean = node.op_type == "ReduceMean" and attr(node, "keepdims", 1)
+        if mean and reduce_axes(view, node) == layout.spatial_axes:
+            return node.output[0]
     return None
 
 
@@ -120,7 +123,7 @@ class _Terms:
     as columns [B, C, 1], next to A [B, C, h·w].
     """
 
-    def __init__(self, b: GradBuilder, A: str, G: str, w: str | None, facts: LayerFacts):
+    def __init__(self, b: NodeBuilder, A: str, G: str, w: str | None, facts: LayerFacts):
         self.b, self.w, self.facts = b, w, facts
         flat = b.ints([0, 0, -1])
         self.A = b.Reshape(A, flat)
@@ -326,7 +329,7 @@ def unavailable(method: str, facts: LayerFacts, cam_weight: str | None) -> str |
 
 
 def raw_maps(
-    b: GradBuilder, A: str, G: str, w: str | None, methods: list[str], facts: LayerFacts
+    b: NodeBuilder, A: str, G: str, w: str | None, methods: list[str], facts: LayerFacts
 ) -> tuple[str, list[int]]:
     """Every method's raw map stacked to [B, M, h·w], and each method's row in the stack
     (methods whose maps are provably identical share a row).
@@ -369,7 +372,7 @@ def _extreme_rows(n_out: int, n_in: int) -> list[int]:
     return sorted(set(first.values()) | set(last.values()))
 
 
-def _scale_to_unit(b: GradBuilder, m: str, lo: str, hi: str) -> str:
+def _scale_to_unit(b: NodeBuilder, m: str, lo: str, hi: str) -> str:
     """(m − lo) / (hi − lo); a constant map (hi = lo) becomes zeros, never NaN: m − lo is then
     exactly 0 and the divisor is clamped to the smallest normal float."""
     tiny = b.scalar(float(np.finfo(b.view.np_dtype(m)).tiny), m)
@@ -377,7 +380,7 @@ def _scale_to_unit(b: GradBuilder, m: str, lo: str, hi: str) -> str:
 
 
 def postprocess(
-    b: GradBuilder,
+    b: NodeBuilder,
     stacked: str,
     rows: list[int],
     A: str,

@@ -11,7 +11,7 @@ from functools import cache
 
 import onnx
 
-from onnxcam import contract
+from onnxcam.contract import LAYOUTS, NCHW, NHWC, Layout
 from onnxcam.errors import ExportError, LayerNotFoundError
 
 from .graph import GraphView, attr, ints, node_label
@@ -58,6 +58,10 @@ ELEMENTWISE = {
     "Abs",
 }
 OUTPUT_ACTIVATIONS = {"Softmax": "softmax", "LogSoftmax": "log_softmax", "Sigmoid": "sigmoid"}
+ONNX_LAYOUT = NCHW
+"""The layout ONNX's own spatial ops (Conv, pooling, GlobalAveragePool) read and write."""
+COLOR_CHANNELS = (1, 3, 4)
+"""Channel counts of an image input (gray, RGB/BGR, RGBA)."""
 
 
 @dataclass
@@ -81,7 +85,7 @@ class LayerInfo:
     op: str
     node: str
     shape: tuple
-    layout: str
+    layout: Layout
     default: bool = False
 
 
@@ -93,13 +97,12 @@ def image_input(view: GraphView) -> str:
     raise ExportError("the model has no 4-D float input (expected an image batch)")
 
 
-def input_layout(view: GraphView, name: str) -> str:
+def input_layout(view: GraphView, name: str) -> Layout:
+    """The image input's layout: the one layout whose channel axis holds a colour channel
+    count (``COLOR_CHANNELS``); NCHW when both or neither do."""
     s = view.shape(name) or (None,) * 4
-    if s[1] in (1, 3, 4) and s[3] not in (1, 3, 4):
-        return contract.LAYOUT_NCHW
-    if s[3] in (1, 3, 4) and s[1] not in (1, 3, 4):
-        return contract.LAYOUT_NHWC
-    return contract.LAYOUT_NCHW
+    looks = [lay for lay in LAYOUTS if lay.channels(s) in COLOR_CHANNELS]
+    return looks[0] if len(looks) == 1 else NCHW
 
 
 def find_head(view: GraphView, output: str | None = None) -> Head:
@@ -125,47 +128,48 @@ def find_head(view: GraphView, output: str | None = None) -> Head:
     return Head(logits=t, output=output, activation=activation, num_classes=k)
 
 
-def tensor_layout(view: GraphView, name: str) -> str:
+def tensor_layout(view: GraphView, name: str) -> Layout:
     """NCHW or NHWC for a 4-D tensor, from its producer, its consumers or the input."""
     return _layout(view, name, 0)
 
 
-def _layout(view: GraphView, name: str, depth: int) -> str:
+def _layout(view: GraphView, name: str, depth: int) -> Layout:
     p = view.producer.get(name)
     if p is not None:
         if p.op_type in NCHW_PRODUCERS:
-            return contract.LAYOUT_NCHW
+            return ONNX_LAYOUT
         if p.op_type == "Transpose":
-            perm = list(attr(p, "perm") or [])
-            if perm == [0, 2, 3, 1]:
-                return contract.LAYOUT_NHWC
-            if perm == [0, 3, 1, 2]:
-                return contract.LAYOUT_NCHW
+            perm = tuple(attr(p, "perm") or ())
+            if perm == NHWC.from_nchw_perm:
+                return NHWC
+            if perm == NHWC.to_nchw_perm:
+                return NCHW
         if p.op_type in ELEMENTWISE and depth < 64:
             for i in p.input:
                 if i and view.rank(i) == 4 and not view.is_const(i):
                     return _layout(view, i, depth + 1)
     for c in view.consumers.get(name, []):
         if c.op_type in NCHW_PRODUCERS:
-            return contract.LAYOUT_NCHW
-        if c.op_type == "Transpose" and list(attr(c, "perm") or []) == [0, 3, 1, 2]:
-            return contract.LAYOUT_NHWC
-        if c.op_type in ("ReduceMean", "ReduceSum", "ReduceMax"):
-            axes = attr(c, "axes")
-            if axes is None and len(c.input) > 1:
-                axes = view.const(c.input[1])
-            if axes is not None and sorted(int(a) % 4 for a in ints(axes)) == [1, 2]:
-                return contract.LAYOUT_NHWC
+            return ONNX_LAYOUT
+        if c.op_type == "Transpose" and tuple(attr(c, "perm") or ()) == NHWC.to_nchw_perm:
+            return NHWC
+        reduce = c.op_type in ("ReduceMean", "ReduceSum", "ReduceMax")
+        if reduce and reduce_axes(view, c) == NHWC.spatial_axes:
+            return NHWC
     if view.graph_inputs:
         try:
             return input_layout(view, image_input(view))
         except ExportError:
             pass
-    return contract.LAYOUT_NCHW
+    return NCHW
 
 
-def spatial_dims(shape: tuple, layout: str) -> tuple:
-    return tuple(shape[1:3]) if layout == contract.LAYOUT_NHWC else tuple(shape[2:4])
+def reduce_axes(view: GraphView, node: onnx.NodeProto) -> tuple[int, ...] | None:
+    """The sorted, non-negative axes a 4-D Reduce* node reduces (attribute or input)."""
+    axes = attr(node, "axes")
+    if axes is None and len(node.input) > 1:
+        axes = view.const(node.input[1])
+    return None if axes is None else tuple(sorted(int(a) % 4 for a in ints(axes)))
 
 
 def candidate_layers(view: GraphView, head: Head) -> list[LayerInfo]:
@@ -185,7 +189,7 @@ def candidate_layers(view: GraphView, head: Head) -> list[LayerInfo]:
                 continue
             shape = view.shape(out)
             layout = tensor_layout(view, out)
-            if any(isinstance(d, int) and d <= 1 for d in spatial_dims(shape, layout)):
+            if any(isinstance(d, int) and d <= 1 for d in layout.spatial(shape)):
                 continue
             found.append(LayerInfo(out, node.op_type, node_label(node), tuple(shape), layout))
     if not found:
@@ -237,7 +241,9 @@ class ClassifierHead:
 _PASS_THROUGH = {"Identity", "Dropout", "Flatten", "Reshape", "Squeeze"}
 
 
-def find_gap_linear(view: GraphView, tensor: str, layout: str, head: Head) -> ClassifierHead | None:
+def find_gap_linear(
+    view: GraphView, tensor: str, layout: Layout, head: Head
+) -> ClassifierHead | None:
     """Detect target → global average pool → (flatten) → Linear → logits; else None."""
     data = view.ancestors([head.logits], data_only=True)
 
@@ -284,24 +290,19 @@ def find_gap_linear(view: GraphView, tensor: str, layout: str, head: Head) -> Cl
     return cls
 
 
-def _is_global_average(view: GraphView, node: onnx.NodeProto, layout: str) -> bool:
+def _is_global_average(view: GraphView, node: onnx.NodeProto, layout: Layout) -> bool:
+    """``node`` averages a ``layout`` tensor over all its positions."""
     if node.op_type == "GlobalAveragePool":
-        return layout == contract.LAYOUT_NCHW
+        return layout == ONNX_LAYOUT
     if node.op_type == "ReduceMean":
-        axes = attr(node, "axes")
-        if axes is None and len(node.input) > 1:
-            axes = view.const(node.input[1])
-        if axes is None:
-            return False
-        want = [1, 2] if layout == contract.LAYOUT_NHWC else [2, 3]
-        return sorted(int(a) % 4 for a in ints(axes)) == want
+        return reduce_axes(view, node) == layout.spatial_axes
     if node.op_type == "AveragePool":
         shape = view.shape(node.input[0])
-        k = list(attr(node, "kernel_shape") or [])
+        k = tuple(attr(node, "kernel_shape") or ())
         return (
-            layout == contract.LAYOUT_NCHW
+            layout == ONNX_LAYOUT
             and shape is not None
-            and k == list(shape[2:])
+            and k == layout.spatial(shape)
             and not any(attr(node, "pads") or [])
         )
     return False

@@ -1,7 +1,8 @@
 """The ``onnxcam`` command line: a thin layer over the Python API.
 
-Library errors (``OnnxcamError``) become one ``Error: ...`` line and exit code 1; anything
-unexpected also becomes one line (set ``ONNXCAM_DEBUG=1`` for the traceback).
+Each command parses its options (declared once, in ``options.py``), calls one library function and
+echoes the result. Library errors (``OnnxcamError``) become one ``Error: ...`` line and exit code
+1; anything unexpected also becomes one line (set ``ONNXCAM_DEBUG=1`` for the traceback).
 """
 
 from __future__ import annotations
@@ -11,15 +12,24 @@ import os
 import sys
 import time
 from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from . import __version__
+from . import options as o
 from .errors import OnnxcamError
+
+if TYPE_CHECKING:
+    from .engine import Failure
+    from .perturbation import PerturbationOptions
 
 
 class _Group(click.Group):
     """A click group that turns every error into one line and a non-zero exit."""
+
+    command_class = o.Command
 
     def invoke(self, ctx: click.Context):
         try:
@@ -38,14 +48,54 @@ class _Group(click.Group):
             raise click.ClickException(msg) from None
 
 
-def _floats(text: str | None) -> list[float] | None:
-    """'0.485,0.456,0.406' or '0.485 0.456 0.406' → floats."""
-    if text is None:
-        return None
-    try:
-        return [float(v) for v in text.replace(",", " ").split()]
-    except ValueError:
-        raise click.BadParameter(f"expected numbers separated by commas, got {text!r}") from None
+class _Bar:
+    """A stderr progress bar over images, opened at the library's first ``progress(done, total)``
+    call (the library knows the total); shown on terminals for more than one image."""
+
+    def __init__(self, label: str, show: bool = True) -> None:
+        self.label, self.show = label, show and sys.stderr.isatty()
+        self._bar: Any = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self._bar is None:
+            self._bar = click.progressbar(
+                length=total,
+                label=self.label,
+                file=sys.stderr,
+                hidden=not (self.show and total > 1),
+            )
+            self._bar.__enter__()
+        self._bar.update(done)
+
+    def __enter__(self) -> _Bar:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(kind, e, tb)
+
+
+class _MethodProgress:
+    """One self-overwriting stderr line for long perturbation methods (terminals only)."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled and sys.stderr.isatty()
+
+    def __call__(self, done: int, total: int, label: str) -> None:
+        if not self.enabled or total < 64:
+            return
+        end = "\r" + " " * 60 + "\r" if done >= total else ""
+        click.echo(f"\r  {label}: {done}/{total} perturbed inputs scored{end}", nl=False, err=True)
+
+
+def _note(text: str) -> None:
+    click.echo(f"note: {text}", err=True)
+
+
+def _failure(f: Failure) -> None:
+    click.echo(f"error: {f.error}", err=True)
 
 
 def _exporter():
@@ -66,14 +116,8 @@ def cli() -> None:
 
 
 @cli.command("export")
-@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(dir_okay=False, path_type=Path),
-    required=True,
-    help="Where to write the explainable model (never the input file).",
-)
+@o.model_argument
+@o.output_option(file=True, help="Where to write the explainable model (never the input file).")
 @click.option(
     "--layer",
     "layers",
@@ -89,9 +133,16 @@ def cli() -> None:
     "--mean",
     metavar="M",
     default=None,
+    callback=o.floats,
     help="Per-channel mean after scaling, e.g. 0.485,0.456,0.406 (ImageNet default).",
 )
-@click.option("--std", metavar="S", default=None, help="Per-channel std, e.g. 0.229,0.224,0.225.")
+@click.option(
+    "--std",
+    metavar="S",
+    default=None,
+    callback=o.floats,
+    help="Per-channel std, e.g. 0.229,0.224,0.225.",
+)
 @click.option(
     "--scale", type=float, default=None, help="Pixel scale applied before mean/std (default 1/255)."
 )
@@ -107,12 +158,7 @@ def cli() -> None:
     default=None,
     help="Class names: text file (one per line) or JSON list.",
 )
-@click.option(
-    "--model-output",
-    default=None,
-    metavar="NAME",
-    help="Which model output holds the class scores (default: the first).",
-)
+@o.model_output_option
 @click.option(
     "--heatmaps",
     default=None,
@@ -128,36 +174,9 @@ def cli() -> None:
     show_default=True,
     help="Resolution of the in-graph heatmaps.",
 )
-def export_cmd(
-    model,
-    output,
-    layers,
-    size,
-    mean,
-    std,
-    scale,
-    color,
-    labels,
-    model_output,
-    heatmaps,
-    heatmap_size,
-) -> None:
-    """Write MODEL with activations and gradient outputs (graph contract v2) to -o OUT."""
-    ex = _exporter()
-    res = ex.export_onnx(
-        model,
-        output,
-        layers=list(layers) or None,
-        size=size,
-        mean=_floats(mean),
-        std=_floats(std),
-        scale=scale,
-        color=color,
-        labels=labels,
-        model_output=model_output,
-        heatmaps=heatmaps,
-        heatmap_size=heatmap_size,
-    )
+def export_cmd(model: Path, output: Path, layers: tuple[str, ...], **kw: Any) -> None:
+    """Write MODEL with activations and gradient outputs (graph contract v2) to -o OUTPUT."""
+    res = _exporter().export_onnx(model, output, layers=list(layers) or None, **kw)
     ratio = output.stat().st_size / max(model.stat().st_size, 1)
     for k, t in enumerate(res.targets):
         extra = ("  +CAM weights" if t.cam_weight else "") + ("  +head" if t.head_input else "")
@@ -171,14 +190,9 @@ def export_cmd(
 
 
 @cli.command("layers")
-@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
-@click.option(
-    "--model-output",
-    default=None,
-    metavar="NAME",
-    help="Which model output holds the class scores (default: the first).",
-)
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@o.model_argument
+@o.model_output_option
+@o.json_option("Machine-readable output.")
 def layers_cmd(model, model_output, as_json) -> None:
     """List candidate target layers (tensor, producing op, shape); * marks the default."""
     ex = _exporter()
@@ -208,73 +222,15 @@ def layers_cmd(model, model_output, as_json) -> None:
         click.echo(f"{mark} {c.tensor:<{width}}  {c.op:<20} {shape}  {c.layout}")
 
 
-def _method_help() -> str:
-    from .methods import METHODS
-
-    return "Comma-separated methods or 'all': " + ", ".join(METHODS) + "."
-
-
-# --- options shared by run / report / eval (one definition each) ------------------------------
-_class_option = click.option(
-    "--class",
-    "target",
-    default=None,
-    metavar="K|NAME",
-    help="Class to explain: an index or a label name (default: top-1).",
-)
-_topk_option = click.option(
-    "--topk",
-    type=click.IntRange(1, 50),
-    default=1,
-    show_default=True,
-    help="Explain each of the top-K classes.",
-)
-_device_option = click.option(
-    "--device",
-    type=click.Choice(["auto", "cpu", "cuda"]),
-    default="auto",
-    show_default=True,
-    help="auto: CUDA when onnxruntime-gpu sees a usable GPU, else CPU.",
-)
-_batch_option = click.option(
-    "--batch-size",
-    type=click.IntRange(1, 4096),
-    default=32,
-    show_default=True,
-    help="Images per run, and perturbed inputs per run for perturbation methods.",
-)
-_recursive_option = click.option("--recursive", is_flag=True, help="Search folders recursively.")
-
-
-def _methods_option(default: str):
-    return click.option(
-        "-m", "--method", "methods", default=default, show_default=True, help=_method_help()
-    )
-
-
 @cli.command("run")
-@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
-@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
-@_methods_option("gradcam")
-@_class_option
-@_topk_option
-@click.option(
-    "-o",
-    "--out",
-    "out_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("onnxcam-out"),
-    show_default=True,
-    help="Where overlays are written.",
-)
-@_device_option
-@_batch_option
-@click.option(
-    "--layer",
-    default=None,
-    metavar="K|NAME|all",
-    help="Exported target layer to use (default: the first).",
-)
+@o.model_argument
+@o.images_argument
+@o.methods_option("gradcam")
+@o.class_option
+@o.topk_option
+@o.output_option(file=False, default=Path("onnxcam-out"), help="Where overlays are written.")
+@o.device_option
+@o.layer_option
 @click.option("--fuse", is_flag=True, help="Average the maps of the selected layers.")
 @click.option(
     "--alpha",
@@ -301,81 +257,50 @@ def _methods_option(default: str):
     metavar="[FRACTION]",
     help="Draw the box around each map's largest region ≥ FRACTION·max (default 0.5).",
 )
-@_recursive_option
-@click.option("--json", "as_json", is_flag=True, help="Print results as JSON (for machines).")
-@click.option(
-    "--scorecam-topk",
-    type=click.IntRange(1),
-    default=None,
-    metavar="K",
-    help="Score-CAM family: score only the K strongest channels (approximation).",
-)
-@click.option(
-    "--score-convention",
-    type=click.Choice(["pytorch-grad-cam", "torchcam"]),
-    default="pytorch-grad-cam",
-    show_default=True,
-    help="Score-CAM mask convention.",
-)
-@click.option(
-    "--ss-samples",
-    type=click.IntRange(1),
-    default=35,
-    show_default=True,
-    help="SS-CAM noise draws.",
-)
-@click.option(
-    "--is-steps",
-    type=click.IntRange(1),
-    default=10,
-    show_default=True,
-    help="IS-CAM integration steps.",
-)
-@click.option("--occlusion-patch", type=click.IntRange(1), default=32, show_default=True)
-@click.option("--occlusion-stride", type=click.IntRange(1), default=16, show_default=True)
-@click.option(
-    "--occlusion-baseline",
-    type=float,
-    default=None,
-    metavar="PIXEL",
-    help="Occluding value (0-255); default: the dataset mean.",
-)
-def run_cmd(model, images, **opts) -> None:
-    """Explain IMAGES (files or folders) with MODEL; write overlay PNGs to --out."""
-    from .perturbation import PerturbationOptions
-    from .runner import run_images
+@o.recursive_option
+@o.json_option("Print results as JSON (for machines).")
+@o.perturbation_options()
+def run_cmd(model: Path, images: tuple[Path, ...], output: Path, as_json: bool, **kw: Any) -> None:
+    """Explain IMAGES (files or folders) with MODEL; write overlay PNGs to -o OUTPUT."""
+    from .runner import run_images, table
 
-    perturbation = PerturbationOptions(
-        batch_size=opts["batch_size"],
-        scorecam_convention=opts.pop("score_convention"),
-        scorecam_topk=opts.pop("scorecam_topk"),
-        ss_samples=opts.pop("ss_samples"),
-        is_steps=opts.pop("is_steps"),
-        occlusion_patch=opts.pop("occlusion_patch"),
-        occlusion_stride=opts.pop("occlusion_stride"),
-        occlusion_baseline=opts.pop("occlusion_baseline"),
-    )
-    if run_images(model, images, perturbation=perturbation, **opts):
+    with _Bar("explaining", show=not as_json) as bar:
+        res = run_images(
+            model,
+            images,
+            out_dir=output,
+            note=_note,
+            on_failure=_failure,
+            progress=bar,
+            method_progress=_MethodProgress(not as_json),
+            **kw,
+        )
+    if res.interrupted:
+        click.echo(f"\nInterrupted: {len(res.rows)} explanation(s) written to {output}.", err=True)
+        raise click.exceptions.Exit(130)
+    if as_json:
+        click.echo(json.dumps(res.to_json(), indent=1))
+    else:
+        if res.rows:
+            click.echo(table(res.rows))
+        click.echo(
+            f"{len(res.rows)} explanation(s) of {res.images - len(res.failures)} image(s) in "
+            f"{res.seconds:.1f}s on {res.provider}; overlays in {output}"
+            + (f"; {len(res.failures)} failed" if res.failures else "")
+        )
+    if res.failures:
         raise click.exceptions.Exit(1)  # some images failed (each was reported on its line)
 
 
 @cli.command("report")
-@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
-@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option(
-    "--out",
-    "out_html",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=Path("report.html"),
-    show_default=True,
-    help="The HTML file to write.",
-)
-@_methods_option("all")
-@_class_option
-@_topk_option
-@_device_option
-@_batch_option
-@click.option("--layer", default=None, metavar="K|NAME|all")
+@o.model_argument
+@o.images_argument
+@o.output_option(file=True, default=Path("report.html"), help="The HTML file to write.")
+@o.methods_option("all")
+@o.class_option
+@o.topk_option
+@o.device_option
+@o.layer_option
 @click.option(
     "--per-page",
     type=click.IntRange(1),
@@ -383,62 +308,38 @@ def run_cmd(model, images, **opts) -> None:
     show_default=True,
     help="Images per page of the report.",
 )
-@_recursive_option
+@o.recursive_option
 @click.option(
     "--screenshot",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
     help="Also render the report with headless Chromium to this PNG.",
 )
+@o.perturbation_options()
 def report_cmd(
-    model,
-    images,
-    out_html,
-    methods,
-    target,
-    topk,
-    device,
-    batch_size,
-    layer,
-    per_page,
-    recursive,
-    screenshot,
+    model: Path, images: tuple[Path, ...], output: Path, screenshot: Path | None, **kw: Any
 ) -> None:
     """One self-contained HTML report for IMAGES: predictions and every method's overlay."""
-    from .perturbation import PerturbationOptions
     from .runner import report_images
 
-    path, results, seconds = report_images(
-        model,
-        images,
-        out_html,
-        methods=methods,
-        target=target,
-        topk=topk,
-        device=device,
-        batch_size=batch_size,
-        layer=layer,
-        per_page=per_page,
-        recursive=recursive,
-        perturbation=PerturbationOptions(batch_size=batch_size),
+    res = report_images(model, images, output, method_progress=_MethodProgress(), **kw)
+    failed = len(res.failures)
+    click.echo(
+        f"wrote {res.path} ({len(res.results)} image(s), {failed} failed, {res.seconds:.1f}s)"
     )
-    failed = sum(type(r).__name__ == "Failure" for r in results)
-    click.echo(f"wrote {path} ({len(results)} image(s), {failed} failed, {seconds:.1f}s)")
     if screenshot is not None:
         from .report import screenshot as render_png
 
-        click.echo(f"screenshot: {render_png(path, screenshot)}")
+        click.echo(f"screenshot: {render_png(res.path, screenshot)}")
     if failed:
         raise click.exceptions.Exit(1)
 
 
 @cli.command("demo")
-@click.option(
-    "--out",
-    "out_dir",
-    type=click.Path(file_okay=False, path_type=Path),
+@o.output_option(
+    file=False,
     default=Path("onnxcam-demo"),
-    show_default=True,
+    help="Where the report, the photos and the overlays are written.",
 )
 @click.option(
     "--photos",
@@ -446,11 +347,9 @@ def report_cmd(
     show_default=True,
     help="scikit-image photos to explain.",
 )
-@click.option(
-    "-m", "--method", "methods", default=None, help="Methods (default: every registered method)."
-)
+@o.methods_option(None, help="Methods (default: every registered method).")
 @click.option("--rebuild", is_flag=True, help="Re-export the cached demo model.")
-def demo_cmd(out_dir, photos, methods, rebuild) -> None:
+def demo_cmd(output: Path, photos: str, methods: list[str] | None, rebuild: bool) -> None:
     """Explain scikit-image's photos with a pretrained EfficientNet-Lite0; write an HTML report."""
     from . import demo
     from .methods import METHODS
@@ -461,30 +360,31 @@ def demo_cmd(out_dir, photos, methods, rebuild) -> None:
     model, built = demo.demo_model(rebuild)
     click.echo(f"model: {model}" + (f" (built in {built:.1f}s)" if built else " (cached)"))
     files = demo.write_photos(
-        out_dir / "photos", [p.strip() for p in photos.split(",") if p.strip()]
+        output / "photos", [p.strip() for p in photos.split(",") if p.strip()]
     )
-    path, results, seconds = report_images(
+    res = report_images(
         model,
         files,
-        out_dir / "report.html",
+        output / "report.html",
         methods=methods or list(METHODS),
         perturbation=PerturbationOptions(**demo.DEMO_PERTURBATION),
-        pngs_dir=out_dir / "overlays",
+        pngs_dir=output / "overlays",
         notes=["demo settings: SS-CAM 2 samples, IS-CAM 3 steps (defaults 35 and 10)"],
+        method_progress=_MethodProgress(),
     )
-    for r in results:
+    for r in res.results:
         if type(r).__name__ == "Failure":
-            click.echo(f"error: {r.error}", err=True)
+            _failure(r)
         else:
             top = r.predictions[0]
             click.echo(f"  {Path(r.source).name:<22} {top.label} ({100 * top.probability:.1f}%)")
-    click.echo(f"report:   {path.resolve()}")
-    click.echo(f"overlays: {(out_dir / 'overlays').resolve()}")
-    click.echo(f"done in {time.perf_counter() - t0:.1f}s ({seconds:.1f}s explaining)")
+    click.echo(f"report:   {res.path.resolve()}")
+    click.echo(f"overlays: {(output / 'overlays').resolve()}")
+    click.echo(f"done in {time.perf_counter() - t0:.1f}s ({res.seconds:.1f}s explaining)")
 
 
 @cli.command("eval")
-@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@o.model_argument
 @click.argument("folder", type=click.Path(exists=True, path_type=Path))
 @click.option(
     "--annotations",
@@ -492,14 +392,11 @@ def demo_cmd(out_dir, photos, methods, rebuild) -> None:
     default=None,
     help="JSON with classes, boxes or masks (docs/evaluation.md).",
 )
-@_methods_option("all")
-@click.option(
-    "-o",
-    "--out",
-    "out_dir",
-    type=click.Path(file_okay=False, path_type=Path),
+@o.methods_option("all")
+@o.output_option(
+    file=False,
     default=Path("onnxcam-eval"),
-    show_default=True,
+    help="Where metrics.csv, metrics.json and curves.png are written.",
 )
 @click.option(
     "--steps",
@@ -523,73 +420,46 @@ def demo_cmd(out_dir, photos, methods, rebuild) -> None:
     show_default=True,
     help="Pointing game tolerance, in pixels of the original image.",
 )
-@_batch_option
-@_device_option
-@click.option("--seed", type=int, default=0, show_default=True)
-@_recursive_option
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@o.device_option
+@o.recursive_option
+@o.json_option("Print the summary as JSON.")
+@o.perturbation_options(help={"seed": "Seeds the random baseline, ROAD and SS-CAM's noise."})
 def eval_cmd(
-    model,
-    folder,
-    annotations,
-    methods,
-    out_dir,
-    steps,
-    no_road,
-    box_threshold,
-    pointing_tolerance,
-    batch_size,
-    device,
-    seed,
-    recursive,
-    as_json,
+    model: Path,
+    folder: Path,
+    output: Path,
+    steps: int,
+    no_road: bool,
+    box_threshold: float,
+    pointing_tolerance: int,
+    perturbation: PerturbationOptions,
+    as_json: bool,
+    **kw: Any,
 ) -> None:
     """Faithfulness and localization metrics of every method over FOLDER."""
-    from .engine import Explainer
-    from .evaluate import EvalOptions, evaluate, load_annotations, table, write_outputs
-    from .image import list_images
-    from .methods import resolve_methods
-    from .perturbation import PerturbationOptions
+    from .evaluate import EvalOptions, table
+    from .runner import evaluate_folder
 
-    files = list_images([folder], recursive)
-    if not files:
-        raise click.ClickException(f"no images found in {folder}")
-    ann = load_annotations(annotations) if annotations else None
-    ex = Explainer(model, device=device)
-    names = resolve_methods(methods, ex.info.has_cam_weights)
-    opts = EvalOptions(
+    options = EvalOptions(
         steps=steps,
         road=not no_road,
         box_threshold=box_threshold,
-        seed=seed,
-        batch_size=batch_size,
+        seed=perturbation.seed,
+        batch_size=perturbation.batch_size,
         pointing_tolerance=pointing_tolerance,
     )
-    with click.progressbar(
-        length=len(files),
-        label="evaluating",
-        file=sys.stderr,
-        hidden=not (sys.stderr.isatty() and len(files) > 1),
-    ) as bar:
-        result = evaluate(
-            ex,
-            files,
-            names,
-            ann,
-            opts,
-            PerturbationOptions(batch_size=batch_size, seed=seed),
-            root=folder if folder.is_dir() else None,
-            progress=bar.update,
+    with _Bar("evaluating") as bar:
+        run = evaluate_folder(
+            model, folder, output, options=options, perturbation=perturbation, progress=bar, **kw
         )
-    for f in result.failures:
-        click.echo(f"error: {f.error}", err=True)
-    paths = write_outputs(result, out_dir)
+    for f in run.result.failures:
+        _failure(f)
     if as_json:
-        click.echo(json.dumps(result.summary, indent=1))
+        click.echo(json.dumps(run.result.summary, indent=1))
     else:
-        click.echo(table(result.summary))
-        click.echo("wrote " + ", ".join(str(p) for p in paths.values()))
-    if result.failures:
+        click.echo(table(run.result.summary))
+        click.echo("wrote " + ", ".join(str(p) for p in run.paths.values()))
+    if run.result.failures:
         raise click.exceptions.Exit(1)
 
 

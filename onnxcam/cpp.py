@@ -31,6 +31,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .errors import OnnxcamError
+
 LIB_ENV = "ONNXCAM_CPP_LIB"
 
 OK = 0
@@ -47,7 +49,7 @@ LAYOUTS = {"NCHW": 0, "NHWC": 1}
 NEEDS_ACTIVATIONS, NEEDS_GRADIENTS, NEEDS_CAM_WEIGHTS = 1, 2, 4
 
 
-class CppError(RuntimeError):
+class CppError(OnnxcamError, RuntimeError):
     """A failed library call: ``status`` is the C status code, the message the library's."""
 
     def __init__(self, status: int, message: str) -> None:
@@ -85,8 +87,10 @@ class _CBox(ctypes.Structure):
     )
 
 
-class Box(NamedTuple):
-    """(x0, y0) inclusive, (x1, y1) exclusive; score = mean map value in the component."""
+class ComponentBox(NamedTuple):
+    """The box of one connected component of a thresholded map, as the C library returns it
+    (``localize.Box`` is the numpy side's): (x0, y0) inclusive, (x1, y1) exclusive; score =
+    mean map value in the component; area = its pixel count."""
 
     x0: int
     y0: int
@@ -97,6 +101,10 @@ class Box(NamedTuple):
 
     def as_list(self) -> list[int]:
         return [self.x0, self.y0, self.x1, self.y1]
+
+
+Box = ComponentBox
+"""The older name of ``ComponentBox`` (kept for ``onnxcam_cpp`` users)."""
 
 
 # ---- loading ---------------------------------------------------------------------------------
@@ -361,7 +369,9 @@ def threshold_mask(map01, fraction: float = 0.5) -> np.ndarray:
     return out.astype(bool)
 
 
-def boxes(map01, threshold: float = 0.5, largest: bool = True, min_area: float = 0.01) -> list[Box]:
+def boxes(
+    map01, threshold: float = 0.5, largest: bool = True, min_area: float = 0.01
+) -> list[ComponentBox]:
     """Boxes around 8-connected components of the threshold mask (localize.boxes_from_map)."""
     m = _f32(map01, "map01")
     if m.ndim != 2:
@@ -379,4 +389,4 @@ def boxes(map01, threshold: float = 0.5, largest: bool = True, min_area: float =
             _ptr(m), *m.shape, ctypes.byref(p), ctypes.addressof(arr), n.value, ctypes.byref(n)
         )
     )
-    return [Box(b.x0, b.y0, b.x1, b.y1, b.score, b.area) for b in arr[: n.value]]
+    return [ComponentBox(b.x0, b.y0, b.x1, b.y1, b.score, b.area) for b in arr[: n.value]]

@@ -1,8 +1,8 @@
 """``Explainer``: one session per model; images in, predictions and CAM maps out.
 
 A single ``session.run`` returns predictions, activations and gradients for a batch; every
-gradient method is then host-side numpy on those arrays. Only the outputs the requested
-methods need are fetched.
+gradient method is then host-side numpy on those arrays. What a request fetches and computes
+is decided once, before its first batch, by its ``Plan`` (``onnxcam.plan``).
 """
 
 from __future__ import annotations
@@ -10,103 +10,31 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
-from functools import cached_property
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from . import contract, postprocess
-from .errors import ContractError, ImageError, MethodError, OnnxcamError
+from .errors import ContractError, ImageError, OnnxcamError
 from .image import as_rgb_array, preprocess, read_image
-from .methods import METHODS, resolve_methods
 from .model import ModelInfo, TargetLayer, open_session, parse_contract
-from .perturbation import PerturbationInputs, PerturbationOptions, Progress, Scorer, image_rng
+from .perturbation import PerturbationInputs, PerturbationOptions
+from .plan import (
+    ExplainOptions,
+    LayerChoice,
+    LayerInputs,
+    MethodCall,
+    Plan,
+    make_plan,
+    select_layers,
+)
+from .results import CamMap, Explanation, Failure, Prediction
+from .scoring import Progress, Scorer, image_rng
+from .terms import Terms
 
 ImageSource = str | os.PathLike | np.ndarray
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """A class with its label, probability and pre-softmax score."""
-
-    index: int
-    label: str
-    probability: float
-    logit: float
-
-
-@dataclass
-class CamMap:
-    """One method's map for one image: raw, and normalised at three resolutions."""
-
-    method: str
-    layer: str
-    raw: np.ndarray
-    """Feature resolution, before ReLU and normalisation."""
-    feature: np.ndarray
-    """Feature resolution, rectified (unless relu=False) and min-max normalised to [0, 1]."""
-    input_size: tuple[int, int]
-    original_size: tuple[int, int]
-    seconds: float = 0.0
-    """Host time this method took per image (inference not included)."""
-
-    @cached_property
-    def input(self) -> np.ndarray:
-        """The map at the model-input resolution (resized, then min-max normalised again)."""
-        if self.feature.shape == tuple(self.input_size):  # e.g. an in-graph heatmap
-            return self.feature  # already normalised: min-max would give it back unchanged
-        return postprocess.resize_normalized(self.feature, *self.input_size)
-
-    @cached_property
-    def original(self) -> np.ndarray:
-        """The map at the original image resolution (resized, then min-max normalised again)."""
-        if self.feature.shape == tuple(self.original_size):
-            return self.feature
-        return postprocess.resize_normalized(self.feature, *self.original_size)
-
-
-@dataclass
-class Explanation:
-    """One image explained for one class."""
-
-    source: str
-    image: np.ndarray | None
-    """The original image, RGB float32 in [0, 255] (None when explained from a tensor)."""
-    predictions: list[Prediction]
-    """The model's top-k predictions."""
-    target: Prediction
-    """The class that was explained."""
-    maps: dict[str, CamMap] = field(default_factory=dict)
-    inference_seconds: float = 0.0
-    tensors: dict[str, np.ndarray] = field(default_factory=dict)
-    """Raw graph outputs of this image (activations, gradients, CAM weights) when asked for
-    with ``keep_tensors=True``."""
-    """This image's share of the session.run time(s)."""
-
-    def overlay(
-        self,
-        method: str,
-        alpha: float = 0.5,
-        colormap: str = "jet",
-        threshold: float | None = None,
-    ) -> np.ndarray:
-        """The map of ``method`` blended over the original image (RGB uint8)."""
-        if method not in self.maps:
-            raise MethodError(f"no map for {method!r}; have {', '.join(self.maps)}")
-        if self.image is None:
-            raise MethodError("no original image to overlay (explained from a tensor)")
-        return postprocess.overlay(
-            self.image, self.maps[method].original, alpha, colormap, threshold
-        )
-
-
-@dataclass(frozen=True)
-class Failure:
-    """An input that could not be explained, and why (one line)."""
-
-    source: str
-    error: str
+_DEFAULT = ExplainOptions()
 
 
 class Explainer:
@@ -141,6 +69,8 @@ class Explainer:
         """The outputs predictions are read from: the logits, and the graph's top-k if any."""
         if all(n in self._outputs for n in topk):
             self._predicting += topk
+        self._plans: dict[tuple, Plan] = {}
+        """Plans by (methods, options), see ``plan``."""
 
     def _export_in_memory(self, model: str | os.PathLike | bytes) -> bytes:
         try:
@@ -178,32 +108,45 @@ class Explainer:
             return "<array>", as_rgb_array(source)
         return str(source), read_image(source)
 
-    def layers(self, which: int | str | Sequence[int | str] | None) -> list[TargetLayer]:
+    def layers(self, which: LayerChoice) -> list[TargetLayer]:
         """Target layers by index or name; None → the first; 'all' → every exported layer."""
-        targets = self.info.targets
-        if which is None:
-            return [targets[0]]
-        if which == "all":
-            return list(targets)
-        out = []
-        for w in [which] if isinstance(which, (int, str)) else which:
-            hit = [t for t in targets if w in (t.index, t.name, t.tensor, str(t.index))]
-            if not hit:
-                names = ", ".join(f"{t.index}:{t.name}" for t in targets)
-                raise MethodError(f"no exported layer {w!r}; the model has {names}")
-            out.append(hit[0])
-        return out
+        return select_layers(self.info.targets, which)
+
+    def plan(self, methods: str | Sequence[str], options: ExplainOptions | None = None) -> Plan:
+        """What a request for ``methods`` with ``options`` fetches and computes per batch.
+
+        Plans are pure, so each distinct (methods, options) is planned once per Explainer: a
+        server calling ``explain_tensor`` per request pays a dictionary look-up, not a plan.
+        """
+        options = options or _DEFAULT
+        key = (methods if isinstance(methods, str) else tuple(methods), options)
+        try:
+            return self._plans[key]
+        except KeyError:
+            pass
+        except TypeError:  # an unhashable option (layers given as a list): plan it afresh
+            return make_plan(methods, options, self.info, self._predicting)
+        plan = make_plan(methods, options, self.info, self._predicting)
+        if len(self._plans) >= 64:
+            self._plans.clear()
+        self._plans[key] = plan
+        return plan
 
     # -- running --------------------------------------------------------------------------
     def _run(
-        self, x: np.ndarray, cls: np.ndarray | None, fetch: list[str], mode: int | None = None
+        self,
+        x: np.ndarray,
+        cls: np.ndarray | None,
+        fetch: Sequence[str],
+        mode: int = contract.MODE_EXPLAIN,
     ) -> dict[str, np.ndarray]:
+        """One ``session.run`` of ``fetch`` (distinct names) on input batch ``x``."""
         feeds = {self.info.input.name: x}
         if cls is not None:
             feeds[contract.CLASS_INPUT] = cls.astype(np.int64)
-        if mode is not None and mode != contract.MODE_EXPLAIN:
+        if mode != contract.MODE_EXPLAIN:
             feeds[contract.MODE_INPUT] = np.array(mode, dtype=np.int64)
-        names = list(dict.fromkeys(fetch))
+        names = list(fetch)
         return dict(zip(names, self.session.run(names, feeds), strict=True))
 
     def _predictions(self, out: dict[str, np.ndarray], k: int) -> list[list[Prediction]]:
@@ -252,9 +195,10 @@ class Explainer:
         """Explain images (paths or arrays); raises ``ImageError`` on an unreadable one.
 
         Keyword options: ``classes`` (None = top-1, an index or label name, or one per image),
-        ``topk`` (explain each of the top-k classes), ``layers`` (index, name, list or 'all'),
-        ``fuse`` (average the layers' maps), ``relu``, ``batch_size``, ``smooth_samples``,
-        ``smooth_noise``, ``seed``.
+        and ``ExplainOptions``' fields: ``topk`` (explain each of the top-k classes), ``layers``
+        (index, name, list or 'all'), ``fuse`` (average the layers' maps), ``relu``,
+        ``batch_size``, ``smooth_samples``, ``smooth_noise``, ``seed``, ``perturbation``,
+        ``keep_tensors``; and ``method_progress`` (see ``iter_explain``).
         """
         if isinstance(images, (str, os.PathLike, np.ndarray)):
             images = [images]
@@ -271,38 +215,40 @@ class Explainer:
         methods: str | Sequence[str] = "gradcam",
         *,
         classes: int | str | Sequence[int | str] | None = None,
-        topk: int = 1,
-        layers: int | str | Sequence[int | str] | None = None,
-        fuse: bool = False,
-        relu: bool = True,
-        batch_size: int = 8,
-        smooth_samples: int = 8,
-        smooth_noise: float = 0.15,
-        seed: int = 0,
-        perturbation: PerturbationOptions | None = None,
-        keep_tensors: bool = False,
+        topk: int = _DEFAULT.topk,
+        layers: LayerChoice = _DEFAULT.layers,
+        fuse: bool = _DEFAULT.fuse,
+        relu: bool = _DEFAULT.relu,
+        batch_size: int = _DEFAULT.batch_size,
+        smooth_samples: int = _DEFAULT.smooth_samples,
+        smooth_noise: float = _DEFAULT.smooth_noise,
+        seed: int = _DEFAULT.seed,
+        perturbation: PerturbationOptions | None = _DEFAULT.perturbation,
+        keep_tensors: bool = _DEFAULT.keep_tensors,
         progress: Callable[[int], None] | None = None,
         method_progress: Progress | None = None,
     ) -> Iterator[Explanation | Failure]:
-        """Like ``explain`` but yields a ``Failure`` for a bad input and goes on."""
-        if batch_size < 1:
-            raise MethodError("batch_size must be at least 1")
-        opts = self._options(
-            methods,
+        """Like ``explain`` but yields a ``Failure`` for a bad input and goes on.
+
+        The options are ``ExplainOptions``' fields (its defaults); ``progress(n)`` is called
+        after every n inputs, ``method_progress`` by the perturbation methods' scorer.
+        """
+        options = ExplainOptions(
             topk=topk,
             layers=layers,
             fuse=fuse,
             relu=relu,
+            batch_size=batch_size,
             smooth_samples=smooth_samples,
             smooth_noise=smooth_noise,
             seed=seed,
             perturbation=perturbation,
-            method_progress=method_progress,
             keep_tensors=keep_tensors,
         )
+        plan = self.plan(methods, options)
         per_image = None if classes is None or isinstance(classes, (int, str)) else list(classes)
         fixed = None if per_image is not None or classes is None else self.info.class_index(classes)
-        batch: list[_Item] = []
+        batch: list[BatchInput] = []
         for i, src in enumerate(sources):
             try:
                 name, img = self.load(src)
@@ -312,14 +258,16 @@ class Explainer:
                     progress(1)
                 yield Failure(str(src) if not isinstance(src, np.ndarray) else "<array>", str(e))
                 continue
-            batch.append(_Item(name, img, cls, img.shape[:2]))
+            batch.append(BatchInput(name, img, cls, img.shape[:2]))
             if len(batch) == batch_size:
-                yield from self._explain_batch(self._preprocess(batch), batch, opts)
+                yield from self._explain_batch(
+                    self._preprocess(batch), batch, plan, method_progress
+                )
                 if progress:
                     progress(len(batch))
                 batch = []
         if batch:
-            yield from self._explain_batch(self._preprocess(batch), batch, opts)
+            yield from self._explain_batch(self._preprocess(batch), batch, plan, method_progress)
             if progress:
                 progress(len(batch))
 
@@ -333,51 +281,37 @@ class Explainer:
         """
         spec = self.info.input
         x = np.ascontiguousarray(x, dtype=np.float32)
-        items = [
-            _Item(f"<tensor {i}>", None, None, (spec.height, spec.width)) for i in range(len(x))
-        ]
+        size = (spec.height, spec.width)
         classes = kw.pop("classes", None)
-        if classes is not None:
-            per = [classes] * len(x) if isinstance(classes, (int, str)) else list(classes)
-            items = [
-                _Item(it.name, None, self.info.class_index(c), it.size)
-                for it, c in zip(items, per, strict=True)
-            ]
-        return self._explain_batch(x, items, self._options(methods, **kw))
+        per = [None] * len(x) if classes is None else classes
+        if isinstance(per, (int, str)):
+            per = [per] * len(x)
+        items = [
+            BatchInput(f"<tensor {i}>", None, None if c is None else self.info.class_index(c), size)
+            for i, c in zip(range(len(x)), per, strict=True)
+        ]
+        progress = kw.pop("method_progress", None)
+        return self._explain_batch(x, items, self.plan(methods, ExplainOptions(**kw)), progress)
 
-    def _preprocess(self, batch: list[_Item]) -> np.ndarray:
+    def _preprocess(self, batch: list[BatchInput]) -> np.ndarray:
         return preprocess([it.image for it in batch], self.info.input)
 
     def _explain_batch(
-        self, x: np.ndarray, batch: list[_Item], opts: _RunOptions
+        self,
+        x: np.ndarray,
+        batch: list[BatchInput],
+        plan: Plan,
+        progress: Progress | None = None,
     ) -> list[Explanation]:
-        info = self.info
+        info, opts = self.info, plan.options
         given = [it.cls for it in batch]
         cls = (
             None
             if all(c is None for c in given)
             else np.array([-1 if c is None else c for c in given])
         )
-        host = [m for m in opts.methods if not self._graph_heatmaps(m, opts)]
-        needs = {n for m in host for n in METHODS[m].needs}
-        from_graph = [h for m in opts.methods for h in self._graph_heatmaps(m, opts)]
-        if from_graph:
-            needs.add("gradients")  # the heatmaps live in the gradient branch (mode 0)
-        if opts.keep_tensors:
-            host = host or ["keep"]  # fetch the raw tensors even when every map is in-graph
-            needs |= {"activations", "gradients"}
-        predicting = self._predicting
-        fetch = [
-            *predicting,
-            contract.CLASS_OUTPUT,
-            *self._fetch_for(needs - {"gradients"} if not host else needs, opts.targets),
-            *from_graph,
-            *([t.cam_weight for t in opts.targets if t.cam_weight] if opts.keep_tensors else []),
-        ]
-        # no gradient needed → skip the gradient subgraph (graph contract v2 mode input)
-        mode = contract.MODE_EXPLAIN if "gradients" in needs else contract.MODE_FORWARD
         t0 = time.perf_counter()
-        out = self._run(x, cls, fetch, mode)
+        out = self._run(x, cls, plan.fetch, plan.mode)
         seconds = time.perf_counter() - t0
         k = max(opts.topk, 5)
         preds = self._predictions(out, k)
@@ -386,17 +320,15 @@ class Explainer:
             reps = np.array([[p.index for p in ps[1 : opts.topk]] for ps in preds])  # [B, k-1]
             xr = np.repeat(x, opts.topk - 1, axis=0)
             t0 = time.perf_counter()
-            more = self._run(xr, reps.reshape(-1), fetch[len(predicting) :], mode)
+            more = self._run(xr, reps.reshape(-1), plan.rerun_fetch, plan.mode)
             dt = time.perf_counter() - t0
             for r in range(opts.topk - 1):
                 sel = {n: v[r :: opts.topk - 1] for n, v in more.items()}
                 rounds.append((sel, reps[:, r], dt / (opts.topk - 1)))
         results = []
         for arrays, explained, secs in rounds:
-            noisy = None
-            if "noisy_gradients" in needs:
-                noisy = self._noisy_gradients(x, explained, opts)
-            maps = self._maps(arrays, noisy, opts, batch, x, explained)
+            noisy = self._noisy_gradients(x, explained, plan) if plan.noisy else None
+            maps = self._maps(arrays, noisy, plan, batch, x, explained, progress)
             for i, it in enumerate(batch):
                 c = int(explained[i])
                 logits = out[info.logits_output][i]
@@ -413,79 +345,20 @@ class Explainer:
                     Explanation(
                         it.name,
                         it.image,
-                        preds[i][: max(opts.topk, 5)],
+                        preds[i][:k],
                         target,
                         {m: v[i] for m, v in maps.items()},
                         secs / len(batch),
-                        self._tensors_of(arrays, opts, i) if opts.keep_tensors else {},
+                        {n: arrays[n][i : i + 1] for n in plan.keep} if plan.keep else {},
                     )
                 )
         # image-major order: each image's classes together
         n = len(batch)
         return [results[r * n + i] for i in range(n) for r in range(len(rounds))]
 
-    @staticmethod
-    def _tensors_of(arrays: dict, opts: _RunOptions, i: int) -> dict[str, np.ndarray]:
-        """Image i's raw activations / gradients / CAM weights, keyed by output name."""
-        names = [n for t in opts.targets for n in (t.activation, t.gradient, t.cam_weight) if n]
-        return {n: arrays[n][i : i + 1] for n in names if n in arrays}
-
-    def _options(
-        self,
-        methods,
-        *,
-        topk=1,
-        layers=None,
-        fuse=False,
-        relu=True,
-        smooth_samples=8,
-        smooth_noise=0.15,
-        seed=0,
-        perturbation=None,
-        method_progress=None,
-        keep_tensors=False,
-    ) -> _RunOptions:
-        if topk < 1 or smooth_samples < 1:
-            raise MethodError("topk and smooth_samples must be at least 1")
-        names = resolve_methods(methods, self.info.has_cam_weights)
-        return _RunOptions(
-            names,
-            self.layers(layers),
-            fuse,
-            relu,
-            smooth_samples,
-            smooth_noise,
-            seed,
-            topk,
-            perturbation or PerturbationOptions(seed=seed),
-            method_progress,
-            keep_tensors,
-        )
-
-    def _graph_heatmaps(self, m: str, opts: _RunOptions) -> list[str]:
-        """In-graph heatmap outputs that can stand in for method ``m`` (else [])."""
-        if not opts.relu or (opts.fuse and len(opts.targets) > 1):
-            return []
-        names = [t.heatmaps.get(m) for t in opts.targets if t.heatmap_size == "input"]
-        return names if len(names) == len(opts.targets) and all(names) else []
-
-    def _fetch_for(self, needs: set[str], targets: list[TargetLayer]) -> list[str]:
-        names = []
-        for t in targets:
-            if needs & {"activations", "noisy_gradients", "perturbation"}:
-                names.append(t.activation)
-            if "gradients" in needs:
-                names.append(t.gradient)
-            if "cam_weights" in needs:
-                if not t.cam_weight:
-                    raise MethodError(
-                        f"CAM needs a GAP → Linear head after layer {t.name!r}; use gradcam"
-                    )
-                names.append(t.cam_weight)
-        return names
-
-    def _noisy_gradients(self, x: np.ndarray, cls: np.ndarray, opts: _RunOptions) -> dict:
+    def _noisy_gradients(self, x: np.ndarray, cls: np.ndarray, plan: Plan) -> dict:
         """Gradients of n noisy copies per image in one batched run: {name: [B, n, ...]}."""
+        opts = plan.options
         n = opts.smooth_samples
         noise = [  # keyed by each image's content: its map does not depend on its batch
             image_rng(opts.seed, xi).normal(size=(n, *x.shape[1:])).astype(np.float32)
@@ -493,90 +366,102 @@ class Explainer:
             for xi in x
         ]
         xs = np.repeat(x, n, axis=0) + np.concatenate(noise)
-        names = [t.gradient for t in opts.targets]
-        out = self._run(xs, np.repeat(cls, n), names)
+        out = self._run(xs, np.repeat(cls, n), plan.noisy)
         return {k: v.reshape(len(x), n, *v.shape[1:]) for k, v in out.items()}
 
     def _maps(
-        self, arrays: dict, noisy: dict | None, opts: _RunOptions, batch, x, classes
+        self,
+        arrays: dict[str, np.ndarray],
+        noisy: dict[str, np.ndarray] | None,
+        plan: Plan,
+        batch: list[BatchInput],
+        x: np.ndarray,
+        classes: np.ndarray,
+        progress: Progress | None,
     ) -> dict[str, list[CamMap]]:
         """Every requested method on every target layer (fused when asked) → per-image maps."""
         spec = self.info.input
+        size = (spec.height, spec.width)
         sizes = [it.size for it in batch]
+        opts = plan.options
+        terms: dict[int, Terms] = {}  # per target layer, shared by the methods
         result: dict[str, list[CamMap]] = {}
-        for m in opts.methods:
-            s = METHODS[m]
+        for call in plan.calls:
             per_layer = []
             t0 = time.perf_counter()
-            graph = self._graph_heatmaps(m, opts)
-            for t in opts.targets:
-                if graph:  # computed inside the model (export --heatmaps): take it as is
-                    feat = arrays[t.heatmaps[m]]
+            for k, (t, li) in enumerate(zip(plan.targets, plan.inputs, strict=True)):
+                if call.graph:  # computed inside the model (export --heatmaps): take it as is
+                    feat = arrays[call.graph[k]]
                     per_layer.append((t, feat, feat))
                     continue
-                if s.family == "perturbation":
-                    kwargs = [self._perturbation_inputs(m, t, arrays, x, classes, opts)]
+                if call.scored:
+                    arg = self._perturbation_inputs(call, li, arrays, x, classes, plan, progress)
                 else:
-                    kwargs = self._method_inputs(s.needs, t, arrays, noisy)
-                raw = np.asarray(s.fn(*kwargs), dtype=np.float32)
+                    if k not in terms:
+                        terms[k] = _terms(li, arrays, noisy)
+                    arg = terms[k]
+                raw = np.asarray(call.spec.formula(arg), dtype=np.float32)
                 feat = postprocess.normalize(postprocess.relu(raw) if opts.relu else raw)
                 per_layer.append((t, raw, feat))
             if opts.fuse and len(per_layer) > 1:  # pytorch-grad-cam's multi-layer aggregation
-                up = np.stack(
-                    [postprocess.resize(f, spec.height, spec.width) for _, _, f in per_layer]
-                )
+                up = np.stack([postprocess.resize(f, *size) for _, _, f in per_layer])
                 feat = postprocess.normalize(up.mean(axis=0))
                 per_layer = [(None, feat, feat)]
             dt = (time.perf_counter() - t0) / len(batch)
+            m = call.name
             for t, raw, feat in per_layer:
                 key = m if t is None or len(per_layer) == 1 else f"{m}@{t.name}"
                 layer = "fused" if t is None else t.name
                 result[key] = [
-                    CamMap(m, layer, raw[i], feat[i], (spec.height, spec.width), sizes[i], dt)
-                    for i in range(len(batch))
+                    CamMap(m, layer, raw[i], feat[i], size, sizes[i], dt) for i in range(len(batch))
                 ]
         return result
 
-    def _perturbation_inputs(self, m, t, arrays, x, classes, opts) -> PerturbationInputs:
-        A = arrays.get(t.activation)
-        if A is not None and t.layout == contract.LAYOUT_NHWC:
-            A = A.transpose(0, 3, 1, 2)
+    def _perturbation_inputs(
+        self,
+        call: MethodCall,
+        li: LayerInputs,
+        arrays: dict[str, np.ndarray],
+        x: np.ndarray,
+        classes: np.ndarray,
+        plan: Plan,
+        progress: Progress | None,
+    ) -> PerturbationInputs:
+        t = li.layer
+        A = t.layout.to_nchw(arrays[li.activation]) if li.activation else None
         scorer = Scorer(
             lambda feeds, names: self.session.run(names, feeds),
             self.info,
-            opts.perturbation.batch_size,
-            opts.method_progress,
-            m,
+            plan.perturbation.batch_size,
+            progress,
+            call.name,
         )
-        nchw = self.info.input.layout == contract.LAYOUT_NCHW
-        return PerturbationInputs(x, A, np.asarray(classes), t, scorer, opts.perturbation, nchw)
+        layout = self.info.input.layout
+        return PerturbationInputs(x, A, np.asarray(classes), t, scorer, plan.perturbation, layout)
 
-    @staticmethod
-    def _method_inputs(needs, t: TargetLayer, arrays: dict, noisy: dict | None) -> list[np.ndarray]:
-        nhwc = t.layout == contract.LAYOUT_NHWC
 
-        def nchw(a: np.ndarray) -> np.ndarray:
-            return a.transpose(0, 3, 1, 2) if nhwc else a
-
-        args = []
-        for need in needs:
-            if need == "activations":
-                args.append(nchw(arrays[t.activation]))
-            elif need == "gradients":
-                G = nchw(arrays[t.gradient])
-                # proven equal at every position: per channel ([B, C, 1, 1]), see methods._pooled
-                args.append(G[:, :, :1, :1] if t.gradient_pooled else G)
-            elif need == "cam_weights":
-                args.append(arrays[t.cam_weight])
-            elif need == "noisy_gradients":
-                g = noisy[t.gradient]
-                args.append(g.transpose(0, 1, 4, 2, 3) if nhwc else g)
-        return args
+def _terms(li: LayerInputs, arrays: dict[str, np.ndarray], noisy: dict | None) -> Terms:
+    """One target layer's ``Terms`` (NCHW) from a run's outputs."""
+    layout = li.layer.layout
+    perm = layout.to_nchw_perm  # [B, (layout)] → [B, C, h, w] (a view)
+    A = G = w = Gs = None
+    if li.activation:
+        A = arrays[li.activation].transpose(perm)
+    if li.gradient:
+        G = arrays[li.gradient].transpose(perm)
+        if li.pooled:  # proven equal at every position: per channel [B, C, 1, 1] (see Terms)
+            G = G[:, :, :1, :1]
+    if li.cam_weight:
+        w = arrays[li.cam_weight]
+    if noisy is not None:
+        Gs = layout.to_nchw(noisy[li.layer.gradient])  # [B, n, C, h, w]
+    return Terms(A, G, w, Gs)
 
 
 @dataclass(frozen=True)
-class _Item:
-    """One input of a batch: its name, original image (or None), class and original size."""
+class BatchInput:
+    """One input of a batch: its name, original image (None for a tensor), the class to
+    explain (None: the top-1) and its original size."""
 
     name: str
     image: np.ndarray | None
@@ -584,16 +469,12 @@ class _Item:
     size: tuple[int, int]
 
 
-@dataclass(frozen=True)
-class _RunOptions:
-    methods: list[str]
-    targets: list[TargetLayer]
-    fuse: bool
-    relu: bool
-    smooth_samples: int
-    smooth_noise: float
-    seed: int
-    topk: int
-    perturbation: PerturbationOptions
-    method_progress: Progress | None
-    keep_tensors: bool = False
+__all__ = [  # the result types live in onnxcam.results (re-exported here)
+    "CamMap",
+    "ExplainOptions",
+    "Explainer",
+    "Explanation",
+    "Failure",
+    "Plan",
+    "Prediction",
+]

@@ -17,16 +17,21 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
-from . import metrics as M  # noqa: N812
-from .engine import Explainer, Failure
+from . import metrics
 from .errors import OnnxcamError
 from .image import preprocess, read_image
 from .localize import boxes_from_map, boxes_mask, energy_pointing, iou_boxes, pointing_hit
-from .perturbation import PerturbationOptions, Scorer
+from .perturbation import PerturbationOptions
+from .results import Failure
+from .scoring import Scorer
+
+if TYPE_CHECKING:
+    from .engine import Explainer
 
 RANDOM = "random"
 
@@ -125,7 +130,7 @@ def evaluate(
     """Evaluate ``methods`` (and the random baseline) on every image of ``files``."""
     o = options or EvalOptions()
     info = explainer.info
-    nchw = info.input.layout == "NCHW"
+    layout = info.input.layout
     scorer = Scorer(lambda feeds, names: explainer.session.run(names, feeds), info, o.batch_size)
     rows, failures = [], []
     curves: dict[str, dict[str, list]] = {}
@@ -146,24 +151,24 @@ def evaluate(
         maps = {m: (r.maps[m].input, r.maps[m].original) for m in r.maps}
         grid = next(iter(r.maps.values())).feature.shape if r.maps else (7, 7)
         maps[RANDOM] = (
-            M.random_map((info.input.height, info.input.width), o.seed, x, grid),
-            M.random_map(img.shape[:2], o.seed, x, grid),
+            metrics.random_map((info.input.height, info.input.width), o.seed, x, grid),
+            metrics.random_map(img.shape[:2], o.seed, x, grid),
         )
         for m, (m_in, m_orig) in maps.items():
             row: dict = {"image": str(path), "method": m, "class": c, "label": r.target.label}
-            y, out = M.confidence_change(scorer, x, m_in[None], np.array([c]), nchw)
+            y, out = metrics.confidence_change(scorer, x, m_in[None], np.array([c]), layout)
             row["drop"] = float(max(0.0, y[0] - out[0]) / (y[0] + 1e-7))
             row["increase"] = float(out[0] > y[0])
             for mode in ("deletion", "insertion"):
                 for base in o.baselines:
-                    cv = M.deletion_insertion(
-                        scorer, x, m_in, c, mode, o.steps, base, nchw, o.batch_size
+                    cv = metrics.deletion_insertion(
+                        scorer, x, m_in, c, mode, o.steps, base, layout, o.batch_size
                     )
                     row[f"{mode}_{base}"] = cv.auc
                     curves.setdefault(m, {}).setdefault(f"{mode}_{base}", []).append(cv.scores)
             if o.road:
                 for order in ("morf", "lerf"):
-                    rc = M.road(scorer, x, m_in, c, order, nchw=nchw, seed=o.seed)
+                    rc = metrics.road(scorer, x, m_in, c, order, layout=layout, seed=o.seed)
                     row[f"road_{order}"] = float(rc.scores[1:].mean())
             if target_mask is not None:
                 row["pointing"] = float(pointing_hit(m_orig, target_mask, o.pointing_tolerance))

@@ -10,10 +10,14 @@ import cv2
 import cv2.utils.logging
 import numpy as np
 
+from .contract import LAYOUTS, NHWC, InputSpec
 from .errors import ImageError
 
 # onnxcam reports unreadable images itself, on one line: keep OpenCV's own log quiet
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+
+_FROM_NHWC = {lay: tuple(NHWC.to_nchw_perm[i] for i in lay.from_nchw_perm) for lay in LAYOUTS}
+"""Layout → the axis order that turns an NHWC batch (as ``preprocess`` builds it) into it."""
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
@@ -89,11 +93,11 @@ def as_rgb_array(image: np.ndarray) -> np.ndarray:
     return f
 
 
-def preprocess(images: Sequence[np.ndarray], spec) -> np.ndarray:
+def preprocess(images: Sequence[np.ndarray], spec: InputSpec) -> np.ndarray:
     """RGB float images → the model's input batch per the recorded spec.
 
     Each image is resized (bilinear; area when shrinking) to the model size, converted to the
-    model's colour order, then ``(pixel · scale − mean) / std``, in NCHW or NHWC.
+    model's colour order, then ``(pixel · scale − mean) / std``, in the spec's layout.
     """
     h, w = spec.height, spec.width
     batch = np.empty((len(images), h, w, spec.channels), dtype=np.float32)
@@ -108,9 +112,7 @@ def preprocess(images: Sequence[np.ndarray], spec) -> np.ndarray:
         elif spec.color == "GRAY":
             r = (r @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
         batch[i] = (r * spec.scale - mean) / std
-    if spec.layout == "NCHW":
-        return np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
-    return batch
+    return np.ascontiguousarray(batch.transpose(_FROM_NHWC[spec.layout]))
 
 
 def list_images(paths: Iterable[str | os.PathLike], recursive: bool = False) -> list[Path]:

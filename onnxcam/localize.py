@@ -14,7 +14,8 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Box:
-    """An axis-aligned box with the map's mean value inside it as a score."""
+    """An axis-aligned box with the map's mean value inside it as a score (the C library's
+    boxes, with their component's area, are ``onnxcam.cpp.ComponentBox``)."""
 
     x0: int
     y0: int

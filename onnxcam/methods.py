@@ -1,101 +1,61 @@
-"""CAM methods: one function each, registered in ``METHODS`` with what it needs.
+"""The host CAM methods: one formula each, registered in ``METHODS`` with what it needs.
 
-Every function returns *raw* maps ``[batch, h, w]`` (before ReLU and normalisation, which
-``postprocess`` applies once for all methods). Inputs are NCHW: ``A`` the target layer's
-activations, ``G`` the gradients of the explained class score with respect to them
-(``dScore/dA``), ``w`` the explained class's classifier row ``[batch, C]``, ``Gs`` gradients of
-noisy copies ``[batch, n, C, h, w]``.
+Every method returns *raw* maps ``[batch, h, w]`` (before ReLU and normalisation, which
+``postprocess`` applies once for all methods). A body is the formula only, written on the
+layer's ``Terms`` (``onnxcam.terms``: NCHW arrays, shared terms, the GAP shortcut): ``t.A`` the
+target layer's activations, ``t.G`` the gradients of the explained class score with respect to
+them (``dScore/dA``), ``t.w`` the explained class's classifier row ``[batch, C]``, ``t.Gs``
+gradients of noisy copies ``[batch, n, C, h, w]``. The module-level functions take those
+arrays positionally, in ``needs`` order: ``gradcam(A, G)``.
 
-``MethodSpec.needs`` names the inputs (``activations``, ``gradients``, ``cam_weights``,
-``noisy_gradients``); the engine fetches only what the requested methods need, and the CLI's
-``--method`` choices are this registry's keys.
+The registry itself is ``onnxcam.registry``; the perturbation family registers from
+``onnxcam.perturbation``. ``METHODS`` and ``resolve_methods`` imported from here come with both
+families registered, and the CLI's ``--method`` choices are ``METHODS``' keys.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import MethodError
+from . import registry
+from .registry import MethodSpec, method
+from .terms import Terms
 
 
-@dataclass(frozen=True)
-class MethodSpec:
-    """A registered method: its function, the inputs it needs, and its family."""
+def _host_method(name: str, needs: tuple[str, ...], family: str, paper: str):
+    """Register a formula on ``Terms``; the decorated name becomes its array-level function
+    (``gradcam(A, G)``, as ``METHODS[name].fn``)."""
 
-    fn: Callable[..., np.ndarray]
-    needs: tuple[str, ...]
-    family: str
-    """gradient | activation | classifier | sampling | perturbation"""
-    paper: str
+    def register(formula: Callable[[Terms], np.ndarray]) -> Callable[..., np.ndarray]:
+        @functools.wraps(formula)
+        def on_arrays(*arrays: np.ndarray) -> np.ndarray:
+            return formula(Terms.of(needs, arrays))
 
-
-METHODS: dict[str, MethodSpec] = {}
-
-
-def method(name: str, needs: tuple[str, ...], family: str, paper: str):
-    """Register ``fn`` under ``name``."""
-
-    def register(fn: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
-        METHODS[name] = MethodSpec(fn, needs, family, paper)
-        return fn
+        return method(name, needs, family, paper, formula=formula)(on_arrays)
 
     return register
 
 
-def _weighted_sum(weights: np.ndarray, A: np.ndarray) -> np.ndarray:
-    """Σ_c weights[b, c] · A[b, c, :, :] (a batched mat-vec product)."""
-    b, c, h, w = A.shape
-    return np.matmul(weights[:, None, :], A.reshape(b, c, h * w)).reshape(b, h, w)
-
-
-def _spatial_sum(X: np.ndarray) -> np.ndarray:
-    """Σ_ij X[b, c, i, j] → [b, c], as a BLAS product with a vector of ones (5x faster than
-    ``X.sum(axis=(2, 3))`` for 7×7 maps)."""
-    b, c, h, w = X.shape
-    return X.reshape(b, c, h * w) @ np.ones(h * w, dtype=X.dtype)
-
-
-def _channel_sum(X: np.ndarray) -> np.ndarray:
-    """Σ_c X[b, c, i, j] → [b, h, w] (a product with a vector of ones)."""
-    b, c, h, w = X.shape
-    return (np.ones(c, dtype=X.dtype) @ X.reshape(b, c, h * w)).reshape(b, h, w)
-
-
-def _pooled(G: np.ndarray) -> bool:
-    """True when G is per channel ([B, C, 1, 1]): the engine passes gradients that way when
-    the exporter proved them the same at every position (``TargetLayer.gradient_pooled``, a
-    layer that feeds a global average pool). Each method then works on C numbers — the same
-    maps, computed without position-wise passes."""
-    return G.shape[2:] == (1, 1)
-
-
-def _sum_over_positions(term: np.ndarray, A: np.ndarray) -> np.ndarray:
-    """Σ_ij of a [B, C, h, w] term, or of a per-channel term broadcast over A's h·w positions."""
-    if _pooled(term):
-        return term[:, :, 0, 0] * np.float32(A.shape[2] * A.shape[3])
-    return _spatial_sum(term)
-
-
-@method("cam", ("activations", "cam_weights"), "classifier", "arXiv:1512.04150")
-def cam(A: np.ndarray, w: np.ndarray) -> np.ndarray:
+@_host_method("cam", ("activations", "cam_weights"), "classifier", "arXiv:1512.04150")
+def cam(t: Terms) -> np.ndarray:
     """CAM (Zhou et al. 2016): L = Σ_c w_c^k A_c, with w^k the classifier row of class k.
 
     Needs a GAP → Linear head (the exporter then outputs ``onnxcam_cam_weight_k``).
     """
-    return _weighted_sum(w, A)
+    return t.weighted_sum(t.w)
 
 
-@method("gradcam", ("activations", "gradients"), "gradient", "arXiv:1610.02391")
-def gradcam(A: np.ndarray, G: np.ndarray) -> np.ndarray:
+@_host_method("gradcam", ("activations", "gradients"), "gradient", "arXiv:1610.02391")
+def gradcam(t: Terms) -> np.ndarray:
     """Grad-CAM (Selvaraju et al. 2017): α_c = mean_ij G_cij;  L = Σ_c α_c A_c."""
-    return _weighted_sum(_spatial_sum(G) / np.float32(G.shape[2] * G.shape[3]), A)
+    return t.weighted_sum(t.mean_g)
 
 
-@method("gradcam++", ("activations", "gradients"), "gradient", "arXiv:1710.11063")
-def gradcam_plusplus(A: np.ndarray, G: np.ndarray) -> np.ndarray:
+@_host_method("gradcam++", ("activations", "gradients"), "gradient", "arXiv:1710.11063")
+def gradcam_plusplus(t: Terms) -> np.ndarray:
     """Grad-CAM++ (Chattopadhyay et al. 2018), closed form with first-order gradients.
 
     a_cij = G² / (2G² + Σ_ab A_cab · G³);  α_c = Σ_ij a_cij · ReLU(G_cij);
@@ -103,43 +63,35 @@ def gradcam_plusplus(A: np.ndarray, G: np.ndarray) -> np.ndarray:
     """
     # a·ReLU(G) written in r = ReLU(G): the same wherever G > 0 and exactly 0 elsewhere (the
     # usual np.where(G != 0, a, 0) still gives inf·0 = NaN where 2G² + ΣA·G³ vanishes, G < 0)
-    r = np.maximum(G, 0)
+    r = t.relu_g
     r2 = r * r
     r3 = r2 * r
-    denom = 2 * r2 + _spatial_sum(A)[:, :, None, None] * r3 + np.float32(1e-6)
-    return _weighted_sum(_sum_over_positions(r3 / denom, A), A)
+    denom = 2 * r2 + t.sum_a[:, :, None, None] * r3 + np.float32(1e-6)
+    return t.weighted_sum(t.position_sum(r3 / denom))
 
 
-@method("xgradcam", ("activations", "gradients"), "gradient", "arXiv:2008.02312")
-def xgradcam(A: np.ndarray, G: np.ndarray) -> np.ndarray:
+@_host_method("xgradcam", ("activations", "gradients"), "gradient", "arXiv:2008.02312")
+def xgradcam(t: Terms) -> np.ndarray:
     """XGrad-CAM (Fu et al. 2020): α_c = Σ_ij G_cij · A_cij / Σ_ij A_cij;  L = Σ_c α_c A_c."""
-    sum_a = _spatial_sum(A)
-    num = G[:, :, 0, 0] * sum_a if _pooled(G) else _spatial_sum(G * A)
-    return _weighted_sum(num / (sum_a + np.float32(1e-7)), A)
+    return t.weighted_sum(t.sum_ga / (t.sum_a + np.float32(1e-7)))
 
 
-@method("layercam", ("activations", "gradients"), "gradient", "arXiv:2107.07624")
-def layercam(A: np.ndarray, G: np.ndarray) -> np.ndarray:
+@_host_method("layercam", ("activations", "gradients"), "gradient", "arXiv:2107.07624")
+def layercam(t: Terms) -> np.ndarray:
     """Layer-CAM (Jiang et al. 2021): L = Σ_c ReLU(G_c) ⊙ A_c (element-wise weights)."""
-    if _pooled(G):
-        return _weighted_sum(np.maximum(G[:, :, 0, 0], 0), A)
-    return _channel_sum(np.maximum(G, 0) * A)
+    return t.product_sum(t.relu_g)
 
 
-@method("hirescam", ("activations", "gradients"), "gradient", "arXiv:2011.08891")
-def hirescam(A: np.ndarray, G: np.ndarray) -> np.ndarray:
+@_host_method("hirescam", ("activations", "gradients"), "gradient", "arXiv:2011.08891")
+def hirescam(t: Terms) -> np.ndarray:
     """HiResCAM (Draelos & Carin 2020): L = Σ_c G_c ⊙ A_c (no spatial averaging)."""
-    if _pooled(G):
-        return _weighted_sum(G[:, :, 0, 0], A)
-    return _channel_sum(G * A)
+    return t.product_sum(t.G)
 
 
-@method("gradcam-elementwise", ("activations", "gradients"), "gradient", "arXiv:2011.08891")
-def gradcam_elementwise(A: np.ndarray, G: np.ndarray) -> np.ndarray:
+@_host_method("gradcam-elementwise", ("activations", "gradients"), "gradient", "arXiv:2011.08891")
+def gradcam_elementwise(t: Terms) -> np.ndarray:
     """Element-wise Grad-CAM (pytorch-grad-cam's GradCAMElementWise): L = Σ_c ReLU(G_c ⊙ A_c)."""
-    if _pooled(G) and A.min() >= 0:  # ReLU(g_c·A_c) = ReLU(g_c)·A_c: one weighted sum
-        return _weighted_sum(np.maximum(G[:, :, 0, 0], 0), A)
-    return _channel_sum(np.maximum(G * A, 0))
+    return t.relu_product_sum(t.G)
 
 
 def _top_eigenpair(S: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -199,61 +151,62 @@ def _first_component(X: np.ndarray) -> np.ndarray:
     return proj.reshape(b, h, w).astype(np.float32)
 
 
-@method("eigencam", ("activations",), "activation", "arXiv:2008.00299")
-def eigencam(A: np.ndarray) -> np.ndarray:
+@_host_method("eigencam", ("activations",), "activation", "arXiv:2008.00299")
+def eigencam(t: Terms) -> np.ndarray:
     """Eigen-CAM (Muhammad & Yeasin 2020): first principal component of the activations.
 
     Class-agnostic (no gradients). ONNX has no eigen-solver: on the host this is ``eigvalsh``
     + inverse iteration; an ``--heatmaps`` export computes it in the graph by repeated
     squaring of the Gram matrix (``export/heatmaps.py``).
     """
-    return _first_component(A)
+    return _first_component(t.A)
 
 
-@method("eigengradcam", ("activations", "gradients"), "gradient", "arXiv:2008.00299")
-def eigengradcam(A: np.ndarray, G: np.ndarray) -> np.ndarray:
+@_host_method("eigengradcam", ("activations", "gradients"), "gradient", "arXiv:2008.00299")
+def eigengradcam(t: Terms) -> np.ndarray:
     """EigenGrad-CAM (pytorch-grad-cam): first principal component of G ⊙ A (class-specific)."""
-    return _first_component(G * A)
+    return _first_component(t.ga)
 
 
-@method("smoothgradcam++", ("activations", "noisy_gradients"), "sampling", "arXiv:1908.01224")
-def smoothgradcam_plusplus(A: np.ndarray, Gs: np.ndarray) -> np.ndarray:
+@_host_method("smoothgradcam++", ("activations", "noisy_gradients"), "sampling", "arXiv:1908.01224")
+def smoothgradcam_plusplus(t: Terms) -> np.ndarray:
     """Smooth Grad-CAM++ (Omeiza et al. 2019): Grad-CAM++ with gradients averaged over noise.
 
     With n noisy copies x + N(0, σ²) of each input and D_p = mean_m (G_m)^p:
     a_cij = D₂ / (2 D₂ + Σ_ab A_cab · D₃);  α_c = Σ_ij a_cij · ReLU(D₁);  L = Σ_c α_c A_c,
     where A are the clean input's activations.
     """
+    Gs = t.Gs
     d1, d2, d3 = Gs.mean(axis=1), (Gs**2).mean(axis=1), (Gs**3).mean(axis=1)
-    denom = 2 * d2 + A.sum(axis=(2, 3), keepdims=True) * d3 + 1e-6
+    denom = 2 * d2 + t.A.sum(axis=(2, 3), keepdims=True) * d3 + 1e-6
     a = np.where(d2 != 0, d2 / denom, 0.0)
-    return _weighted_sum((a * np.maximum(d1, 0)).sum(axis=(2, 3)), A)
+    return t.weighted_sum((a * np.maximum(d1, 0)).sum(axis=(2, 3)))
 
 
-def resolve_methods(names: str | list[str] | tuple[str, ...], has_cam_weights: bool) -> list[str]:
-    """'gradcam,layercam' | 'all' | list → registered method names (validated)."""
-    if isinstance(names, str):
-        names = [n.strip() for n in names.split(",") if n.strip()]
-    out: list[str] = []
-    for n in names:
-        key = n.lower()
-        if key == "all":
-            out += [
-                m
-                for m, s in METHODS.items()
-                if s.family != "perturbation" and (m != "cam" or has_cam_weights)
-            ]
-            continue
-        if key not in METHODS:
-            raise MethodError(f"unknown method {n!r}; choose from {', '.join(METHODS)} or all")
-        out.append(key)
-    if "cam" in out and not has_cam_weights:
-        raise MethodError(
-            "CAM needs a GAP → Linear classifier head directly after the target layer, and this "
-            "model's export has none (no onnxcam_cam_weight output); use gradcam instead"
-        )
-    return list(dict.fromkeys(out))
+def __getattr__(name: str):
+    """``METHODS`` and ``resolve_methods`` (PEP 562) with every family registered: the
+    perturbation family is imported on first use (it does not import this module)."""
+    if name in ("METHODS", "resolve_methods"):
+        from . import perturbation  # noqa: F401  (registers the perturbation family)
+
+        return getattr(registry, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-# the perturbation family registers itself in METHODS (kept in its own module)
-from . import perturbation as _perturbation  # noqa: E402, F401
+__all__ = [  # noqa: F822 (METHODS and resolve_methods come from __getattr__)
+    "METHODS",
+    "MethodSpec",
+    "Terms",
+    "cam",
+    "eigencam",
+    "eigengradcam",
+    "gradcam",
+    "gradcam_elementwise",
+    "gradcam_plusplus",
+    "hirescam",
+    "layercam",
+    "method",
+    "resolve_methods",
+    "smoothgradcam_plusplus",
+    "xgradcam",
+]

@@ -2,8 +2,9 @@
 
 Every perturbed input is scored with ``onnxcam_mode = 1`` (no gradients) by the same ``Scorer``
 the perturbation methods use. Maps are at the model-input resolution ([H, W], values in [0, 1]);
-``x`` is the model input of one image ([1, ...], already normalised), so "zero" means the
-dataset mean. Definitions and references: docs/evaluation.md.
+``x`` is the model input of one image ([1, ...], already normalised, in the model input's
+``layout``: NCHW by default), so "zero" means the dataset mean. Definitions and references:
+docs/evaluation.md.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .perturbation import Scorer, image_rng
+from .contract import NCHW, NHWC, Layout
+from .scoring import Scorer, image_rng
 
 
 @dataclass
@@ -30,27 +32,40 @@ class Curve:
         return float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2))
 
 
-def _hw(x: np.ndarray, nchw: bool) -> tuple[int, int]:
-    return (x.shape[2], x.shape[3]) if nchw else (x.shape[1], x.shape[2])
+def _layout(layout: Layout, nchw: bool | None) -> Layout:
+    """``layout``, or the one the older ``nchw=`` keyword names."""
+    return layout if nchw is None else (NCHW if nchw else NHWC)
 
 
-def _expand(mask: np.ndarray, nchw: bool) -> np.ndarray:
-    """[n, H, W] mask → broadcastable against [n, ...] inputs."""
-    return mask[:, None] if nchw else mask[..., None]
+def _channels_last(x: np.ndarray, layout: Layout) -> np.ndarray:
+    """[..., layout] → [..., H, W, C] (a view), the layout OpenCV works in."""
+    return NHWC.from_nchw(layout.to_nchw(x))
+
+
+def _from_channels_last(x: np.ndarray, layout: Layout) -> np.ndarray:
+    """[..., H, W, C] → [..., layout] (a view)."""
+    return layout.from_nchw(NHWC.to_nchw(x))
 
 
 def confidence_change(
-    scorer: Scorer, x: np.ndarray, maps: np.ndarray, classes: np.ndarray, nchw: bool = True
+    scorer: Scorer,
+    x: np.ndarray,
+    maps: np.ndarray,
+    classes: np.ndarray,
+    layout: Layout = NCHW,
+    *,
+    nchw: bool | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(Y, O) per image: class probability of the input and of ``map ⊙ input``.
 
     Grad-CAM++ (arXiv:1710.11063) masks the input with the explanation; as torchcam and
     pytorch-grad-cam do, the product is taken on the normalised input tensor.
     """
+    layout = _layout(layout, nchw)
     ys, os_ = [], []
     for i in range(len(x)):
         c = int(classes[i])
-        both = np.concatenate([x[i : i + 1], x[i : i + 1] * _expand(maps[i : i + 1], nchw)])
+        both = np.concatenate([x[i : i + 1], x[i : i + 1] * layout.per_position(maps[i : i + 1])])
         p = scorer.images(iter([both.astype(np.float32)]), 2, c).prob
         ys.append(p[0])
         os_.append(p[1])
@@ -72,16 +87,19 @@ def _order(map01: np.ndarray) -> np.ndarray:
     return np.argsort(-np.asarray(map01, dtype=np.float64).ravel(), kind="stable")
 
 
-def baseline_input(x1: np.ndarray, kind: str, nchw: bool = True) -> np.ndarray:
+def baseline_input(
+    x1: np.ndarray, kind: str, layout: Layout = NCHW, *, nchw: bool | None = None
+) -> np.ndarray:
     """The "removed" version of an input: ``zero`` (the dataset mean) or ``blur`` (Gaussian,
     kernel 11, σ 5, as RISE's insertion)."""
+    layout = _layout(layout, nchw)
     if kind == "zero":
         return np.zeros_like(x1)
     if kind == "blur":
-        img = x1[0].transpose(1, 2, 0) if nchw else x1[0]
+        img = _channels_last(x1, layout)[0]
         b = cv2.GaussianBlur(np.ascontiguousarray(img), (11, 11), 5)
         b = b.reshape(img.shape)
-        return (b.transpose(2, 0, 1) if nchw else b)[None].astype(x1.dtype)
+        return _from_channels_last(b[None], layout).astype(x1.dtype)
     raise ValueError(f"unknown baseline {kind!r}: zero or blur")
 
 
@@ -93,8 +111,10 @@ def deletion_insertion(
     mode: str,
     steps: int = 50,
     baseline: str = "zero",
-    nchw: bool = True,
+    layout: Layout = NCHW,
     batch_size: int = 32,
+    *,
+    nchw: bool | None = None,
 ) -> Curve:
     """RISE's deletion / insertion curve (arXiv:1806.07421).
 
@@ -102,10 +122,11 @@ def deletion_insertion(
     time (lower AUC is better). ``insertion``: start from the baseline and put the most salient
     pixels back (higher AUC is better). The y value is the explained class's probability.
     """
-    h, w = _hw(x1, nchw)
+    layout = _layout(layout, nchw)
+    h, w = layout.spatial(x1.shape)
     n = h * w
     order = _order(map01)
-    base = baseline_input(x1, baseline, nchw)
+    base = baseline_input(x1, baseline, layout)
     counts = np.round(np.linspace(0, n, steps + 1)).astype(int)
 
     def batches():
@@ -114,7 +135,7 @@ def deletion_insertion(
             mask = np.zeros((len(chunk), n), dtype=np.float32)
             for j, k in enumerate(chunk):
                 mask[j, order[:k]] = 1.0
-            m = _expand(mask.reshape(len(chunk), h, w), nchw)
+            m = layout.per_position(mask.reshape(len(chunk), h, w))
             if mode == "deletion":
                 yield x1 * (1 - m) + base * m
             elif mode == "insertion":
@@ -185,26 +206,29 @@ def road(
     cls: int,
     order: str = "morf",
     percentiles: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9),
-    nchw: bool = True,
+    layout: Layout = NCHW,
     seed: int = 0,
+    *,
+    nchw: bool | None = None,
 ) -> Curve:
     """ROAD (Rong et al. 2022): remove the most (``morf``) or least (``lerf``) relevant share of
     pixels, impute them with noisy linear imputation, score. MoRF: lower is better; LeRF:
     higher is better. The curve's x are the removed shares (0 = the original image)."""
-    h, w = _hw(x1, nchw)
+    layout = _layout(layout, nchw)
+    h, w = layout.spatial(x1.shape)
     ranked = _order(map01)
     if order == "lerf":
         ranked = ranked[::-1]
     elif order != "morf":
         raise ValueError(f"unknown ROAD order {order!r}: morf or lerf")
-    img = x1[0].transpose(1, 2, 0) if nchw else x1[0]
+    img = _channels_last(x1, layout)[0]
     rng = image_rng(seed, x1)
     inputs = [x1]
     for p in percentiles:
         removed = np.zeros(h * w, dtype=bool)
         removed[ranked[: round(p * h * w)]] = True
         imp = noisy_linear_impute(img, removed.reshape(h, w), rng=rng)
-        inputs.append((imp.transpose(2, 0, 1) if nchw else imp)[None])
+        inputs.append(_from_channels_last(imp[None], layout))
     probs = scorer.images(iter([np.concatenate(inputs).astype(np.float32)]), len(inputs), cls).prob
     return Curve(np.asarray([0.0, *percentiles]), probs.astype(np.float64))
 

@@ -1,28 +1,26 @@
 """Perturbation CAMs: Score-CAM, SS-CAM, IS-CAM, Ablation-CAM and occlusion sensitivity.
 
-They all need many forward passes. One ``Scorer`` batches them through the model's single
-session: perturbed *images* run with ``onnxcam_mode = 1`` (the gradient subgraph is skipped),
-perturbed *activations* run through the target's head-only path with ``onnxcam_mode = 2`` (the
-layers before the target are not run at all). Each method is one function registered in
-``METHODS`` with ``needs=("perturbation",)`` and receives a ``PerturbationInputs``.
+They all need many forward passes. One ``Scorer`` (``onnxcam.scoring``) batches them through
+the model's single session: perturbed *images* run with ``onnxcam_mode = 1`` (the gradient
+subgraph is skipped), perturbed *activations* run through the target's head-only path with
+``onnxcam_mode = 2`` (the layers before the target are not run at all). Each method is one
+function registered in ``METHODS`` (``onnxcam.registry``) with ``needs=("perturbation",)``,
+outside ``all`` (``in_all=False``), and receives a ``PerturbationInputs``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-from . import contract
+from .contract import NCHW, Layout, TargetLayer
 from .errors import MethodError
-from .methods import method
 from .postprocess import interpolation_matrix
-
-Progress = Callable[[int, int, str], None]
-"""progress(done, total, label): called after every scored batch."""
+from .registry import method
+from .scoring import Progress, Scorer, Scores, image_rng
 
 
 @dataclass(frozen=True)
@@ -61,109 +59,30 @@ class PerturbationOptions:
             )
 
 
-def image_rng(seed: int, x: np.ndarray) -> np.random.Generator:
-    """A generator keyed by the seed and the image's content (batch-independent draws)."""
-    digest = zlib.crc32(np.ascontiguousarray(x, dtype=np.float32).tobytes())
-    return np.random.default_rng([seed, digest])
-
-
-@dataclass
-class Scores:
-    """Per scored input: the explained class's logit and probability."""
-
-    logit: np.ndarray
-    prob: np.ndarray
-
-
-@dataclass
-class Scorer:
-    """Batched "score these perturbed inputs" against one session."""
-
-    run: Callable[[dict, list[str]], list[np.ndarray]]
-    info: object
-    batch_size: int = 32
-    progress: Progress | None = None
-    label: str = ""
-    _done: int = field(default=0, init=False)
-
-    def _probs(self, logits: np.ndarray, cls: np.ndarray) -> np.ndarray:
-        return self.info.probabilities(logits)[np.arange(len(cls)), cls]
-
-    def images(self, batches: Iterator[np.ndarray], total: int, cls: int) -> Scores:
-        """Score perturbed model inputs (mode 1, no gradients); ``batches`` yields chunks."""
-        logits, probs = [], []
-        self._done = 0
-        for x in batches:
-            c = np.full(len(x), cls, dtype=np.int64)
-            feeds = {
-                self.info.input.name: x.astype(np.float32, copy=False),
-                contract.CLASS_INPUT: c,
-                contract.MODE_INPUT: np.array(contract.MODE_FORWARD, dtype=np.int64),
-            }
-            out, score = self.run(feeds, [self.info.logits_output, contract.SCORE_OUTPUT])
-            logits.append(score)
-            probs.append(self._probs(out, c))
-            self._tick(len(x), total)
-        return Scores(np.concatenate(logits), np.concatenate(probs))
-
-    def head(self, layer, acts: Iterator[np.ndarray], total: int, cls: int) -> Scores:
-        """Score perturbed activations of ``layer`` through its head only (mode 2)."""
-        if not getattr(layer, "head_input", None):
-            raise MethodError(
-                f"layer {layer.name!r} has no head-only path in this export "
-                f"({getattr(layer, 'head_note', None) or 're-export with this onnxcam version'})"
-            )
-        spec = self.info.input
-        shape = (
-            (1, spec.channels, spec.height, spec.width)
-            if spec.layout == contract.LAYOUT_NCHW
-            else (1, spec.height, spec.width, spec.channels)
-        )
-        dummy = np.zeros(shape, np.float32)  # the image branch is not what is scored here
-        logits, probs = [], []
-        self._done = 0
-        for a in acts:
-            feeds = {
-                spec.name: dummy,
-                contract.MODE_INPUT: np.array(contract.MODE_HEAD, dtype=np.int64),
-                layer.head_input: a.astype(np.float32, copy=False),
-            }
-            (rows,) = self.run(feeds, [layer.head_output])
-            c = np.full(len(a), cls, dtype=np.int64)
-            logits.append(rows[np.arange(len(a)), c])
-            probs.append(self._probs(rows, c))
-            self._tick(len(a), total)
-        return Scores(np.concatenate(logits), np.concatenate(probs))
-
-    def _tick(self, n: int, total: int) -> None:
-        self._done += n
-        if self.progress:
-            self.progress(self._done, total, self.label)
-
-
 @dataclass
 class PerturbationInputs:
     """What a perturbation method gets: per image, its model input, target activations and
     explained class, plus the scorer and the options."""
 
     x: np.ndarray
-    """[B, ...] model inputs (the model's layout)."""
-    A: np.ndarray
+    """[B, ...] model inputs (in ``layout``, the model input's)."""
+    A: np.ndarray | None
     """[B, C, h, w] target activations (NCHW), or None when not fetched."""
     classes: np.ndarray
-    layer: object
+    layer: TargetLayer
     scorer: Scorer
     options: PerturbationOptions
-    nchw: bool = True
+    layout: Layout = NCHW
+    """The model input's layout."""
 
     @property
     def hw(self) -> tuple[int, int]:
-        s = self.x.shape
-        return (s[2], s[3]) if self.nchw else (s[1], s[2])
+        """The model input's (H, W)."""
+        return self.layout.spatial(self.x.shape)
 
     def apply_mask(self, x1: np.ndarray, masks: np.ndarray) -> np.ndarray:
         """One image [1, ...] × masks [m, H, W] → [m, ...] (broadcast over channels)."""
-        return x1 * (masks[:, None] if self.nchw else masks[..., None]).astype(np.float32)
+        return x1 * self.layout.per_position(masks).astype(np.float32)
 
 
 def _chunks(n: int, size: int) -> Iterator[slice]:
@@ -299,14 +218,14 @@ def _score_family(
     return np.stack(out).astype(np.float32)
 
 
-@method("scorecam", ("perturbation",), "perturbation", "arXiv:1910.01279")
+@method("scorecam", ("perturbation",), "perturbation", "arXiv:1910.01279", in_all=False)
 def scorecam(p: PerturbationInputs) -> np.ndarray:
     """Score-CAM (Wang et al. 2020): w = softmax_c(f_c(x ⊙ M_k)), M_k = norm(up(A_k));
     L = Σ_k w_k A_k. Every channel by default (``scorecam_topk`` approximates)."""
     return _score_family(p, 1, lambda m, v, i: m, p.options.scorecam_convention, True)
 
 
-@method("sscam", ("perturbation",), "perturbation", "arXiv:2006.14255")
+@method("sscam", ("perturbation",), "perturbation", "arXiv:2006.14255", in_all=False)
 def sscam(p: PerturbationInputs) -> np.ndarray:
     """SS-CAM (Wang et al. 2020): Score-CAM with each mask smoothed by Gaussian noise,
     averaged over ``ss_samples`` draws (σ = ``ss_noise``, seeded); masks and noise follow
@@ -321,7 +240,7 @@ def sscam(p: PerturbationInputs) -> np.ndarray:
     return _score_family(p, p.options.ss_samples, noisy, "torchcam", False)
 
 
-@method("iscam", ("perturbation",), "perturbation", "arXiv:2010.03023")
+@method("iscam", ("perturbation",), "perturbation", "arXiv:2010.03023", in_all=False)
 def iscam(p: PerturbationInputs) -> np.ndarray:
     """IS-CAM (Naidu et al. 2020): Score-CAM with masks integrated over ``is_steps`` steps,
     step i scaling the mask by Σ_{j≤i} j/N (torchcam's ISCAM)."""
@@ -330,18 +249,24 @@ def iscam(p: PerturbationInputs) -> np.ndarray:
     return _score_family(p, n, lambda m, v, i: coeff[v] * m, "torchcam", True)
 
 
-@method("ablationcam", ("perturbation",), "perturbation", "WACV 2020 (Desai & Ramaswamy)")
+@method(
+    "ablationcam",
+    ("perturbation",),
+    "perturbation",
+    "WACV 2020 (Desai & Ramaswamy)",
+    in_all=False,
+)
 def ablationcam(p: PerturbationInputs) -> np.ndarray:
     """Ablation-CAM (Desai & Ramaswamy 2020): w_k = (y − y_k) / y, y_k the class score with
     channel k of the target activations set to 0; L = Σ_k w_k A_k. Runs only the target's
     head (graph contract v2 head-only path), never the layers before the target."""
     o = p.options
     out = []
-    layout_nhwc = p.layer.layout == contract.LAYOUT_NHWC
+    layout = p.layer.layout
     for i in range(len(p.A)):
         A1 = p.A[i]
         C = A1.shape[0]
-        feed1 = A1.transpose(1, 2, 0) if layout_nhwc else A1
+        feed1 = layout.from_nchw(A1)  # the head takes the layer's own layout
         # ablating an all-zero channel changes nothing: its weight is exactly 0, skip the run
         live = np.flatnonzero(np.abs(A1.reshape(C, -1)).max(axis=1) > 0)
 
@@ -349,10 +274,7 @@ def ablationcam(p: PerturbationInputs) -> np.ndarray:
             for s in _chunks(len(live), max(1, o.batch_size)):
                 ch = live[s]
                 a = np.repeat(feed1[None], len(ch), axis=0)
-                if layout_nhwc:
-                    a[np.arange(len(ch)), :, :, ch] = 0
-                else:
-                    a[np.arange(len(ch)), ch] = 0
+                layout.to_nchw(a)[np.arange(len(ch)), ch] = 0  # (a view: zeroes a's channels)
                 yield a
 
         cls = int(p.classes[i])
@@ -372,7 +294,14 @@ def _positions(n: int, patch: int, stride: int) -> list[int]:
     return pos
 
 
-@method("occlusion", ("perturbation",), "perturbation", "arXiv:1311.2901")
+@method(
+    "occlusion",
+    ("perturbation",),
+    "perturbation",
+    "arXiv:1311.2901",
+    in_all=False,
+    map_size="input",
+)
 def occlusion(p: PerturbationInputs) -> np.ndarray:
     """Occlusion sensitivity (Zeiler & Fergus 2014): slide a ``occlusion_patch`` square with
     ``occlusion_stride`` over the input, fill it with the baseline, and record the drop of the
@@ -399,11 +328,9 @@ def occlusion(p: PerturbationInputs) -> np.ndarray:
         def batches(x1=x1):
             for s in _chunks(len(spots), max(1, o.batch_size)):
                 b = np.repeat(x1[None], s.stop - s.start, axis=0)
+                view = p.layout.to_nchw(b)  # writes through to b
                 for j, (y, x) in enumerate(spots[s]):
-                    if p.nchw:
-                        b[j, :, y : y + ph, x : x + pw] = fill[:, None, None]
-                    else:
-                        b[j, y : y + ph, x : x + pw, :] = fill
+                    view[j, :, y : y + ph, x : x + pw] = fill[:, None, None]
                 yield b
 
         probs = p.scorer.images(batches(), len(spots), cls).prob
@@ -416,4 +343,11 @@ def occlusion(p: PerturbationInputs) -> np.ndarray:
     return np.stack(out).astype(np.float32)
 
 
-__all__ = ["PerturbationInputs", "PerturbationOptions", "Scorer", "Scores"]
+__all__ = [  # Scorer, Scores, Progress, image_rng live in onnxcam.scoring (re-exported)
+    "PerturbationInputs",
+    "PerturbationOptions",
+    "Progress",
+    "Scorer",
+    "Scores",
+    "image_rng",
+]

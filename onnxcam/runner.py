@@ -1,18 +1,20 @@
-"""What ``onnxcam run`` does, as a function: explain files/folders, write overlays, report.
+"""What ``onnxcam run``, ``report`` and ``eval`` do, as functions: explain files and folders,
+write overlays, a report or metrics, and return what happened.
 
-Kept out of ``cli.py`` so the CLI stays a thin layer of options over this and the API.
+No click and no printing here: the caller passes callbacks (``note``, ``on_failure``, ``progress``,
+``method_progress``) and gets a result back; ``cli.py`` does the echoing and the exit codes.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import sys
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-import click
 import cv2
 import numpy as np
 
@@ -20,11 +22,40 @@ from .engine import Explainer, Explanation, Failure
 from .errors import OnnxcamError
 from .image import list_images
 from .localize import boxes_from_map, draw_boxes
+from .perturbation import PerturbationOptions
 from .postprocess import COLORMAPS
+
+if TYPE_CHECKING:
+    from .evaluate import EvalOptions, EvalResult
+
+Note = Callable[[str], None]
+"""note(text): something the user should know (e.g. a fallback to the CPU)."""
+MethodProgress = Callable[[int, int, str], None]
+"""method_progress(done, total, label): perturbed inputs scored by a long method."""
+ImagesProgress = Callable[[int, int], None]
+"""progress(done, total): ``done`` more of ``total`` images finished (first call: ``done=0``)."""
+
+
+def _ignore(*_: Any) -> None:
+    return None
 
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._+-]+", "_", text).strip("_")[:60] or "x"
+
+
+def _layer_selection(layer: int | str | None) -> int | str | None:
+    """'2' → 2, 'all' and names as they are (the ``--layer`` value of the commands)."""
+    if isinstance(layer, str) and layer.isdigit():
+        return int(layer)
+    return layer
+
+
+def _images(images: Sequence[str | os.PathLike], recursive: bool) -> list[Path]:
+    files = list_images(images, recursive)
+    if not files:
+        raise OnnxcamError("no images found in " + ", ".join(map(str, images)))
+    return files
 
 
 def _write_png(path: Path, rgb: np.ndarray) -> None:
@@ -42,117 +73,103 @@ def _write_png(path: Path, rgb: np.ndarray) -> None:
         raise
 
 
-class _MethodProgress:
-    """One self-overwriting stderr line for long perturbation methods (terminals only)."""
+@dataclass
+class RunResult:
+    """What ``run_images`` did: one row per explanation, the images that failed, the time."""
 
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
+    model: str
+    provider: str
+    out_dir: Path
+    images: int
+    """Images found (explained or failed)."""
+    rows: list[dict] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+    seconds: float = 0.0
+    interrupted: bool = False
+    """Ctrl-C stopped the run; ``rows`` are the explanations written before it."""
 
-    def __call__(self, done: int, total: int, label: str) -> None:
-        if not self.enabled or total < 64:
-            return
-        end = "\r" + " " * 60 + "\r" if done >= total else ""
-        click.echo(f"\r  {label}: {done}/{total} perturbed inputs scored{end}", nl=False, err=True)
+    def to_json(self) -> dict:
+        """The document ``onnxcam run --json`` prints."""
+        return {
+            "model": self.model,
+            "provider": self.provider,
+            "seconds": round(self.seconds, 3),
+            "results": self.rows,
+            "failures": [{"image": f.source, "error": f.error} for f in self.failures],
+        }
 
 
 def run_images(
-    model,
-    images,
+    model: str | os.PathLike | bytes,
+    images: Sequence[str | os.PathLike],
     *,
-    methods="gradcam",
-    target=None,
-    topk=1,
-    out_dir=Path("out"),
-    device="auto",
-    batch_size=32,
-    layer=None,
-    fuse=False,
-    alpha=0.5,
-    colormap="jet",
-    save_npy=False,
-    recursive=False,
-    as_json=False,
-    perturbation=None,
-    box_threshold=None,
-    save_tensors=False,
-) -> list[Failure]:
-    """Explain every image; write ``<stem>[_<class>]_<method>.png``; return the failures.
+    methods: str | Sequence[str] = "gradcam",
+    target: int | str | None = None,
+    topk: int = 1,
+    out_dir: Path = Path("out"),
+    device: str = "auto",
+    layer: int | str | None = None,
+    fuse: bool = False,
+    alpha: float = 0.5,
+    colormap: str = "jet",
+    save_npy: bool = False,
+    recursive: bool = False,
+    perturbation: PerturbationOptions | None = None,
+    box_threshold: float | None = None,
+    save_tensors: bool = False,
+    note: Note = _ignore,
+    on_failure: Callable[[Failure], None] = _ignore,
+    progress: ImagesProgress = _ignore,
+    method_progress: MethodProgress | None = None,
+) -> RunResult:
+    """Explain every image; write ``<stem>[_<class>]_<method>.png`` to ``out_dir``.
 
-    Ctrl-C stops after the files already written (they stay) and exits with code 130.
+    The batch size is ``perturbation.batch_size``. Ctrl-C stops after the files already written
+    (they stay): the result comes back with ``interrupted`` set.
     """
+    perturbation = perturbation or PerturbationOptions()
     if colormap not in COLORMAPS:
         raise OnnxcamError(
             f"unknown colormap {colormap!r}; choose from {', '.join(sorted(COLORMAPS))}"
         )
-    files = list_images(images, recursive)
-    if not files:
-        raise OnnxcamError("no images found in " + ", ".join(map(str, images)))
+    files = _images(images, recursive)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise OnnxcamError(f"cannot create output directory {out_dir}: {e.strerror}") from None
     t_start = time.perf_counter()
     explainer = Explainer(model, device=device)
-    for note in explainer.notes:
-        click.echo(f"note: {note}", err=True)
-    layers = (
-        None
-        if layer is None
-        else ("all" if layer == "all" else (int(layer) if layer.isdigit() else layer))
-    )
-    stems: dict[str, int] = {}
-    rows, failures = [], []
-    show_bar = len(files) > 1 and sys.stderr.isatty() and not as_json
+    for text in explainer.notes:
+        note(text)
+    res = RunResult(str(model), explainer.provider, out_dir, len(files))
+    stems: dict = {}
     try:
-        with click.progressbar(
-            length=len(files), label="explaining", file=sys.stderr, hidden=not show_bar
-        ) as bar:
-            stream = explainer.iter_explain(
-                files,
-                methods,
-                classes=target,
-                topk=topk,
-                layers=layers,
-                fuse=fuse,
-                batch_size=batch_size,
-                progress=bar.update,
-                perturbation=perturbation,
-                method_progress=_MethodProgress(sys.stderr.isatty() and not as_json),
-                keep_tensors=save_tensors,
+        progress(0, len(files))
+        stream = explainer.iter_explain(
+            files,
+            methods,
+            classes=target,
+            topk=topk,
+            layers=_layer_selection(layer),
+            fuse=fuse,
+            batch_size=perturbation.batch_size,
+            progress=lambda n: progress(n, len(files)),
+            perturbation=perturbation,
+            method_progress=method_progress,
+            keep_tensors=save_tensors,
+        )
+        for r in stream:
+            if isinstance(r, Failure):
+                res.failures.append(r)
+                on_failure(r)
+                continue
+            res.rows.append(
+                _save(r, out_dir, stems, topk, alpha, colormap, save_npy, box_threshold)
             )
-            for r in stream:
-                if isinstance(r, Failure):
-                    failures.append(r)
-                    click.echo(f"error: {r.error}", err=True)
-                    continue
-                rows.append(
-                    _save(r, out_dir, stems, topk, alpha, colormap, save_npy, box_threshold)
-                )
     except KeyboardInterrupt:
-        click.echo(f"\nInterrupted: {len(rows)} explanation(s) written to {out_dir}.", err=True)
-        raise click.exceptions.Exit(130) from None
-    total = time.perf_counter() - t_start
-    if as_json:
-        click.echo(
-            json.dumps(
-                {
-                    "model": str(model),
-                    "provider": explainer.provider,
-                    "seconds": round(total, 3),
-                    "results": rows,
-                    "failures": [{"image": f.source, "error": f.error} for f in failures],
-                },
-                indent=1,
-            )
-        )
-    else:
-        _table(rows)
-        click.echo(
-            f"{len(rows)} explanation(s) of {len(files) - len(failures)} image(s) in "
-            f"{total:.1f}s on {explainer.provider}; overlays in {out_dir}"
-            + (f"; {len(failures)} failed" if failures else "")
-        )
-    return failures
+        res.interrupted = True
+    res.seconds = time.perf_counter() - t_start
+    return res
 
 
 def _save(
@@ -206,56 +223,64 @@ def _save(
     }
 
 
-def _table(rows: list[dict]) -> None:
+def table(rows: list[dict]) -> str:
+    """The plain-text table of ``run_images`` rows ('' for none)."""
     if not rows:
-        return
+        return ""
     w_img = min(max(len(Path(r["image"]).name) for r in rows), 40)
     w_cls = min(max(len(f"{r['class']} {r['label']}") for r in rows), 32)
-    click.echo(f"{'image':<{w_img}}  {'class':<{w_cls}}  {'prob':>6}  {'time ms':>8}  methods")
+    lines = [f"{'image':<{w_img}}  {'class':<{w_cls}}  {'prob':>6}  {'time ms':>8}  methods"]
     for r in rows:
         ms = r["inference_ms"] + sum(r["methods_ms"].values())
         cls = f"{r['class']} {r['label']}"[:w_cls]
-        click.echo(
+        lines.append(
             f"{Path(r['image']).name[:w_img]:<{w_img}}  {cls:<{w_cls}}  "
             f"{r['probability']:>6.3f}  {ms:>8.1f}  {','.join(r['methods_ms'])}"
         )
+    return "\n".join(lines)
+
+
+class ReportResult(NamedTuple):
+    """What ``report_images`` wrote: the HTML path, one result per image, the time."""
+
+    path: Path
+    results: list[Explanation | Failure]
+    seconds: float
+
+    @property
+    def failures(self) -> list[Failure]:
+        return [r for r in self.results if isinstance(r, Failure)]
 
 
 def report_images(
-    model,
-    images,
+    model: str | os.PathLike | bytes,
+    images: Sequence[str | os.PathLike],
     out_html: Path,
     *,
-    methods="all",
-    target=None,
-    topk=1,
-    device="auto",
-    batch_size=32,
-    layer=None,
-    perturbation=None,
-    per_page=10,
-    alpha=0.5,
-    colormap="jet",
-    recursive=False,
+    methods: str | Sequence[str] = "all",
+    target: int | str | None = None,
+    topk: int = 1,
+    device: str = "auto",
+    layer: int | str | None = None,
+    perturbation: PerturbationOptions | None = None,
+    per_page: int = 10,
+    alpha: float = 0.5,
+    colormap: str = "jet",
+    recursive: bool = False,
     pngs_dir: Path | None = None,
-    notes=(),
-) -> tuple[Path, list, float]:
+    notes: Sequence[str] = (),
+    method_progress: MethodProgress | None = None,
+) -> ReportResult:
     """Explain images and write one self-contained HTML report (and optionally the PNGs).
 
-    Returns (report path, results, seconds). Broken images become error cards."""
+    The batch size is ``perturbation.batch_size``. Broken images become error cards."""
     from .report import ReportInfo, write
 
-    files = list_images(images, recursive)
-    if not files:
-        raise OnnxcamError("no images found in " + ", ".join(map(str, images)))
+    perturbation = perturbation or PerturbationOptions()
+    files = _images(images, recursive)
     t0 = time.perf_counter()
     explainer = Explainer(model, device=device)
-    layers = (
-        None
-        if layer is None
-        else ("all" if layer == "all" else (int(layer) if str(layer).isdigit() else layer))
-    )
-    progress = _MethodProgress(sys.stderr.isatty())
+    layers = _layer_selection(layer)
     results = list(
         explainer.iter_explain(
             files,
@@ -263,9 +288,9 @@ def report_images(
             classes=target,
             topk=topk,
             layers=layers,
-            batch_size=batch_size,
+            batch_size=perturbation.batch_size,
             perturbation=perturbation,
-            method_progress=progress,
+            method_progress=method_progress,
         )
     )
     stems: dict = {}
@@ -285,4 +310,49 @@ def report_images(
         notes=[*explainer.notes, *notes],
     )
     path = write(out_html, results, info, per_page=per_page, alpha=alpha, colormap=colormap)
-    return path, results, seconds
+    return ReportResult(path, results, seconds)
+
+
+class EvalRun(NamedTuple):
+    """What ``evaluate_folder`` computed and the files it wrote (csv, json, curves)."""
+
+    result: EvalResult
+    paths: dict[str, Path]
+
+
+def evaluate_folder(
+    model: str | os.PathLike | bytes,
+    folder: Path,
+    out_dir: Path,
+    *,
+    annotations: Path | None = None,
+    methods: str | Sequence[str] = "all",
+    options: EvalOptions | None = None,
+    perturbation: PerturbationOptions | None = None,
+    device: str = "auto",
+    recursive: bool = False,
+    progress: ImagesProgress = _ignore,
+) -> EvalRun:
+    """Faithfulness and localization metrics of ``methods`` over the images of ``folder``;
+    writes metrics.csv, metrics.json and curves.png to ``out_dir``."""
+    from .evaluate import evaluate, load_annotations, write_outputs
+    from .methods import resolve_methods
+
+    files = list_images([folder], recursive)
+    if not files:
+        raise OnnxcamError(f"no images found in {folder}")
+    ann = load_annotations(annotations) if annotations else None
+    explainer = Explainer(model, device=device)
+    names = resolve_methods(methods, explainer.info.has_cam_weights)
+    progress(0, len(files))
+    result = evaluate(
+        explainer,
+        files,
+        names,
+        ann,
+        options,
+        perturbation,
+        root=folder if folder.is_dir() else None,
+        progress=lambda n: progress(n, len(files)),
+    )
+    return EvalRun(result, write_outputs(result, out_dir))

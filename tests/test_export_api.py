@@ -17,6 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxcam import contract
 from onnxcam.errors import ExportError, LayerNotFoundError, UnsupportedOpError
 from onnxcam.export import export_onnx, export_torch, list_layers
+from onnxcam.export.verify import check_forward_nodes_kept
 
 
 def _session(model: onnx.ModelProto) -> ort.InferenceSession:
@@ -137,6 +138,14 @@ def test_export_never_edits_forward_nodes_except_maxpool_indices(tiny_onnx) -> N
             assert "onnxcam" in n.doc_string
         else:
             assert list(n.output) == list(o.output)
+    # compared as sets, so a dropped or renamed forward node fails too
+    assert {n.name for n in before.graph.node} <= {n.name for n in after.graph.node}
+    check_forward_nodes_kept(before, after)
+    renamed = onnx.ModelProto()
+    renamed.CopyFrom(after)
+    renamed.graph.node[0].name += "_renamed"
+    with pytest.raises(ExportError, match="forward node"):
+        check_forward_nodes_kept(before, renamed)
 
 
 # --- torch front end --------------------------------------------------------------------------

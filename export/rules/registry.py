@@ -2,7 +2,7 @@
 
 A rule has the signature ``rule(b, n, gy, need) -> list[str | None]``:
 
-* ``b``    a ``GradBuilder`` that names every node it emits ``<n>/grad/<k>``;
+* ``b``    a ``NodeBuilder`` that names every node it emits ``<n>/grad/<k>``;
 * ``n``    the forward ``NodeProto`` (read its attributes with ``attr(n, ...)``);
 * ``gy``   one incoming gradient name per forward output, ``None`` where no gradient flows;
 * ``need`` one flag per forward input: True where the walker needs that input's gradient.
@@ -18,9 +18,9 @@ from collections.abc import Callable, Sequence
 
 import onnx
 
-from ..builder import GradBuilder
+from ..builder import NodeBuilder
 
-Rule = Callable[[GradBuilder, onnx.NodeProto, Sequence[str | None], Sequence[bool]], list]
+Rule = Callable[[NodeBuilder, onnx.NodeProto, Sequence[str | None], Sequence[bool]], list]
 
 VJP_RULES: dict[str, Rule] = {}
 

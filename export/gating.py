@@ -1,0 +1,138 @@
+"""``If`` gating: appended nodes that only some runs need, behind ``If(onnxcam_mode == m)``.
+
+A ``Branch`` is opened at the graph's current end; every node appended while it is open
+belongs to it. Passes register what the branch returns (``Branch.output``); ``close`` moves
+the nodes into the ``then`` branch of one ``If`` whose ``else`` branch returns empty tensors.
+Only the taken branch runs, so a skipped one costs nothing; the branch reads forward tensors
+and weights as outer-scope values (nothing is copied).
+
+The pipeline (``export/pipeline.py``) keeps one branch open across consecutive passes with the
+same ``Gate``: the heatmaps join the gradients' branch, which they read, so a forward-only run
+skips both and an explaining run computes both in one ``If``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from onnxcam import contract
+from onnxcam.errors import ExportError
+
+from .builder import NodeBuilder
+from .graph import Dim, GraphView
+
+
+@dataclass(frozen=True)
+class Gate:
+    """Which runs take a branch: those with ``onnxcam_mode == mode``. The ``If`` node is named
+    ``onnxcam/<label>`` and its branches ``onnxcam_<label>`` / ``onnxcam_no_<label>``."""
+
+    mode: int
+    label: str
+
+
+EXPLAIN = Gate(contract.MODE_EXPLAIN, "backward")
+"""The gradients and the in-graph heatmaps (mode 0: explain)."""
+
+
+def head_gate(k: int) -> Gate:
+    """Target ``k``'s head-only path (mode 2)."""
+    return Gate(contract.MODE_HEAD, f"head{k}")
+
+
+def empty_shape(shape: Sequence[Dim] | None) -> list[int]:
+    """The shape of the empty tensor a skipped branch returns for an output of ``shape``:
+    zero rows, the static dimensions kept (1 where dynamic)."""
+    return [0, *[d if isinstance(d, int) else 1 for d in list(shape or [])[1:]]]
+
+
+@dataclass(frozen=True)
+class _Result:
+    inner: str
+    outer: str
+    dtype: int
+    empty: list[int]
+
+
+class Branch:
+    """The nodes appended to ``view``'s graph since this object was made, to be gated."""
+
+    def __init__(self, view: GraphView, gate: Gate, consts: dict) -> None:
+        self.view, self.gate, self.consts = view, gate, consts
+        self.first = len(view.graph.node)
+        self.results: list[_Result] = []
+        self.closed = False
+
+    def output(
+        self,
+        inner: str,
+        outer: str,
+        dtype: int,
+        shape: Sequence[Dim] | None,
+        empty: list[int] | None = None,
+    ) -> None:
+        """Return ``inner`` (computed in the branch) as graph output ``outer`` of ``shape``;
+        runs that skip the branch get an empty tensor (``empty``, default ``empty_shape``)."""
+        if self.closed:
+            raise ExportError(f"internal: the {self.gate.label!r} branch is already closed")
+        dims = None if shape is None else list(shape)
+        empty = empty_shape(shape) if empty is None else empty
+        self.results.append(_Result(inner, outer, dtype, empty))
+        self.view.graph.output.append(helper.make_tensor_value_info(outer, dtype, dims))
+
+    def discard(self) -> None:
+        """Drop the nodes appended since the branch was opened (nothing is gated)."""
+        del self.view.graph.node[self.first :]
+        self.view.reindex()
+        self.closed = True
+
+    def close(self) -> onnx.NodeProto | None:
+        """Move the branch's nodes into ``If(onnxcam_mode == gate.mode)``; returns the ``If``
+        (None when the branch is empty)."""
+        if self.closed:
+            raise ExportError(f"internal: the {self.gate.label!r} branch is already closed")
+        self.closed = True
+        view, label = self.view, self.gate.label
+        body = list(view.graph.node[self.first :])
+        if not self.results:
+            if body:
+                raise ExportError(f"internal: the {label!r} branch computes nothing it returns")
+            return None
+        del view.graph.node[self.first :]
+        then_outs: list[onnx.ValueInfoProto] = []
+        produced = {o for n in body for o in n.output}
+        for r in self.results:
+            name = r.inner
+            if r.inner not in produced or r.inner in {o.name for o in then_outs}:
+                # an outer-scope value, or a tensor already returned once (two methods with
+                # provably equal maps): return a copy. Otherwise the branch returns the tensor
+                # itself, so onnxruntime writes it straight into the If output (an Identity
+                # here costs a copy per output: 25 µs per 224×224 heatmap).
+                name = view.unique_name(f"{r.outer}/then")
+                body.append(helper.make_node("Identity", [r.inner], [name], name=name))
+            then_outs.append(helper.make_tensor_value_info(name, r.dtype, None))
+        skipped, else_outs = [], []
+        for r in self.results:
+            name = view.unique_name(f"{r.outer}/else")
+            empty = helper.make_tensor(name + "/value", r.dtype, r.empty, [])
+            skipped.append(helper.make_node("Constant", [], [name], name=name, value=empty))
+            else_outs.append(helper.make_tensor_value_info(name, r.dtype, r.empty))
+        b = NodeBuilder(view, f"onnxcam/{label}", self.consts)
+        cond = b.Equal(contract.MODE_INPUT, b.const(np.array(self.gate.mode, dtype=np.int64)))
+        node = view.add_node(
+            helper.make_node(
+                "If",
+                [cond],
+                [r.outer for r in self.results],
+                name=view.unique_name(f"onnxcam/{label}"),
+                then_branch=helper.make_graph(body, f"onnxcam_{label}", [], then_outs),
+                else_branch=helper.make_graph(skipped, f"onnxcam_no_{label}", [], else_outs),
+            )
+        )
+        view.reindex()
+        return node

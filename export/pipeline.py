@@ -1,0 +1,100 @@
+"""The export pipeline as data: ``PASSES``, in the order ``run_passes`` applies them.
+
+``export_onnx`` loads the model, upgrades it to opset ≥ 17 and resolves the image input, the
+logits and the target layers (``api.build_state``); then the passes append, in this order
+(each entry is the pass's name and the first line of its docstring; ``tests/test_passes.py``
+checks this list against ``describe()``):
+
+1. ``add_mode_input``: The ``onnxcam_mode`` input (int64 scalar, default 0: explain).
+2. ``expose_activations``: Each target tensor as output ``onnxcam_activation_k``.
+3. ``add_score``: The class selector input and the explained class and score outputs.
+4. ``add_topk``: The top-K classes with their logits and probabilities (K = min(5, classes)).
+5. ``add_cam_weights``: The explained class's CAM weights ``onnxcam_cam_weight_k`` (GAP → Linear).
+6. ``add_backward`` (in If mode 0): The gradients dScore/dA_k as outputs ``onnxcam_gradient_k``.
+7. ``add_heatmaps`` (in If mode 0): The requested CAM maps as ``onnxcam_heatmap_<method>_k``.
+8. ``add_heads``: The head alone per target: ``onnxcam_head_input_k`` → ``onnxcam_head_logits_k``.
+
+Consecutive passes with the same ``Gate`` share one ``If`` branch, opened before the first
+and closed after the last: the heatmaps are computed in the gradients' branch (one ``If``, no
+copies), so a forward-only run (mode 1) skips both. After the passes ``export_onnx`` writes the
+contract metadata (``passes.write_metadata``), checks that every forward node is unchanged and
+the graph passes ``onnx.checker``, runs old and new graphs in onnxruntime (``export/verify.py``)
+and writes the file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from .gating import EXPLAIN, Branch, Gate
+from .passes import (
+    ExportState,
+    add_backward,
+    add_cam_weights,
+    add_heads,
+    add_heatmaps,
+    add_mode_input,
+    add_score,
+    add_topk,
+    expose_activations,
+)
+
+
+@dataclass(frozen=True)
+class Pass:
+    """One step of the pipeline: a function of the ``ExportState`` that appends to the graph,
+    and the ``Gate`` of the ``If`` branch its nodes go into (None: the main graph)."""
+
+    run: Callable[[ExportState], None]
+    gate: Gate | None = None
+
+    @property
+    def name(self) -> str:
+        return self.run.__name__
+
+    @property
+    def summary(self) -> str:
+        """The first line of the pass's docstring."""
+        return (self.run.__doc__ or "").strip().splitlines()[0]
+
+
+PASSES: tuple[Pass, ...] = (
+    Pass(add_mode_input),
+    Pass(expose_activations),
+    Pass(add_score),
+    Pass(add_topk),
+    Pass(add_cam_weights),
+    Pass(add_backward, EXPLAIN),
+    Pass(add_heatmaps, EXPLAIN),
+    Pass(add_heads),
+)
+
+
+def describe(passes: Sequence[Pass] = PASSES) -> str:
+    """The numbered list of ``passes`` as the module docstring shows it."""
+    lines = []
+    for i, p in enumerate(passes, 1):
+        gate = f" (in If mode {p.gate.mode})" if p.gate else ""
+        lines.append(f"{i}. ``{p.name}``{gate}: {p.summary}")
+    return "\n".join(lines)
+
+
+def run_passes(st: ExportState, passes: Sequence[Pass] = PASSES) -> None:
+    """Run ``passes`` in order on ``st``, opening and closing their ``If`` branches."""
+    for p in passes:
+        if st.branch is not None and st.branch.gate != p.gate:
+            _close(st)
+        if p.gate is not None and st.branch is None:
+            st.branch = Branch(st.view, p.gate, st.consts)
+        p.run(st)
+    _close(st)
+
+
+def _close(st: ExportState) -> None:
+    if st.branch is not None:
+        st.branch.close()
+        st.branch = None
+
+
+__all__ = ["PASSES", "Pass", "describe", "run_passes"]

@@ -1,0 +1,163 @@
+"""Checks an exported graph must pass before it is written.
+
+* ``check_forward_nodes_kept``: every forward node is still there, unchanged (export only
+  appends). The one allowed edit, an optional output switched on (MaxPool ``Indices``), is
+  recognised by the note ``NodeBuilder.enable_optional_output`` leaves in the ``doc_string``.
+* ``check_model``: ``onnx.checker`` with ``full_check``.
+* ``verify_forward``: old and new graphs run in onnxruntime on ``random_feeds``; the model's own
+  outputs must be unchanged, each head-only path must reproduce the score, and every onnxcam
+  output must be finite (the onnxsim way of verifying a rewrite).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterable
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from onnxcam import contract
+from onnxcam.contract import InputSpec
+from onnxcam.errors import ExportError
+
+NodeKey = tuple
+"""(name, domain, op_type, inputs, outputs, attributes): what must not change in a node."""
+
+_ENABLED = re.compile(r"onnxcam: enabled optional output (\d+)")
+
+
+def node_key(node: onnx.NodeProto) -> NodeKey:
+    """A forward node's identity, with the optional outputs onnxcam switched on left out."""
+    outputs = list(node.output)
+    for k in (int(m) for m in _ENABLED.findall(node.doc_string)):
+        if k < len(outputs):
+            outputs[k] = ""
+    while outputs and not outputs[-1]:
+        outputs.pop()
+    attrs = tuple(a.SerializeToString(deterministic=True) for a in node.attribute)
+    return (node.name, node.domain, node.op_type, tuple(node.input), tuple(outputs), attrs)
+
+
+def forward_nodes(model: onnx.ModelProto | Iterable[onnx.NodeProto]) -> Counter[NodeKey]:
+    """The multiset of ``node_key``s of a model's (main graph's) nodes."""
+    nodes = model.graph.node if isinstance(model, onnx.ModelProto) else model
+    return Counter(node_key(n) for n in nodes)
+
+
+def check_forward_nodes_kept(
+    original: onnx.ModelProto | Counter[NodeKey], exported: onnx.ModelProto
+) -> None:
+    """Raise ``ExportError`` unless every node of ``original`` is in ``exported``, unchanged
+    (same name, op, inputs, outputs and attributes). A dropped, renamed or edited node fails.
+    ``original`` may be the ``forward_nodes`` taken before the passes ran."""
+    before = original if isinstance(original, Counter) else forward_nodes(original)
+    missing = before - forward_nodes(exported)
+    if missing:
+        shown = ", ".join(f"{k[2]} {k[0] or k[4][:1]!r}" for k in list(missing)[:5])
+        raise ExportError(
+            f"internal: export changed or removed {sum(missing.values())} forward node(s): {shown}"
+        )
+
+
+def check_model(model: onnx.ModelProto) -> None:
+    """``onnx.checker.check_model(full_check=True)``; failures become ``ExportError``."""
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as e:
+        raise ExportError(f"internal: the exported graph fails onnx.checker: {e}") from None
+
+
+def random_feeds(model: onnx.ModelProto, spec: InputSpec, batch: int, seed: int = 0) -> dict:
+    """Random inputs for every real graph input (image ~ N(0, 1))."""
+    rng = np.random.default_rng(seed)
+    inits = {i.name for i in model.graph.initializer}
+    feeds = {}
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        tt = vi.type.tensor_type
+        dims = [
+            d.dim_value if d.HasField("dim_value") else (batch if k == 0 else None)
+            for k, d in enumerate(tt.shape.dim)
+        ]
+        if vi.name == spec.name:
+            for axis, size in zip(spec.layout.spatial_axes, spec.size, strict=True):
+                dims[axis] = dims[axis] or size
+        if any(d is None for d in dims):
+            raise ExportError(f"cannot make a test input for {vi.name!r}: shape {dims} not static")
+        dt = helper.tensor_dtype_to_np_dtype(tt.elem_type)
+        feeds[vi.name] = rng.normal(size=dims).astype(dt)
+    return feeds
+
+
+def verify_batch(model: onnx.ModelProto, spec: InputSpec) -> int:
+    """The batch to verify with: the image input's fixed batch, else 2."""
+    vi = next(i for i in model.graph.input if i.name == spec.name)
+    dims = vi.type.tensor_type.shape.dim
+    return dims[0].dim_value if dims and dims[0].HasField("dim_value") else 2
+
+
+def verify_forward(
+    original: bytes,
+    exported: onnx.ModelProto,
+    spec: InputSpec,
+    batch: int | None = None,
+    atol: float = 1e-5,
+) -> float:
+    """Run old and new graphs in onnxruntime; the model's own outputs must be unchanged.
+
+    Returns the largest absolute difference seen. Also fails if a head-only path changes the
+    score or any onnxcam output is not finite. ``batch``: default ``verify_batch``.
+    """
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(3)  # the class-selector default input is intended
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    providers = ["CPUExecutionProvider"]
+    old = ort.InferenceSession(original, opts, providers=providers)
+    new = ort.InferenceSession(exported.SerializeToString(), opts, providers=providers)
+    feeds = random_feeds(exported, spec, verify_batch(exported, spec) if batch is None else batch)
+    names = [o.name for o in old.get_outputs()]
+    ref = old.run(names, feeds)
+    outs = new.run(None, feeds)
+    by_name = dict(zip([o.name for o in new.get_outputs()], outs, strict=True))
+    worst = 0.0
+    for name, r in zip(names, ref, strict=True):
+        got = by_name[name]
+        if got.shape != r.shape:
+            raise ExportError(f"verification failed: output {name!r} changed shape")
+        if r.size and np.issubdtype(r.dtype, np.floating):
+            diff = float(np.max(np.abs(got.astype(np.float64) - r)))
+            scale = max(1.0, float(np.max(np.abs(r))))
+            worst = max(worst, diff)
+            if diff > atol * scale:
+                raise ExportError(
+                    f"verification failed: output {name!r} changed by {diff:.3g} after export"
+                )
+        elif not np.array_equal(got, r):
+            raise ExportError(f"verification failed: output {name!r} changed after export")
+    _verify_heads(new, feeds, by_name, atol)
+    for name, value in by_name.items():
+        floating = np.issubdtype(value.dtype, np.floating)
+        if name.startswith("onnxcam_") and floating and not np.all(np.isfinite(value)):
+            raise ExportError(f"verification failed: {name!r} is not finite")
+    return worst
+
+
+def _verify_heads(session, feeds: dict, by_name: dict, atol: float) -> None:
+    """Each head-only path, fed the real activations, must reproduce the explained score."""
+    for k in range(len([n for n in by_name if n.startswith("onnxcam_head_logits_")])):
+        feeds_k = {
+            **feeds,
+            contract.MODE_INPUT: np.array(contract.MODE_HEAD, dtype=np.int64),
+            contract.head_input_name(k): by_name[contract.activation_name(k)],
+        }
+        (head,) = session.run([contract.head_output_name(k)], feeds_k)
+        cls, score = by_name[contract.CLASS_OUTPUT], by_name[contract.SCORE_OUTPUT]
+        diff = float(np.max(np.abs(head[np.arange(len(cls)), cls] - score)))
+        if diff > atol * max(1.0, float(np.max(np.abs(score)))):
+            raise ExportError(f"verification failed: head {k} changes the score by {diff:.3g}")

@@ -1,0 +1,340 @@
+"""The ``onnxcam`` command-line options, each declared once (the way rasterio's ``rio/options.py``
+does it).
+
+A command takes its options from here and its body stays parse → library call → echo. Values are
+parsed in click callbacks (comma-separated numbers, the method list checked against the registry).
+The perturbation options are generated from the fields of ``PerturbationOptions``, so their
+defaults live in the dataclass only. Old spellings stay accepted as hidden aliases (``--out`` for
+``-o/--output``). Nothing here imports the engine until a command runs or shows its help, so
+``onnxcam --version`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import dataclasses
+import functools
+import inspect
+import itertools
+import types
+import typing
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from .errors import OnnxcamError
+
+F = TypeVar("F", bound=Callable[..., Any])
+ParamFactory = Callable[[], list[click.Parameter]]
+
+_DEFERRED = "__onnxcam_deferred_params__"
+_PERTURBATION = "perturbation__"  # prefix of the generated options' parameter names
+
+
+class Option(click.Option):
+    """A click option with hidden alias spellings and help that may be computed when shown.
+
+    ``aliases`` are accepted on the command line but left out of ``--help`` and error hints;
+    ``help`` may be a function (called once, when the help is first shown).
+    """
+
+    def __init__(
+        self,
+        param_decls: Sequence[str],
+        *,
+        aliases: Sequence[str] = (),
+        help: str | Callable[[], str] | None = None,
+        **attrs: Any,
+    ) -> None:
+        self.aliases = tuple(aliases)
+        self._help_fn = help if callable(help) else None
+        super().__init__(
+            [*param_decls, *self.aliases], help=None if callable(help) else help, **attrs
+        )
+
+    @contextlib.contextmanager
+    def _visible(self) -> Iterator[None]:
+        opts, secondary = self.opts, self.secondary_opts
+        self.opts = [o for o in opts if o not in self.aliases]
+        self.secondary_opts = [o for o in secondary if o not in self.aliases]
+        try:
+            yield
+        finally:
+            self.opts, self.secondary_opts = opts, secondary
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        if self._help_fn is not None:
+            self.help, self._help_fn = self._help_fn(), None
+        with self._visible():
+            return super().get_help_record(ctx)
+
+    def get_error_hint(self, ctx: click.Context | None) -> str:
+        with self._visible():
+            return super().get_error_hint(ctx)
+
+
+class Command(click.Command):
+    """A click command whose generated options (``perturbation_options``) are built on first use
+    (parsing, help or completion), not when the CLI module is imported."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._pending: list[ParamFactory] = []
+        super().__init__(*args, **kwargs)
+        self._pending = list(getattr(self.callback, _DEFERRED, ()))
+
+    @property
+    def params(self) -> list[click.Parameter]:  # type: ignore[override]
+        while self._pending:
+            self._params.extend(self._pending.pop(0)())
+        return self._params
+
+    @params.setter
+    def params(self, value: list[click.Parameter]) -> None:
+        self._params = value
+
+
+# --- callbacks --------------------------------------------------------------------------------
+def floats(ctx: click.Context, param: click.Parameter, value: str | None) -> list[float] | None:
+    """'0.485,0.456,0.406' or '0.485 0.456 0.406' → floats."""
+    if value is None:
+        return None
+    try:
+        return [float(v) for v in value.replace(",", " ").split()]
+    except ValueError:
+        raise click.BadParameter(
+            f"expected numbers separated by commas, got {value!r}", ctx, param
+        ) from None
+
+
+def methods(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str] | None:
+    """'gradcam,layercam' | 'all' → the names, checked against the registry (one-line error)."""
+    if value is None:
+        return None
+    from .methods import resolve_methods
+
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    try:
+        resolve_methods(names, has_cam_weights=True)  # whether CAM applies depends on the model
+    except OnnxcamError as e:
+        raise click.ClickException(str(e)) from None
+    return names
+
+
+def _methods_help() -> str:
+    from .methods import METHODS
+
+    return "Comma-separated methods or 'all': " + ", ".join(METHODS) + "."
+
+
+# --- arguments and options shared by two or more commands --------------------------------------
+model_argument = click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+images_argument = click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+
+
+def output_option(*, file: bool, default: Path | None = None, help: str) -> Callable[[F], F]:
+    """``-o/--output`` (one spelling everywhere; the old ``--out`` is a hidden alias).
+
+    ``file``: the output is a file (else a directory); no ``default`` makes it required."""
+    return click.option(
+        "-o",
+        "--output",
+        "output",
+        cls=Option,
+        aliases=("--out",),
+        type=click.Path(dir_okay=not file, file_okay=file, path_type=Path),
+        required=default is None,
+        show_default=default is not None,
+        help=help,
+        # no default=None: click 8.5 would take an explicit None as the value of a required option
+        **({} if default is None else {"default": default}),
+    )
+
+
+def methods_option(default: str | None, help: str | None = None) -> Callable[[F], F]:
+    """``-m/--method``: comma-separated method names or 'all' (a list reaches the command)."""
+    return click.option(
+        "-m",
+        "--method",
+        "methods",
+        cls=Option,
+        default=default,
+        show_default=default is not None,
+        callback=methods,
+        help=help or _methods_help,
+    )
+
+
+class_option = click.option(
+    "--class",
+    "target",
+    default=None,
+    metavar="K|NAME",
+    help="Class to explain: an index or a label name (default: top-1).",
+)
+topk_option = click.option(
+    "--topk",
+    type=click.IntRange(1, 50),
+    default=1,
+    show_default=True,
+    help="Explain each of the top-K classes.",
+)
+device_option = click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default="auto",
+    show_default=True,
+    help="auto: CUDA when onnxruntime-gpu sees a usable GPU, else CPU.",
+)
+recursive_option = click.option("--recursive", is_flag=True, help="Search folders recursively.")
+layer_option = click.option(
+    "--layer",
+    default=None,
+    metavar="K|NAME|all",
+    help="Exported target layer to use (default: the first).",
+)
+model_output_option = click.option(
+    "--model-output",
+    default=None,
+    metavar="NAME",
+    help="Which model output holds the class scores (default: the first).",
+)
+
+
+def json_option(help: str) -> Callable[[F], F]:
+    """``--json``: machine-readable output (``as_json``)."""
+    return click.option("--json", "as_json", is_flag=True, help=help)
+
+
+# --- perturbation options, generated from PerturbationOptions ----------------------------------
+_FIELD_CLI: dict[str, dict[str, Any]] = {
+    # command-line presentation only (flag aliases, metavars, bounds); defaults are the dataclass's
+    "batch_size": {"type": click.IntRange(1, 4096)},
+    "scorecam_convention": {"aliases": ("--score-convention",), "metavar": "NAME"},
+    "scorecam_topk": {"metavar": "K"},
+    "occlusion_baseline": {"metavar": "PIXEL"},
+}
+_FIELD_HELP = {
+    # used until the dataclass documents the field (metadata "help" or an attribute docstring)
+    "batch_size": "Images per run, and perturbed inputs per run for perturbation methods.",
+    "ss_samples": "SS-CAM noise draws.",
+    "ss_noise": "SS-CAM: standard deviation of the Gaussian noise added to each mask.",
+    "is_steps": "IS-CAM integration steps.",
+    "occlusion_patch": "Occlusion: side of the square patch, in model-input pixels.",
+    "occlusion_stride": "Occlusion: step between patches, in model-input pixels.",
+}
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """A dataclass's attribute docstrings (the string literal under a field), whitespace-folded."""
+    try:
+        tree = ast.parse(inspect.getsource(cls).lstrip())
+    except (OSError, TypeError, SyntaxError):
+        return {}
+    body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+    docs = {}
+    for node, nxt in itertools.pairwise(body):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(nxt, ast.Expr)
+            and isinstance(nxt.value, ast.Constant)
+            and isinstance(nxt.value.value, str)
+        ):
+            docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def _base_type(hint: Any) -> Any:
+    """``int | None`` → int."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return hint
+
+
+def _checked(cls: type, name: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    """A callback that lets the dataclass validate one field (its errors become usage errors)."""
+
+    def check(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        try:
+            dataclasses.replace(cls(), **{name: value})
+        except OnnxcamError as e:
+            raise click.BadParameter(str(e), ctx, param) from None
+        return value
+
+    return check
+
+
+def dataclass_options(
+    cls: type, prefix: str, help: Mapping[str, str] | None = None
+) -> list[Option]:
+    """One option per field of ``cls``: ``--field-name``, the field's type and default, help from
+    ``help``, the field's metadata ("help"), its docstring or ``_FIELD_HELP``, in that order."""
+    help = help or {}
+    hints = typing.get_type_hints(cls)
+    docs = field_docs(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        kind = _base_type(hints[f.name])
+        flag = "--" + f.name.replace("_", "-")
+        extra = dict(_FIELD_CLI.get(f.name, {}))
+        if kind is bool:
+            decls = [f"{flag}/--no-{flag[2:]}", prefix + f.name]
+        elif kind in (int, float, str):
+            decls = [flag, prefix + f.name]
+            extra.setdefault("type", kind)
+        else:
+            raise TypeError(f"{cls.__name__}.{f.name}: no command-line type for {kind!r}")
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if default is dataclasses.MISSING:
+            raise TypeError(f"{cls.__name__}.{f.name}: an option needs the field's default")
+        out.append(
+            Option(
+                decls,
+                default=default,
+                show_default=default is not None,
+                callback=_checked(cls, f.name),
+                help=help.get(f.name)
+                or f.metadata.get("help")
+                or docs.get(f.name)
+                or _FIELD_HELP.get(f.name),
+                **extra,
+            )
+        )
+    return out
+
+
+def perturbation_options(help: Mapping[str, str] | None = None) -> Callable[[F], F]:
+    """Every ``PerturbationOptions`` field as an option (``--batch-size``, ``--scorecam-topk``,
+    ``--ss-samples`` ...); the command receives them as one ``perturbation=`` object.
+
+    The options are built when the command is first parsed or shown (``Command``), and appear
+    after the command's other options; ``help`` overrides a field's help for this command."""
+
+    def factory() -> list[click.Parameter]:
+        from .perturbation import PerturbationOptions
+
+        return list(dataclass_options(PerturbationOptions, _PERTURBATION, help))
+
+    def decorate(f: F) -> F:
+        @functools.wraps(f)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            from .perturbation import PerturbationOptions
+
+            fields = {
+                k[len(_PERTURBATION) :]: kwargs.pop(k)
+                for k in list(kwargs)
+                if k.startswith(_PERTURBATION)
+            }
+            return f(*args, perturbation=PerturbationOptions(**fields), **kwargs)
+
+        setattr(wrapper, _DEFERRED, [*getattr(f, _DEFERRED, ()), factory])
+        return typing.cast(F, wrapper)
+
+    return decorate

@@ -1,0 +1,203 @@
+"""The plan of an explain request, computed once from (methods, layers, options, model) before
+any image runs, and pure: no session, so it is unit-tested without onnxruntime.
+
+It holds every decision a batch would otherwise re-derive: the outputs the run fetches and its
+mode (``needs`` of the host methods through ``registry.NEEDS``), which maps the graph already
+computed (an ``--heatmaps`` export), and what each method is called with — its layer's
+``Terms`` (``LayerInputs`` says where their arrays are) or ``PerturbationInputs``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from . import contract
+from .contract import TargetLayer
+from .errors import MethodError
+from .methods import resolve_methods
+from .model import ModelInfo
+from .perturbation import PerturbationOptions
+from .registry import METHODS, NEEDS, MethodSpec
+
+LayerChoice = int | str | Sequence[int | str] | None
+"""Target layers by index or name; None → the first; 'all' → every exported layer."""
+
+LAYER_OUTPUTS = ("activation", "gradient", "cam_weight")
+"""The per-layer graph outputs a method may read (``TargetLayer`` fields), in fetch order."""
+
+
+@dataclass(frozen=True)
+class ExplainOptions:
+    """The options of an explain request, with their defaults (set here and nowhere else)."""
+
+    topk: int = 1
+    """Explain each of the top-k classes (the class input set for ranks 2..k)."""
+    layers: LayerChoice = None
+    fuse: bool = False
+    """Average the layers' maps at input resolution (pytorch-grad-cam's multi-layer maps)."""
+    relu: bool = True
+    batch_size: int = 8
+    """Images per ``session.run``."""
+    smooth_samples: int = 8
+    """Noisy copies per image for Smooth Grad-CAM++."""
+    smooth_noise: float = 0.15
+    """Their noise σ, as a fraction of each image's value range."""
+    seed: int = 0
+    perturbation: PerturbationOptions | None = None
+    """Knobs of the perturbation methods (None: the defaults, seeded with ``seed``)."""
+    keep_tensors: bool = False
+    """Return each image's raw activations, gradients and CAM weights (``Explanation.tensors``)."""
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise MethodError("batch_size must be at least 1")
+        if self.topk < 1 or self.smooth_samples < 1:
+            raise MethodError("topk and smooth_samples must be at least 1")
+
+
+@dataclass(frozen=True)
+class LayerInputs:
+    """Where one target layer's method inputs are in a run's outputs (None: not fetched)."""
+
+    layer: TargetLayer
+    activation: str | None = None
+    gradient: str | None = None
+    cam_weight: str | None = None
+    pooled: bool = False
+    """The gradient is the same at every position: methods get it per channel [B, C, 1, 1]."""
+
+
+@dataclass(frozen=True)
+class MethodCall:
+    """One requested method: where its map comes from and what it is called with."""
+
+    name: str
+    spec: MethodSpec
+    graph: tuple[str, ...] = ()
+    """The in-graph heatmap output of each target layer; empty: computed on the host."""
+    scored: bool = False
+    """Called with ``PerturbationInputs`` (else with its layer's ``Terms``)."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What every batch of one request fetches, runs and computes."""
+
+    options: ExplainOptions
+    targets: tuple[TargetLayer, ...]
+    calls: tuple[MethodCall, ...]
+    fetch: tuple[str, ...]
+    """Outputs of the main run (no repeats), the prediction outputs first."""
+    predicting: int
+    """How many of ``fetch`` are prediction outputs (the reruns for ranks 2..k skip them)."""
+    mode: int
+    """``contract.MODE_EXPLAIN``, or ``MODE_FORWARD`` when no gradient is needed."""
+    inputs: tuple[LayerInputs, ...]
+    """Per target layer: where its ``Terms`` arrays are."""
+    noisy: tuple[str, ...] = ()
+    """Gradient outputs of the noisy copies (Smooth Grad-CAM++); empty: no such run."""
+    keep: tuple[str, ...] = ()
+    """Outputs returned per image in ``Explanation.tensors`` (``keep_tensors``)."""
+    perturbation: PerturbationOptions = field(default_factory=PerturbationOptions)
+    """The perturbation methods' options (``options.perturbation`` or the seeded defaults)."""
+
+    @property
+    def rerun_fetch(self) -> tuple[str, ...]:
+        """What the runs for ranks 2..k fetch (the predictions come from the first run)."""
+        return self.fetch[self.predicting :]
+
+
+def select_layers(targets: Sequence[TargetLayer], which: LayerChoice) -> list[TargetLayer]:
+    """Target layers by index or name; None → the first; 'all' → every exported layer."""
+    if which is None:
+        return [targets[0]]
+    if which == "all":
+        return list(targets)
+    out = []
+    for w in [which] if isinstance(which, (int, str)) else which:
+        hit = [t for t in targets if w in (t.index, t.name, t.tensor, str(t.index))]
+        if not hit:
+            names = ", ".join(f"{t.index}:{t.name}" for t in targets)
+            raise MethodError(f"no exported layer {w!r}; the model has {names}")
+        out.append(hit[0])
+    return out
+
+
+def graph_heatmaps(
+    method: str, targets: Sequence[TargetLayer], options: ExplainOptions
+) -> tuple[str, ...]:
+    """In-graph heatmap outputs (one per target) that stand in for ``method``, else ().
+
+    They are finished maps (rectified, at input size), so only when ReLU is on and the layers'
+    maps are not fused."""
+    if not options.relu or (options.fuse and len(targets) > 1):
+        return ()
+    names = [t.heatmaps.get(method) for t in targets if t.heatmap_size == "input"]
+    return tuple(names) if len(names) == len(targets) and all(names) else ()
+
+
+def make_plan(
+    methods: str | Sequence[str],
+    options: ExplainOptions,
+    info: ModelInfo,
+    predicting: Sequence[str] = (),
+) -> Plan:
+    """The plan of one request. ``predicting``: the outputs predictions are read from (the
+    logits, plus the graph's top-k when it has them; default the logits alone).
+
+    Raises ``MethodError`` for an unknown method or layer, or a method a layer cannot serve
+    (CAM without a GAP → Linear head).
+    """
+    names = resolve_methods(methods, info.has_cam_weights)
+    targets = tuple(select_layers(info.targets, options.layers))
+    calls = tuple(
+        MethodCall(m, METHODS[m], graph_heatmaps(m, targets, options), METHODS[m].scored)
+        for m in names
+    )
+    host = [c for c in calls if not c.graph]
+    from_graph = [h for c in calls for h in c.graph]
+    needs = [NEEDS[n] for n in dict.fromkeys(n for c in host for n in c.spec.needs)]
+    if options.keep_tensors:  # the raw tensors, even when every map is in the graph
+        needs += [NEEDS["activations"], NEEDS["gradients"]]
+    reads = {n.output for n in needs}
+    inputs = tuple(_layer_inputs(t, reads) for t in targets)
+    kept = (
+        [n for li in inputs for n in (li.activation, li.gradient, li.layer.cam_weight) if n]
+        if options.keep_tensors
+        else []
+    )
+    predicting = tuple(predicting) or (info.logits_output,)
+    fetch = [
+        *predicting,
+        contract.CLASS_OUTPUT,
+        *(getattr(li, f) for li in inputs for f in LAYER_OUTPUTS if getattr(li, f)),
+        *from_graph,  # the heatmaps live in the gradient branch (mode 0)
+        *kept,
+    ]
+    gradients = bool(from_graph) or any(n.gradients for n in needs)
+    return Plan(
+        options=options,
+        targets=targets,
+        calls=calls,
+        fetch=tuple(dict.fromkeys(fetch)),
+        predicting=len(predicting),
+        mode=contract.MODE_EXPLAIN if gradients else contract.MODE_FORWARD,
+        inputs=inputs,
+        noisy=tuple(t.gradient for t in targets) if any(n.noisy for n in needs) else (),
+        keep=tuple(kept),
+        perturbation=options.perturbation or PerturbationOptions(seed=options.seed),
+    )
+
+
+def _layer_inputs(t: TargetLayer, reads: set[str | None]) -> LayerInputs:
+    """Where ``t``'s arrays are, for the ``reads`` among ``LAYER_OUTPUTS``."""
+    names = {}
+    for f in LAYER_OUTPUTS:
+        if f in reads:
+            name = getattr(t, f)
+            if not name:
+                need = next(n for n in NEEDS.values() if n.output == f)
+                raise MethodError(need.missing.format(layer=t.name))
+            names[f] = name
+    return LayerInputs(t, **names, pooled=t.gradient_pooled)
