@@ -12,7 +12,6 @@ the file-size ratios.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 from pathlib import Path
@@ -21,7 +20,7 @@ import numpy as np
 import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).parent))
-from harness import GRADIENT_MAPS, interleaved, markdown_table, median_ms, save, session
+from harness import GRADIENT_MAPS, arguments, interleaved, markdown_table, median_ms, save, session
 
 WEIGHTED = [m for m in GRADIENT_MAPS if not m.startswith("eigen")] + ["cam"]
 """The in-graph heatmaps other than the eigen maps."""
@@ -45,10 +44,7 @@ def models() -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--repeats", type=int, default=20)
-    ap.add_argument("--models", default="ResNet-50,EfficientNet-Lite0")
-    args = ap.parse_args()
+    args = arguments(__doc__, 20, "ResNet-50,EfficientNet-Lite0", batches=None).parse_args()
     wanted = args.models.split(",")
     from onnxcam.export import export_onnx
 

@@ -7,6 +7,7 @@ Never used by tests; run the scripts under ``bench/`` by hand (see docs/benchmar
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -15,19 +16,26 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from onnxcam.methods import METHODS
+
 RESULTS = Path(__file__).parent / "results"
 
-GRADIENT_MAPS = [
-    "gradcam",
-    "gradcam++",
-    "xgradcam",
-    "layercam",
-    "hirescam",
-    "gradcam-elementwise",
-    "eigengradcam",
-]
+GRADIENT_MAPS = [m for m, spec in METHODS.items() if spec.family == "gradient"]
 """The gradient methods whose maps "all gradient maps at once" means (with ``cam`` where the
 model has a GAP → Linear head)."""
+
+
+def arguments(
+    description: str | None, repeats: int, models: str, batches: str | None = "1,8"
+) -> argparse.ArgumentParser:
+    """The options every script shares: ``--repeats``, ``--models`` and (unless None)
+    ``--batches``; scripts add their own before ``parse_args``."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--repeats", type=int, default=repeats)
+    ap.add_argument("--models", default=models)
+    if batches is not None:
+        ap.add_argument("--batches", default=batches)
+    return ap
 
 
 def interleaved(

@@ -20,7 +20,6 @@ Per model and batch, median latency per image of
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
@@ -30,13 +29,7 @@ import onnxruntime as ort
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(Path(__file__).parent))
-from harness import (
-    interleaved,
-    markdown_table,
-    median_ms,
-    save,
-    session,
-)
+from harness import arguments, interleaved, markdown_table, median_ms, save, session
 from runtime_methods import explainers
 
 
@@ -99,11 +92,7 @@ def make_variants(plain, ex, ex_heat, maps: list[str], x: np.ndarray) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--repeats", type=int, default=40)
-    ap.add_argument("--models", default="lite0,resnet50")
-    ap.add_argument("--batches", default="1,8")
-    args = ap.parse_args()
+    args = arguments(__doc__, 40, "lite0,resnet50").parse_args()
 
     ort.set_default_logger_severity(3)
     rows = []

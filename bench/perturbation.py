@@ -14,7 +14,6 @@ onnxcam; the order of variants is shuffled per repeat.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
@@ -25,15 +24,13 @@ import numpy as np
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see runtime_methods.py
 sys.path.insert(0, str(Path(__file__).parent))
-from harness import interleaved, markdown_table, save, session_options
+from harness import arguments, interleaved, markdown_table, save, session_options
 from runtime_methods import build, plain_onnx
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = arguments(__doc__, 1, "resnet50,lite0", batches=None)
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--repeats", type=int, default=1)
-    ap.add_argument("--models", default="resnet50,lite0")
     ap.add_argument("--only", default="", help="comma-separated methods to time (default: all)")
     args = ap.parse_args()
     only = [m for m in args.only.split(",") if m]

@@ -21,7 +21,6 @@ Two phases per model and batch, in the same process (bench/harness.py, round-rob
 
 from __future__ import annotations
 
-import argparse
 import functools
 import os
 import sys
@@ -37,6 +36,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(Path(__file__).parent))
 from harness import (
     GRADIENT_MAPS,
+    arguments,
     interleaved,
     markdown_table,
     median_ms,
@@ -151,11 +151,8 @@ def make_variants(module, layer, fc, ex, plain, x, onnx_methods, all_grad) -> di
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--repeats", type=int, default=20)
+    ap = arguments(__doc__, 20, "resnet50,lite0")
     ap.add_argument("--peer-repeats", type=int, default=5)
-    ap.add_argument("--models", default="resnet50,lite0")
-    ap.add_argument("--batches", default="1,8")
     args = ap.parse_args()
 
     import torch

@@ -7,7 +7,7 @@ initializers are appended through ``add_node`` / ``add_initializer`` so the indi
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -199,20 +199,25 @@ class GraphView:
         ``data_only`` follows float edges only, so ``Reshape(x, Shape(input))`` does not make
         the input an ancestor through its shape.
         """
-        seen: set[str] = set()
-        stack = [n for n in names if n]
-        while stack:
-            t = stack.pop()
-            if t in seen or (data_only and not self.is_float(t)):
-                continue
-            seen.add(t)
+
+        def inputs(t: str) -> list[str]:
             p = self.producer.get(t)
-            if p is not None:
-                stack.extend(i for i in p.input if i)
-        return seen
+            return [i for i in p.input if i] if p is not None else []
+
+        return self._reach(names, inputs, data_only)
 
     def descendants(self, names: Iterable[str], data_only: bool = False) -> set[str]:
         """Every tensor computed from ``names`` (inclusive); ``data_only``: float edges only."""
+
+        def outputs(t: str) -> list[str]:
+            return [o for c in self.consumers.get(t, []) for o in c.output if o]
+
+        return self._reach(names, outputs, data_only)
+
+    def _reach(
+        self, names: Iterable[str], step: Callable[[str], list[str]], data_only: bool
+    ) -> set[str]:
+        """The tensors reached from ``names`` by repeating ``step`` (inclusive)."""
         seen: set[str] = set()
         stack = [n for n in names if n]
         while stack:
@@ -220,8 +225,7 @@ class GraphView:
             if t in seen or (data_only and not self.is_float(t)):
                 continue
             seen.add(t)
-            for c in self.consumers.get(t, []):
-                stack.extend(o for o in c.output if o)
+            stack.extend(step(t))
         return seen
 
     def unique_name(self, base: str) -> str:

@@ -129,20 +129,10 @@ def cli() -> None:
 @click.option(
     "--size", nargs=2, type=int, metavar="H W", default=None, help="Fix a dynamic input size."
 )
-@click.option(
-    "--mean",
-    metavar="M",
-    default=None,
-    callback=o.floats,
-    help="Per-channel mean after scaling, e.g. 0.485,0.456,0.406 (ImageNet default).",
+@o.floats_option(
+    "--mean", "M", "Per-channel mean after scaling, e.g. 0.485,0.456,0.406 (ImageNet default)."
 )
-@click.option(
-    "--std",
-    metavar="S",
-    default=None,
-    callback=o.floats,
-    help="Per-channel std, e.g. 0.229,0.224,0.225.",
-)
+@o.floats_option("--std", "S", "Per-channel std, e.g. 0.229,0.224,0.225.")
 @click.option(
     "--scale", type=float, default=None, help="Pixel scale applied before mean/std (default 1/255)."
 )

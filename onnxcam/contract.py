@@ -171,11 +171,17 @@ class Layout(str):
 
     def to_nchw(self, a: np.ndarray) -> np.ndarray:
         """``[..., (layout)]`` → ``[..., C, H, W]`` (a view; the last three axes move)."""
-        return a if self.channel_axis == 1 else np.moveaxis(a, -1, -3)
+        if self.channel_axis == 1:
+            return a
+        lead = tuple(range(a.ndim - 3))
+        return a.transpose(*lead, *(len(lead) + i - 1 for i in self.to_nchw_perm[1:]))
 
     def from_nchw(self, a: np.ndarray) -> np.ndarray:
         """``[..., C, H, W]`` → this layout (a view)."""
-        return a if self.channel_axis == 1 else np.moveaxis(a, -3, -1)
+        if self.channel_axis == 1:
+            return a
+        lead = tuple(range(a.ndim - 3))
+        return a.transpose(*lead, *(len(lead) + i - 1 for i in self.from_nchw_perm[1:]))
 
     def per_position(self, masks: np.ndarray) -> np.ndarray:
         """Masks ``[m, H, W]`` → broadcastable over this layout's channels."""

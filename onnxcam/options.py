@@ -123,6 +123,11 @@ def methods(ctx: click.Context, param: click.Parameter, value: str | None) -> li
     return names
 
 
+def floats_option(flag: str, metavar: str, help: str) -> Callable[[F], F]:
+    """An option taking numbers separated by commas or spaces (a list reaches the command)."""
+    return click.option(flag, metavar=metavar, default=None, callback=floats, help=help)
+
+
 def _methods_help() -> str:
     from .methods import METHODS
 
@@ -216,15 +221,6 @@ _FIELD_CLI: dict[str, dict[str, Any]] = {
     "scorecam_topk": {"metavar": "K"},
     "occlusion_baseline": {"metavar": "PIXEL"},
 }
-_FIELD_HELP = {
-    # used until the dataclass documents the field (metadata "help" or an attribute docstring)
-    "batch_size": "Images per run, and perturbed inputs per run for perturbation methods.",
-    "ss_samples": "SS-CAM noise draws.",
-    "ss_noise": "SS-CAM: standard deviation of the Gaussian noise added to each mask.",
-    "is_steps": "IS-CAM integration steps.",
-    "occlusion_patch": "Occlusion: side of the square patch, in model-input pixels.",
-    "occlusion_stride": "Occlusion: step between patches, in model-input pixels.",
-}
 
 
 def field_docs(cls: type) -> dict[str, str]:
@@ -273,7 +269,7 @@ def dataclass_options(
     cls: type, prefix: str, help: Mapping[str, str] | None = None
 ) -> list[Option]:
     """One option per field of ``cls``: ``--field-name``, the field's type and default, help from
-    ``help``, the field's metadata ("help"), its docstring or ``_FIELD_HELP``, in that order."""
+    ``help``, the field's metadata ("help") or its docstring, in that order."""
     help = help or {}
     hints = typing.get_type_hints(cls)
     docs = field_docs(cls)
@@ -300,10 +296,7 @@ def dataclass_options(
                 default=default,
                 show_default=default is not None,
                 callback=_checked(cls, f.name),
-                help=help.get(f.name)
-                or f.metadata.get("help")
-                or docs.get(f.name)
-                or _FIELD_HELP.get(f.name),
+                help=help.get(f.name) or f.metadata.get("help") or docs.get(f.name),
                 **extra,
             )
         )

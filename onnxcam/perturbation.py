@@ -28,6 +28,7 @@ class PerturbationOptions:
     """Knobs of the perturbation methods (defaults follow the peers named in docs/methods.md)."""
 
     batch_size: int = 32
+    """Images per run, and perturbed inputs per run for perturbation methods."""
     scorecam_convention: str = "pytorch-grad-cam"
     """pytorch-grad-cam: upsample (align_corners) then min-max each mask; torchcam: min-max
     at feature resolution then upsample (half-pixel)."""
@@ -35,10 +36,15 @@ class PerturbationOptions:
     """Approximation: score only the K channels with the largest mean activation (others get
     weight 0 before the softmax is renormalised over the kept ones). None = every channel."""
     ss_samples: int = 35
+    """SS-CAM noise draws."""
     ss_noise: float = 2.0
+    """SS-CAM: standard deviation of the Gaussian noise added to each mask."""
     is_steps: int = 10
+    """IS-CAM integration steps."""
     occlusion_patch: int = 32
+    """Occlusion: side of the square patch, in model-input pixels."""
     occlusion_stride: int = 16
+    """Occlusion: step between patches, in model-input pixels."""
     occlusion_baseline: float | None = None
     """Pixel value (0–255, all channels) put in the occluded patch; None = the dataset mean
     (0 in the model's normalised input)."""

@@ -133,12 +133,9 @@ def _run(code: str) -> str:
 
 
 def test_version_loads_neither_the_engine_nor_its_libraries() -> None:
-    code = (
-        "import sys, onnxcam\n"
-        "assert onnxcam.__version__\n"
-        "heavy = ('onnxcam.engine', 'cv2', 'onnxruntime', 'torch', 'onnx')\n"
-        "print([m for m in heavy if m in sys.modules])\n"
-    )
+    heavy = ("onnxcam.engine", "cv2", "onnxruntime", "torch", "onnx")
+    code = f"import sys, onnxcam; assert onnxcam.__version__; print([m for m in {heavy} "
+    code += "if m in sys.modules])"
     assert _run(code).strip() == "[]"
 
 
