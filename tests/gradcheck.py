@@ -89,10 +89,23 @@ def build_forward(case: Case, dtype: int) -> tuple[onnx.ModelProto, dict[str, np
     return model, feeds
 
 
+def _run_shapes_where_not_inferred(
+    view: GraphView, model: onnx.ModelProto, feeds: dict[str, np.ndarray]
+) -> None:
+    """Output shapes ONNX shape inference leaves open (GroupNormalization, a context-dependent
+    function, gets none) are read from one onnxruntime run of the forward model."""
+    outs = [o.name for o in model.graph.output if view.static_shape(o.name) is None]
+    if outs:
+        sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        for name, y in zip(outs, sess.run(outs, feeds), strict=True):
+            view.shapes[name] = tuple(y.shape)
+
+
 def gradient_model(case: Case) -> tuple[onnx.ModelProto, dict[str, np.ndarray], list[str]]:
     """Forward model plus the walker's backward nodes; seeds are extra graph inputs."""
     model, feeds = build_forward(case, TensorProto.FLOAT)
     view = GraphView(model)
+    _run_shapes_where_not_inferred(view, model, feeds)
     for out in model.graph.output:  # declare the inferred output shapes
         out.CopyFrom(
             helper.make_tensor_value_info(out.name, TensorProto.FLOAT, view.shape(out.name))

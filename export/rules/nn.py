@@ -8,6 +8,7 @@ Gemm is a ``Gemm`` over the same matrix with the other ``transB``.
 from __future__ import annotations
 
 import math
+import string
 from dataclasses import dataclass
 
 import numpy as np
@@ -88,20 +89,30 @@ def _window(b, n, kernel: list[int]) -> _Window:
     return _Window(list(kernel), strides, dilations, begin, end, n_in, n_out)
 
 
+def _data_input_only(n, need) -> None:
+    """Refuse a node whose weights (inputs 1, 2, ...) depend on the target layer."""
+    if any(need[1:]):
+        raise UnsupportedOpError(
+            f"{n.op_type} node {node_label(n)!r}: its weights depend on the target layer; only "
+            "the data input can be differentiated"
+        )
+
+
+def _kernel(b, n) -> list[int]:
+    """``kernel_shape``, else the weight's static spatial shape."""
+    w_shape = b.view.static_shape(n.input[1])
+    kernel = list(attr(n, "kernel_shape") or (w_shape[2:] if w_shape else []))
+    if not kernel:
+        raise ExportError(f"{n.op_type} node {node_label(n)!r}: kernel shape unknown")
+    return kernel
+
+
 @vjp("Conv")
 def _conv(b, n, gy, need):
     # dx = ConvTranspose(g, W) with the forward strides/dilations/group and adjoint padding
-    if any(need[1:]):
-        raise UnsupportedOpError(
-            f"Conv node {node_label(n)!r}: its weights depend on the target layer; only the "
-            "data input can be differentiated"
-        )
+    _data_input_only(n, need)
     w = n.input[1]
-    w_shape = b.view.static_shape(w)
-    kernel = list(attr(n, "kernel_shape") or (w_shape[2:] if w_shape else []))
-    if not kernel:
-        raise ExportError(f"Conv node {node_label(n)!r}: kernel shape unknown")
-    win = _window(b, n, kernel)
+    win = _window(b, n, _kernel(b, n))
     pads, out_pad = win.transpose_padding()
     dx = b.ConvTranspose(
         gy[0],
@@ -112,6 +123,44 @@ def _conv(b, n, gy, need):
         kernel_shape=win.kernel,
         pads=pads,
         output_padding=out_pad,
+    )
+    return [dx, None, None]
+
+
+def _conv_transpose_pads(n, r: int) -> list[int]:
+    """The explicit ``pads`` of a ConvTranspose; ``auto_pad`` SAME_* and ``output_shape`` (whose
+    padding split onnxruntime and the spec disagree on) are refused."""
+    auto_pad = attr(n, "auto_pad", "NOTSET")
+    if auto_pad not in ("NOTSET", "", "VALID") or attr(n, "output_shape") is not None:
+        what = "output_shape" if attr(n, "output_shape") is not None else f"auto_pad={auto_pad}"
+        raise ExportError(
+            f"ConvTranspose node {node_label(n)!r}: {what} is not supported on the gradient "
+            "path (export it with explicit pads, as torch does)"
+        )
+    strides = attr(n, "strides") or [1] * r
+    if any(p >= s for p, s in zip(attr(n, "output_padding") or [0] * r, strides, strict=True)):
+        raise ExportError(f"ConvTranspose node {node_label(n)!r}: output_padding ≥ stride")
+    pads = attr(n, "pads") if auto_pad != "VALID" else None
+    return list(pads or [0] * (2 * r))
+
+
+@vjp("ConvTranspose")
+def _conv_transpose(b, n, gy, need):
+    # y[o] += x[i]·W[j] at o = i·s − pad_begin + j·d: the adjoint reads g at those same taps,
+    # dx = Conv(g, W) with the forward strides/dilations/group/pads (W is [C_in, C_out/group, k]
+    # as a ConvTranspose weight, which is [M, C/group, k] for a Conv from C_out to C_in);
+    # output_padding (< stride) only adds outputs no input reaches.
+    _data_input_only(n, need)
+    kernel = _kernel(b, n)
+    r = len(kernel)
+    dx = b.Conv(
+        gy[0],
+        n.input[1],
+        strides=list(attr(n, "strides") or [1] * r),
+        dilations=list(attr(n, "dilations") or [1] * r),
+        group=attr(n, "group", 1),
+        kernel_shape=kernel,
+        pads=_conv_transpose_pads(n, r),
     )
     return [dx, None, None]
 
@@ -180,14 +229,16 @@ def _max_pool(b, n, gy, need):
 
 
 # --- reductions ------------------------------------------------------------------------------
-def _inverse_count(b, x: str, axes: list[int]) -> str:
-    """1 / (number of elements reduced over ``axes`` of ``x``), a scalar of x's dtype."""
+def _inverse_count(b, x: str, axes: list[int], groups: int = 1) -> str:
+    """``groups`` / (number of elements over ``axes`` of ``x``), a scalar of x's dtype: the
+    inverse size of what one reduction (or one of ``groups`` groups) averages."""
     s = b.view.shape(x)
     dims = [s[a] for a in axes] if s is not None else [None]
     if all(isinstance(d, int) for d in dims):
-        return b.scalar(1.0 / math.prod(dims), x)
+        return b.scalar(groups / math.prod(dims), x)
     count = b.ReduceProd(b.Gather(b.Shape(x), b.ints(axes)), keepdims=0)
-    return b.Reciprocal(b.Cast(count, to=b.view.dtype(x)))
+    inv = b.Reciprocal(b.Cast(count, to=b.view.dtype(x)))
+    return b.Mul(inv, b.scalar(groups, x)) if groups != 1 else inv
 
 
 def _reduce_axes(b, n, x: str) -> list[int] | None:
@@ -205,11 +256,14 @@ def _reduce_axes(b, n, x: str) -> list[int] | None:
     return sorted(int(a) % rank for a in ints(axes))
 
 
+def _keepdims(b, n, t: str, axes: list[int]) -> str:
+    """A reduction's output (or its gradient) with the reduced axes kept as size 1."""
+    return t if attr(n, "keepdims", 1) else b.Unsqueeze(t, b.ints(axes))
+
+
 def _expand_back(b, n, g: str, x: str, axes: list[int]) -> str:
     """Broadcast a reduction's gradient back over the reduced axes of ``x``."""
-    if not attr(n, "keepdims", 1):
-        g = b.Unsqueeze(g, b.ints(axes))
-    return b.Expand(g, b.Shape(x))
+    return b.Expand(_keepdims(b, n, g, axes), b.Shape(x))
 
 
 @vjp("ReduceSum", "ReduceMean")
@@ -233,6 +287,28 @@ def _reduce_max_min(b, n, gy, need):
         return [gy[0], None]
     hit = b.Equal(x, _expand_back(b, n, y, x, axes))
     return [b.Where(hit, _expand_back(b, n, gy[0], x, axes), b.scalar(0.0, x)), None]
+
+
+@vjp("ReduceL2")
+def _reduce_l2(b, n, gy, need):
+    # y = √Σx²;  dx = x · g/y, and 0 where y = 0 (torch's norm backward); with no axes and
+    # noop_with_empty_axes, y = |x| element-wise and the same formula holds
+    x, y = n.input[0], n.output[0]
+    axes = _reduce_axes(b, n, x)
+    zero = b.scalar(0.0, y)
+    q = b.Where(b.Equal(y, zero), zero, b.Div(gy[0], y))
+    return [b.Mul(x, _keepdims(b, n, q, axes) if axes else q), None]
+
+
+@vjp("ReduceLogSumExp")
+def _reduce_log_sum_exp(b, n, gy, need):
+    # y = log Σ exp x;  dx = g · exp(x − y)  (the softmax of x over the reduced axes)
+    x, y = n.input[0], n.output[0]
+    axes = _reduce_axes(b, n, x)
+    if axes is None:
+        return [gy[0], None]
+    p = b.Exp(b.Sub(x, _keepdims(b, n, y, axes)))
+    return [b.Mul(p, _keepdims(b, n, gy[0], axes)), None]
 
 
 @vjp("GlobalAveragePool")
@@ -264,31 +340,72 @@ def _batch_norm(b, n, gy, need):
     return [b.Mul(gy[0], b.Reshape(factor, b.ints([-1] + [1] * (rank - 2))))]
 
 
-def _mean_over(b, t: str, x: str, axes: str, inv_n: str) -> str:
+def _mean_over(b, t: str, axes: str, inv_n: str) -> str:
     return b.Mul(b.ReduceSum(t, axes, keepdims=1), inv_n)
+
+
+def _normalize_grad(b, x: str, gh: str, axis_list: list[int], eps: float, inv_n: str) -> str:
+    """dx of x̂ = (x − μ)·r, r = 1/√(σ² + ε) (moments over ``axis_list``, ``inv_n`` = 1/count),
+    given ĝ = ∂/∂x̂:  dx = r · (ĝ − mean(ĝ) − x̂ · mean(ĝ·x̂))."""
+    axes = b.ints(axis_list)
+    xc = b.Sub(x, _mean_over(b, x, axes, inv_n))
+    var = _mean_over(b, b.Mul(xc, xc), axes, inv_n)
+    r = b.Reciprocal(b.Sqrt(b.Add(var, b.scalar(eps, x))))
+    xhat = b.Mul(xc, r)
+    inner = b.Sub(
+        b.Sub(gh, _mean_over(b, gh, axes, inv_n)),
+        b.Mul(xhat, _mean_over(b, b.Mul(gh, xhat), axes, inv_n)),
+    )
+    return b.Mul(r, inner)
+
+
+def _norm_rank(b, n) -> int:
+    rank = b.view.rank(n.input[0])
+    if rank is None:
+        raise ExportError(f"{n.op_type} node {node_label(n)!r}: rank unknown")
+    return rank
 
 
 @vjp("LayerNormalization")
 def _layer_norm(b, n, gy, need):
-    # x̂ = (x − μ)·r, r = 1/√(σ² + ε);  ĝ = g·scale;  dx = r · (ĝ − mean(ĝ) − x̂ · mean(ĝ·x̂))
+    # moments over axes [axis, rank);  ĝ = g·scale;  dx = _normalize_grad
     x, g = n.input[0], gy[0]
-    rank = b.view.rank(x)
-    if rank is None:
-        raise ExportError(f"LayerNormalization node {node_label(n)!r}: rank unknown")
-    first = attr(n, "axis", -1) % rank
-    axis_list = list(range(first, rank))
-    axes, inv_n = b.ints(axis_list), _inverse_count(b, x, axis_list)
-    xc = b.Sub(x, _mean_over(b, x, x, axes, inv_n))
-    var = _mean_over(b, b.Mul(xc, xc), x, axes, inv_n)
-    r = b.Reciprocal(b.Sqrt(b.Add(var, b.scalar(attr(n, "epsilon", 1e-5), x))))
-    xhat = b.Mul(xc, r)
+    rank = _norm_rank(b, n)
+    axis_list = list(range(attr(n, "axis", -1) % rank, rank))
     scale = input_or_none(n, 1)
     gh = b.Mul(g, scale) if scale else g
-    inner = b.Sub(
-        b.Sub(gh, _mean_over(b, gh, x, axes, inv_n)),
-        b.Mul(xhat, _mean_over(b, b.Mul(gh, xhat), x, axes, inv_n)),
-    )
-    return [b.Mul(r, inner), None, None]
+    eps = attr(n, "epsilon", 1e-5)
+    return [_normalize_grad(b, x, gh, axis_list, eps, _inverse_count(b, x, axis_list)), None, None]
+
+
+@vjp("InstanceNormalization")
+def _instance_norm(b, n, gy, need):
+    # moments over the spatial axes of each (n, c);  ĝ = g·scale[c];  dx = _normalize_grad
+    _data_input_only(n, need)
+    x = n.input[0]
+    rank = _norm_rank(b, n)
+    spatial = list(range(2, rank))
+    gh = b.Mul(gy[0], b.Reshape(n.input[1], b.ints([-1] + [1] * (rank - 2))))
+    eps = attr(n, "epsilon", 1e-5)
+    return [_normalize_grad(b, x, gh, spatial, eps, _inverse_count(b, x, spatial)), None, None]
+
+
+@vjp("GroupNormalization")
+def _group_norm(b, n, gy, need):
+    # moments over x viewed as [N, G, C/G·spatial];  ĝ = g·scale, the scale per channel
+    # (opset 21) or per group (opset 18, applied in the grouped view);  dx = _normalize_grad
+    _data_input_only(n, need)
+    x, scale, g = n.input[0], n.input[1], gy[0]
+    rank, groups = _norm_rank(b, n), attr(n, "num_groups")
+    if b.view.opset >= 21:
+        g = b.Mul(g, b.Reshape(scale, b.ints([-1] + [1] * (rank - 2))))
+    gh = b.Reshape(g, b.ints([0, groups, -1]))
+    if b.view.opset < 21:
+        gh = b.Mul(gh, b.Reshape(scale, b.ints([-1, 1])))
+    inv_n = _inverse_count(b, x, list(range(1, rank)), groups)
+    xg = b.Reshape(x, b.ints([0, groups, -1]))
+    dx = _normalize_grad(b, xg, gh, [2], attr(n, "epsilon", 1e-5), inv_n)
+    return [b.reshape_like(dx, x), None, None]
 
 
 # --- linear algebra --------------------------------------------------------------------------
@@ -341,3 +458,68 @@ def _matmul(b, n, gy, need):
         dc = b.MatMul(b.Transpose(a, perm=_swap_last_two(len(sa))), g)
         dc = b.unbroadcast(dc, (*sy[:-2], *sc[-2:]), c)
     return [da, dc]
+
+
+# --- Einsum ----------------------------------------------------------------------------------
+def _einsum_terms(b, n) -> tuple[list[str], str]:
+    """Operand and output subscripts of an Einsum with ``...`` spelled out as fresh letters
+    and the implicit output (labels used once, sorted) made explicit."""
+    eq = attr(n, "equation").replace(" ", "")
+    lhs, arrow, out = eq.partition("->")
+    terms = lhs.split(",")
+    fresh = [c for c in string.ascii_letters if c not in eq]
+    ranks = [b.view.rank(x) for x in n.input]
+    if any(r is None for r in ranks):
+        raise ExportError(f"Einsum node {node_label(n)!r}: operand ranks unknown")
+    spans = [r - len(t) + 3 if "..." in t else 0 for t, r in zip(terms, ranks, strict=True)]
+    letters = "".join(fresh[: max(spans, default=0)])
+    terms = [
+        t.replace("...", letters[len(letters) - k :]) for t, k in zip(terms, spans, strict=True)
+    ]
+    if not arrow:
+        once = sorted(c for c in set("".join(terms)) if "".join(terms).count(c) == 1)
+        out = letters + "".join(c for c in once if c not in letters)
+    out = out.replace("...", letters)
+    _check_einsum(b, n, terms, out)
+    return terms, out
+
+
+def _check_einsum(b, n, terms: list[str], out: str) -> None:
+    """Refuse repeated labels in one operand (diagonals, traces) and labels whose static sizes
+    differ between operands (a size-1 ``...`` dimension broadcast)."""
+    sizes: dict[str, set] = {}
+    for t, x in zip(terms, n.input, strict=True):
+        if len(set(t)) != len(t):
+            raise ExportError(
+                f"Einsum node {node_label(n)!r}: repeated subscripts in {t!r} (a diagonal or "
+                "trace) are not supported on the gradient path"
+            )
+        for c, d in zip(t, b.view.shape(x) or [None] * len(t), strict=True):
+            if isinstance(d, int):
+                sizes.setdefault(c, set()).add(d)
+    if any(len(v) > 1 for v in sizes.values()):
+        raise ExportError(
+            f"Einsum node {node_label(n)!r}: operands {','.join(terms)} -> {out} broadcast a "
+            "size-1 dimension; only equal sizes per label are supported on the gradient path"
+        )
+
+
+@vjp("Einsum")
+def _einsum(b, n, gy, need):
+    # Y = einsum(s_1, …, s_k -> s_y);  dX_i = einsum(s_y, s_j (j ≠ i) -> s_i), then broadcast
+    # over the labels only s_i carries (the forward summed them away alone)
+    terms, out = _einsum_terms(b, n)
+    grads: list[str | None] = []
+    for i, x in enumerate(n.input):
+        others = [t for j, t in enumerate(terms) if j != i]
+        seen = set(out).union(*others)
+        kept = "".join(c for c in terms[i] if c in seen)
+        dx = None
+        if need[i]:
+            ops = [gy[0], *(v for j, v in enumerate(n.input) if j != i)]
+            dx = b.Einsum(*ops, equation=",".join([out, *others]) + "->" + kept)
+            if kept != terms[i]:
+                lost = [k for k, c in enumerate(terms[i]) if c not in seen]
+                dx = b.Expand(b.Unsqueeze(dx, b.ints(lost)), b.Shape(x))
+        grads.append(dx)
+    return grads

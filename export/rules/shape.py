@@ -195,3 +195,31 @@ def _pad(b, n, gy, need):
             raise ExportError(f"Pad node {node_label(n)!r}: unknown mode {mode!r}")
         g = _scatter_axis(b, g, rank, src, a, dim)
     return [g, None, None, None]
+
+
+def _tiled_view(b, x: str, reps: list[int]) -> str:
+    """The shape [r_0, d_0, r_1, d_1, …] of a Tile's output split into (repeat, x) axes; axes
+    with r = 1 keep only d. Static when x's shape is, else read at run time."""
+    s = b.view.shape(x)
+    if s is not None and all(isinstance(d, int) for d in s):
+        pairs = zip(reps, s, strict=True)
+        return b.ints([v for r, d in pairs for v in ([r, d] if r != 1 else [d])])
+    parts = []
+    for a, r in enumerate(reps):
+        if r != 1:
+            parts.append(b.ints(r))
+        parts.append(b.Shape(x, start=a, end=a + 1))
+    return b.Concat(*parts, axis=0)
+
+
+@vjp("Tile")
+def _tile(b, n, gy, need):
+    # y = x repeated r_a times along each axis a: view g as [r_0, d_0, r_1, d_1, …] and sum
+    # over the repeat axes
+    x = n.input[0]
+    reps = ints(_const_input(b, n, 1, "repeats"))
+    if all(r == 1 for r in reps):
+        return [gy[0], None]
+    g = b.Reshape(gy[0], _tiled_view(b, x, reps))
+    axes = [a + k for k, a in enumerate(i for i, r in enumerate(reps) if r != 1)]
+    return [b.ReduceSum(g, b.ints(axes), keepdims=0), None]
