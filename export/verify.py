@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections import Counter
 from collections.abc import Iterable
@@ -143,14 +144,17 @@ def verify_forward(
     _verify_heads(new, feeds, by_name, atol)
     for name, value in by_name.items():
         floating = np.issubdtype(value.dtype, np.floating)
-        if name.startswith("onnxcam_") and floating and not np.all(np.isfinite(value)):
+        if name.startswith(contract.NAME_PREFIX) and floating and not np.all(np.isfinite(value)):
             raise ExportError(f"verification failed: {name!r} is not finite")
     return worst
 
 
 def _verify_heads(session, feeds: dict, by_name: dict, atol: float) -> None:
     """Each head-only path, fed the real activations, must reproduce the explained score."""
-    for k in range(len([n for n in by_name if n.startswith("onnxcam_head_logits_")])):
+    targets = itertools.takewhile(
+        lambda k: contract.activation_name(k) in by_name, itertools.count()
+    )
+    for k in (k for k in targets if contract.head_output_name(k) in by_name):
         feeds_k = {
             **feeds,
             contract.MODE_INPUT: np.array(contract.MODE_HEAD, dtype=np.int64),

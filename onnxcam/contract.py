@@ -28,6 +28,9 @@ VERSION = 2
 v2: the ``onnxcam_mode`` input (gradients behind an ``If``: forward-only runs skip them) and
 per-target head-only paths (``onnxcam_head_input_k`` → ``onnxcam_head_logits_k``)."""
 
+NAME_PREFIX = "onnxcam_"
+"""Every input and output name the contract adds starts with this."""
+
 # --- inputs ---------------------------------------------------------------------------------
 CLASS_INPUT = "onnxcam_target_class"
 """int64 ``[batch]``: class to explain per sample; absent (default ``[-1]``) or negative = top-1."""
