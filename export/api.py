@@ -23,6 +23,7 @@ from .layers import (
     Head,
     LayerInfo,
     candidate_layers,
+    default_layer,
     find_head,
     image_input,
     input_layout,
@@ -239,7 +240,8 @@ def build_state(
     """What the passes start from, for a model at opset ≥ 17: the image input (``size``
     fixed), its spec, the head, the labels and the target layers (the arguments are
     ``export_onnx``'s)."""
-    view = GraphView(m)
+    # with --size the first view only finds the image input: its declared types suffice
+    view = GraphView(m, analyse=size is None)
     image = image_input(view)
     layout = input_layout(view, image)
     if size is not None:
@@ -305,7 +307,7 @@ def _target_names(
     """(user name, tensor) of each requested layer (default: the default candidate)."""
     candidates = candidate_layers(view, head)
     if not layers:
-        default = next(c for c in candidates if c.default)
+        default = default_layer(candidates)
         return [(default.tensor, default.tensor)]
     tensors = [resolve_layer(view, name, candidates) for name in layers]
     return list(zip(list(names) if names else list(layers), tensors, strict=True))

@@ -8,6 +8,7 @@ initializers are appended through ``add_node`` / ``add_initializer`` so the indi
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -45,7 +46,9 @@ def _dims(type_proto: onnx.TypeProto) -> tuple[Dim, ...] | None:
 class GraphView:
     """Indexes a ``ModelProto``'s main graph; the model is edited in place by the passes."""
 
-    def __init__(self, model: onnx.ModelProto) -> None:
+    def __init__(self, model: onnx.ModelProto, analyse: bool = True) -> None:
+        """``analyse=False`` skips the static analysis (``refresh_shapes``): only the types
+        the model declares (inputs, outputs, value_info, initializers) are known."""
         self.model = model
         self.graph = model.graph
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
@@ -58,8 +61,12 @@ class GraphView:
         self.taken: set[str] = {i.name for i in self.graph.input} | set(self.initializers)
         for n in self.graph.node:
             self._index(n)
-        self.folded: dict[str, np.ndarray] = fold_constants(model, set(self.graph_inputs))
-        self.refresh_shapes()
+        self.folded: dict[str, np.ndarray] = {}
+        self.probe_batches: tuple[int, ...] = ()
+        if analyse:
+            self.refresh_shapes()
+        else:
+            self.shapes, self.dtypes = _read_types(model)
 
     # -- indexing -----------------------------------------------------------------------------
     def _index(self, node: onnx.NodeProto) -> None:
@@ -80,31 +87,21 @@ class GraphView:
             self._index(n)
 
     def refresh_shapes(self) -> None:
-        """Re-run ONNX shape inference and record every tensor's static shape and dtype."""
+        """Re-run the static analysis (``analyse_shapes``): every tensor's static shape and
+        dtype, and the values of the small tensors the graph computes from constants and from
+        static shapes (shape arithmetic, pads, axes) that do not depend on the batch size."""
+        found = analyse_shapes(self.model)
+        self.folded = found.values
+        self.probe_batches = found.probe_batches
+        self._const_cache.clear()
         # Declared output shapes may be vaguer than what inference finds (torch marks every
-        # dim of an extra output symbolic): infer with the outputs' shapes left open.
-        # Constant subgraphs (e.g. pads computed by the TorchScript exporter through
-        # Concat/Transpose/Cast) are replaced by their folded values in that copy only.
-        probe = onnx.ModelProto()
-        probe.CopyFrom(self.model)
-        for o in probe.graph.output:
-            o.type.tensor_type.ClearField("shape")
-        if self.folded:
-            keep = [n for n in probe.graph.node if not any(o in self.folded for o in n.output)]
-            del probe.graph.node[:]
-            probe.graph.node.extend(keep)
-            probe.graph.initializer.extend(
-                numpy_helper.from_array(v, k) for k, v in self.folded.items()
-            )
-        try:
-            inferred = onnx.shape_inference.infer_shapes(probe, data_prop=True)
-        except Exception:  # inference is best effort; fall back to what the model declares
-            inferred = self.model
-        g = inferred.graph
-        for vi in [*self.graph.output, *g.input, *g.value_info, *g.output]:
+        # dim of an extra output symbolic): the analysis infers with the outputs left open.
+        for vi in self.graph.output:
             if vi.type.HasField("tensor_type"):
                 self.shapes[vi.name] = _dims(vi.type)
                 self.dtypes[vi.name] = vi.type.tensor_type.elem_type
+        self.shapes.update(found.shapes)
+        self.dtypes.update(found.dtypes)
         for init in self.graph.initializer:
             self.shapes[init.name] = tuple(int(d) for d in init.dims)
             self.dtypes[init.name] = init.data_type
@@ -188,6 +185,19 @@ class GraphView:
         if value is not None:
             self._const_cache[name] = value
         return value
+
+    def size_hint(self, name: str) -> str:
+        """`` (fix the input size with --size H W)`` when ``name`` is computed from a graph
+        input that has a dynamic dimension besides the batch (so its value could not be
+        resolved statically), else ``""``: for error messages about non-constant shapes."""
+        dynamic = {
+            i
+            for i in self.graph_inputs
+            if any(not isinstance(d, int) for d in (self.shapes.get(i) or ())[1:])
+        }
+        if dynamic and dynamic & self.ancestors([name]):
+            return " (fix the input size with --size H W)"
+        return ""
 
     def topo_order(self) -> list[onnx.NodeProto]:
         """Nodes in the order they appear (ONNX requires a topologically sorted node list)."""
@@ -281,6 +291,10 @@ def ints(values: Sequence[int] | np.ndarray) -> list[int]:
 FOLD_MAX_ELEMENTS = 4096
 """Only small tensors are folded: shape arithmetic, pads, axes — never weights."""
 
+PROBE_BATCHES = (3, 7)
+"""Batch sizes the analysis fixes a dynamic batch at (two, so that what depends on the batch
+shows; neither is 1, so that a batch cannot pass for a broadcast axis)."""
+
 _NOT_FOLDABLE = {
     "RandomNormal",
     "RandomUniform",
@@ -293,50 +307,355 @@ _NOT_FOLDABLE = {
     "Scan",
 }
 
+_GROWING = {
+    "ConstantOfShape",
+    "Expand",
+    "Tile",
+    "Range",
+    "Resize",
+    "Upsample",
+    "Pad",
+    "OneHot",
+    "EyeLike",
+    "Gather",
+    "GatherElements",
+    "GatherND",
+    "MatMul",
+    "Einsum",
+}
+"""Ops whose output can be much larger than their inputs: folded only once inference has
+shown their output is small."""
 
-def fold_constants(model: onnx.ModelProto, graph_inputs: set[str]) -> dict[str, np.ndarray]:
-    """Values of small tensors computed only from constants (evaluated with onnx.reference).
 
-    The graph itself is not changed; the values serve shape inference and ``GraphView.const``.
+@dataclass
+class ShapeAnalysis:
+    """What ``analyse_shapes`` found about a model."""
+
+    values: dict[str, np.ndarray]
+    """Small tensors with a static value (computed from constants and static shapes)."""
+    shapes: dict[str, tuple[Dim, ...] | None]
+    dtypes: dict[str, int]
+    probe_batches: tuple[int, ...] = ()
+    """The batch sizes the dynamic batch was fixed at (empty when it was left open)."""
+
+
+def analyse_shapes(model: onnx.ModelProto) -> ShapeAnalysis:
+    """Static shapes, dtypes and small constant values of a model; the model is not changed.
+
+    On a weight-free copy, ONNX shape inference (with data propagation) and then one pass of
+    folding and node-by-node inference (``_propagate``): a ``Shape``/``Size`` of a tensor whose
+    shape is static is a constant, so is what is computed from constants (``onnx.reference``),
+    and a node reading such values gets its output shapes inferred again. This resolves the
+    ``Shape → Gather → Div → Concat → Reshape`` arithmetic torch's exporters emit.
+
+    A dynamic batch would stop that at the first ``Shape`` of an activation (and leaves the
+    ``-1`` of a ``Reshape`` unknown), so the analysis runs twice, with the batch fixed at each
+    of ``PROBE_BATCHES``: a value equal in both runs is a constant, a dimension equal in both
+    is static, and one that takes the two batch sizes is the batch (named as in the input).
+    What differs otherwise (a reshape target holding the batch, a window batch ``B·nW``) is
+    not a constant / unknown, so gradient rules read it from the runtime tensors. Other
+    dynamic input dimensions stay dynamic, and so does what depends on them. When inference
+    fails with the batch fixed, the batch is left open instead.
     """
-    from onnx.reference import ReferenceEvaluator
+    base, real_inputs = _skeleton(model)
+    batched = _batched_inputs(base, real_inputs)
+    if batched:
+        symbols = {(_dims(vi.type) or (None,))[0] for vi in base.graph.input if vi.name in batched}
+        symbol = symbols.pop() if len(symbols) == 1 else None
+        try:
+            runs = [_propagate(_with_batch(base, batched, b), strict=True) for b in PROBE_BATCHES]
+        except _ProbeError:
+            pass
+        else:
+            return _merge(runs, PROBE_BATCHES, symbol)  # type: ignore[arg-type]
+    return _propagate(base, strict=False)
 
-    sizes = {
-        i.name: int(np.prod(i.dims)) for i in model.graph.initializer if i.name not in graph_inputs
-    }
-    known = {k for k, n in sizes.items() if n <= FOLD_MAX_ELEMENTS}
-    nodes = []
-    for node in model.graph.node:
-        if node.op_type in _NOT_FOLDABLE or node.domain not in ("", "ai.onnx"):
+
+class _ProbeError(Exception):
+    """Inference failed with the batch fixed."""
+
+
+def _skeleton(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
+    """A copy of ``model`` without its large initializers (declared as inputs of the same
+    type instead: inference needs their shapes only), outputs' shapes left open; and the
+    names of the model's real inputs."""
+    g = model.graph
+    inits = {i.name for i in g.initializer}
+    real = [i.name for i in g.input if i.name not in inits]
+    probe = onnx.ModelProto()
+    probe.ir_version = model.ir_version
+    probe.opset_import.extend(model.opset_import)
+    probe.functions.extend(model.functions)
+    pg = probe.graph
+    pg.name = g.name
+    pg.node.extend(g.node)
+    pg.input.extend(g.input)
+    pg.output.extend(g.output)
+    for o in pg.output:
+        o.type.tensor_type.ClearField("shape")
+    pg.value_info.extend(g.value_info)
+    declared = {i.name for i in g.input}
+    for init in g.initializer:
+        if int(np.prod(init.dims)) <= FOLD_MAX_ELEMENTS:
+            pg.initializer.append(init)
+        elif init.name not in declared:
+            pg.input.append(helper.make_tensor_value_info(init.name, init.data_type, init.dims))
+    return probe, real
+
+
+def _batched_inputs(base: onnx.ModelProto, real: list[str]) -> list[str]:
+    """Real inputs whose leading (batch) dimension is not a fixed number."""
+    out = []
+    for vi in base.graph.input:
+        dims = _dims(vi.type) if vi.name in real and vi.type.HasField("tensor_type") else None
+        if dims and not isinstance(dims[0], int):
+            out.append(vi.name)
+    return out
+
+
+def _with_batch(base: onnx.ModelProto, names: list[str], batch: int) -> onnx.ModelProto:
+    probe = onnx.ModelProto()
+    probe.CopyFrom(base)
+    for vi in probe.graph.input:
+        if vi.name in names:
+            d = vi.type.tensor_type.shape.dim[0]
+            d.Clear()
+            d.dim_value = batch
+    return probe
+
+
+def _propagate(probe: onnx.ModelProto, strict: bool) -> ShapeAnalysis:
+    """Shapes and small values of ``probe``: ONNX shape inference (data propagation on), then
+    one pass over the nodes in order.
+
+    In that pass a ``Shape``/``Size`` of a static shape is a value; a node whose inputs are all
+    values is evaluated (onnx.reference); and a node with an input that became a value or more
+    static is inferred again (``infer_node_outputs``, the values as its constant inputs). This
+    follows what ONNX's data propagation alone does not (integer ``Div``, ``Identity``, ``Mod``
+    on shapes, as in ``c // 2``) through any depth of the graph in a single pass.
+
+    ``strict``: a failing inference raises ``_ProbeError``; else the declared types are used.
+    """
+    try:
+        inferred = onnx.shape_inference.infer_shapes(probe, data_prop=True)
+    except Exception:  # inference is best effort
+        if strict:
+            raise _ProbeError from None
+        inferred = probe
+    types = _types(inferred)
+    opsets = {o.domain or "": o.version for o in probe.opset_import}
+    inits = {i.name: i for i in probe.graph.initializer}  # the skeleton keeps small ones only
+    known: dict[str, np.ndarray] = {}
+    values: dict[str, np.ndarray] = {}
+    improved: set[str] = set()
+
+    def value(name: str) -> np.ndarray | None:
+        if name not in known and name in inits:
+            known[name] = numpy_helper.to_array(inits[name])
+        return known.get(name)
+
+    for node in probe.graph.node:
+        outs = [o for o in node.output if o]
+        if not outs or node.domain not in ("", "ai.onnx") or node.op_type in _NOT_FOLDABLE:
+            continue
+        if any(a.type in _SUBGRAPH_ATTRS for a in node.attribute):
             continue
         if node.op_type == "Constant":
-            value = _constant_node_value(node)
-            if value is not None and value.size <= FOLD_MAX_ELEMENTS:
-                known.add(node.output[0])
+            v = _constant_node_value(node)
+            if v is not None and v.size <= FOLD_MAX_ELEMENTS:
+                known[outs[0]] = v
             continue
-        if any(a.type == onnx.AttributeProto.GRAPH for a in node.attribute):
+        given = {i: v for i in node.input if i and (v := value(i)) is not None}
+        if any(i in improved or i in values for i in node.input) and not all(
+            _is_static(types.get(o)) for o in outs
+        ):
+            _reinfer(node, types, given, opsets, improved)
+        if node.op_type in ("Shape", "Size"):
+            t = types.get(node.input[0])
+            v = _shape_value(node, _dims(t) if t is not None else None)
+            got = None if v is None else [v]
+        elif given and all(not i or i in given for i in node.input) and _small_outputs(node, types):
+            got = _run(node, [given.get(i) if i else None for i in node.input], opsets)
+        else:
             continue
-        if all(not i or i in known for i in node.input) and any(node.input):
-            nodes.append(node)
-            known.update(o for o in node.output if o)
-    if not nodes:
-        return {}
-    needed = {i for n in nodes for i in n.input if i}
-    produced = {o for n in nodes for o in n.output if o}
-    consts = [n for n in model.graph.node if n.op_type == "Constant" and n.output[0] in needed]
-    inits = [i for i in model.graph.initializer if i.name in needed]
-    outs = sorted(produced)
-    graph = helper.make_graph(
-        consts + nodes, "fold", [], [helper.make_empty_tensor_value_info(o) for o in outs], inits
-    )
-    sub = helper.make_model(graph, opset_imports=list(model.opset_import))
-    sub.ir_version = model.ir_version
-    try:
-        values = ReferenceEvaluator(sub).run(outs, {})
-    except Exception:  # folding is an optimisation of the analysis, never a requirement
-        return {}
-    return {
-        name: np.asarray(v)
-        for name, v in zip(outs, values, strict=True)
-        if v is not None and np.asarray(v).size <= FOLD_MAX_ELEMENTS
+        for o, v in zip(node.output, got or [], strict=False):
+            if not o or v is None or v.size > FOLD_MAX_ELEMENTS:
+                continue
+            known[o] = values[o] = v
+            t = helper.make_tensor_type_proto(helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
+            if o not in types or _dims(types[o]) != _dims(t):
+                types[o] = t
+                improved.add(o)
+    shapes = {k: _dims(t) for k, t in types.items()}
+    dtypes = {k: t.tensor_type.elem_type for k, t in types.items()}
+    return ShapeAnalysis(values, shapes, dtypes)
+
+
+_SUBGRAPH_ATTRS = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+
+
+def _is_static(t: onnx.TypeProto | None) -> bool:
+    dims = _dims(t) if t is not None else None
+    return dims is not None and all(isinstance(d, int) for d in dims)
+
+
+def _types(m: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
+    """Tensor types of a model's inputs, value_info, outputs and initializers."""
+    g = m.graph
+    out = {
+        vi.name: vi.type
+        for vi in [*g.input, *g.value_info, *g.output]
+        if vi.type.HasField("tensor_type")
     }
+    for init in g.initializer:
+        out[init.name] = helper.make_tensor_type_proto(init.data_type, list(init.dims))
+    return out
+
+
+def _reinfer(
+    node: onnx.NodeProto,
+    types: dict[str, onnx.TypeProto],
+    given: dict[str, np.ndarray],
+    opsets: dict[str, int],
+    improved: set[str],
+) -> None:
+    """Infer ``node``'s output types again from its inputs' current types and values; keep
+    what is more static than before (``improved`` gets the outputs that changed)."""
+    try:
+        schema = onnx.defs.get_schema(node.op_type, opsets.get("", 0), "")
+        found = onnx.shape_inference.infer_node_outputs(
+            schema,
+            node,
+            {i: types[i] for i in node.input if i in types},
+            {i: numpy_helper.from_array(v, i) for i, v in given.items()},
+            opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()],
+        )
+    except Exception:  # no schema, or the op's inference needs more: keep what we have
+        return
+    for o, t in found.items():
+        if not t.HasField("tensor_type"):
+            continue
+        merged = _more_static(types.get(o), t)
+        if merged is not None:
+            types[o] = merged
+            improved.add(o)
+
+
+def _more_static(old: onnx.TypeProto | None, new: onnx.TypeProto) -> onnx.TypeProto | None:
+    """``old`` with the dimensions that ``new`` knows as numbers where ``old`` does not; None
+    when that changes nothing."""
+    new_dims = _dims(new)
+    old_dims = _dims(old) if old is not None else None
+    if new_dims is None:
+        return None
+    if old_dims is None or len(old_dims) != len(new_dims):
+        merged = new_dims
+    else:
+        merged = tuple(
+            n if isinstance(n, int) else o for o, n in zip(old_dims, new_dims, strict=True)
+        )
+    if merged == old_dims:
+        return None
+    elem = old.tensor_type.elem_type if old is not None else 0
+    return helper.make_tensor_type_proto(elem or new.tensor_type.elem_type, list(merged))
+
+
+_OP_CLASSES: dict[tuple[str, int], Any] = {}
+
+
+def _run(node: onnx.NodeProto, inputs: list, opsets: dict[str, int]) -> list | None:
+    """``node``'s outputs on ``inputs`` (onnx.reference), None when it cannot be evaluated."""
+    from onnx.reference import ReferenceEvaluator
+    from onnx.reference.ops import load_op
+
+    version = opsets.get("", 0)
+    params = {
+        "log": lambda *_: None,
+        "opsets": opsets,
+        "verbose": 0,
+        "new_ops": None,
+        "existing_functions": {},
+        "evaluator_cls": ReferenceEvaluator,
+    }
+    try:
+        key = (node.op_type, version)
+        if key not in _OP_CLASSES:
+            _OP_CLASSES[key] = load_op("", node.op_type, version)
+        got = _OP_CLASSES[key](node, params).run(*inputs)
+    except Exception:  # folding is an optimisation of the analysis, never a requirement
+        return None
+    return [None if v is None else np.asarray(v) for v in got]
+
+
+def _read_types(m: onnx.ModelProto) -> tuple[dict[str, tuple[Dim, ...] | None], dict[str, int]]:
+    shapes: dict[str, tuple[Dim, ...] | None] = {}
+    dtypes: dict[str, int] = {}
+    g = m.graph
+    for vi in [*g.input, *g.value_info, *g.output]:
+        if vi.type.HasField("tensor_type"):
+            shapes[vi.name] = _dims(vi.type)
+            dtypes[vi.name] = vi.type.tensor_type.elem_type
+    for init in g.initializer:
+        shapes[init.name] = tuple(int(d) for d in init.dims)
+        dtypes[init.name] = init.data_type
+    return shapes, dtypes
+
+
+def _merge(
+    runs: list[ShapeAnalysis], batches: tuple[int, int], symbol: str | None
+) -> ShapeAnalysis:
+    """One analysis from two runs at different batch sizes (see ``analyse_shapes``)."""
+    a, b = runs
+    values = {
+        k: v
+        for k, v in a.values.items()
+        if k in b.values and v.dtype == b.values[k].dtype and np.array_equal(v, b.values[k])
+    }
+    shapes: dict[str, tuple[Dim, ...] | None] = {}
+    for name, sa in a.shapes.items():
+        sb = b.shapes.get(name)
+        if sa is None or sb is None or len(sa) != len(sb):
+            shapes[name] = None
+            continue
+        shapes[name] = tuple(
+            x if x == y else (symbol if (x, y) == batches else None)
+            for x, y in zip(sa, sb, strict=True)
+        )
+    return ShapeAnalysis(values, shapes, a.dtypes, tuple(batches))
+
+
+def _shape_value(node: onnx.NodeProto, shape: tuple[Dim, ...] | None) -> np.ndarray | None:
+    """The value of a ``Shape`` or ``Size`` node when the dimensions it reads are static."""
+    if shape is None:
+        return None
+    if node.op_type == "Size":
+        if all(isinstance(d, int) for d in shape):
+            return np.array(int(np.prod(shape, dtype=np.int64)), dtype=np.int64)
+        return None
+    r = len(shape)
+    start, end = int(attr(node, "start", 0)), int(attr(node, "end", r))
+    start, end = (min(max(v + r if v < 0 else v, 0), r) for v in (start, end))
+    dims = shape[start:end]
+    if any(not isinstance(d, int) for d in dims):
+        return None
+    return np.array(dims, dtype=np.int64)
+
+
+def _small_outputs(node: onnx.NodeProto, types: dict[str, onnx.TypeProto]) -> bool:
+    """Whether the node's outputs are known to be small enough to fold (an op that can grow
+    its input, such as ``ConstantOfShape``, only once its output shape is known)."""
+    for o in node.output:
+        t = types.get(o) if o else None
+        s = _dims(t) if t is not None else (() if not o else None)
+        if s is None or any(not isinstance(d, int) for d in s):
+            if node.op_type in _GROWING:
+                return False
+        elif int(np.prod(s)) > FOLD_MAX_ELEMENTS:  # type: ignore[arg-type]
+            return False
+    return True
+
+
+def fold_constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """Values of the small tensors ``analyse_shapes`` resolves (constants and shape
+    arithmetic on static shapes); the model is not changed."""
+    return analyse_shapes(model).values

@@ -1,7 +1,9 @@
 """Find what to explain: the image input, the logits, candidate target layers and the CAM head.
 
-Everything here only reads the graph. Layout (NCHW vs NHWC) is decided per tensor from who
-produces and consumes it, so tf2onnx models (NHWC feature maps around transposed convs) work.
+Everything here only reads the graph. A tensor is a candidate only where the graph proves
+which of its axes are the image's rows and columns (``export/grid.py``); its layout (NCHW,
+NHWC) follows from those axes, so tf2onnx models (NHWC feature maps around transposed convs)
+work and attention tensors are never taken for feature maps.
 """
 
 from __future__ import annotations
@@ -11,52 +13,12 @@ from functools import cache
 
 import onnx
 
-from onnxcam.contract import LAYOUTS, NCHW, NHWC, Layout
+from onnxcam.contract import LAYOUTS, NCHW, Layout
 from onnxcam.errors import ExportError, LayerNotFoundError
 
 from .graph import GraphView, attr, ints, node_label
+from .grid import Grid, spatial_grids
 
-NCHW_PRODUCERS = {
-    "Conv",
-    "ConvTranspose",
-    "BatchNormalization",
-    "MaxPool",
-    "AveragePool",
-    "GlobalAveragePool",
-    "GlobalMaxPool",
-    "LRN",
-    "InstanceNormalization",
-}
-ELEMENTWISE = {
-    "Relu",
-    "LeakyRelu",
-    "PRelu",
-    "Clip",
-    "Sigmoid",
-    "HardSigmoid",
-    "HardSwish",
-    "Tanh",
-    "Elu",
-    "Selu",
-    "Gelu",
-    "Erf",
-    "Softplus",
-    "Add",
-    "Sub",
-    "Mul",
-    "Div",
-    "Identity",
-    "Dropout",
-    "Cast",
-    "Sum",
-    "Max",
-    "Min",
-    "Neg",
-    "Sqrt",
-    "Pow",
-    "Exp",
-    "Abs",
-}
 OUTPUT_ACTIVATIONS = {"Softmax": "softmax", "LogSoftmax": "log_softmax", "Sigmoid": "sigmoid"}
 ONNX_LAYOUT = NCHW
 """The layout ONNX's own spatial ops (Conv, pooling, GlobalAveragePool) read and write."""
@@ -129,39 +91,14 @@ def find_head(view: GraphView, output: str | None = None) -> Head:
 
 
 def tensor_layout(view: GraphView, name: str) -> Layout:
-    """NCHW or NHWC for a 4-D tensor, from its producer, its consumers or the input."""
-    return _layout(view, name, 0)
-
-
-def _layout(view: GraphView, name: str, depth: int) -> Layout:
-    p = view.producer.get(name)
-    if p is not None:
-        if p.op_type in NCHW_PRODUCERS:
-            return ONNX_LAYOUT
-        if p.op_type == "Transpose":
-            perm = tuple(attr(p, "perm") or ())
-            if perm == NHWC.from_nchw_perm:
-                return NHWC
-            if perm == NHWC.to_nchw_perm:
-                return NCHW
-        if p.op_type in ELEMENTWISE and depth < 64:
-            for i in p.input:
-                if i and view.rank(i) == 4 and not view.is_const(i):
-                    return _layout(view, i, depth + 1)
-    for c in view.consumers.get(name, []):
-        if c.op_type in NCHW_PRODUCERS:
-            return ONNX_LAYOUT
-        if c.op_type == "Transpose" and tuple(attr(c, "perm") or ()) == NHWC.to_nchw_perm:
-            return NHWC
-        reduce = c.op_type in ("ReduceMean", "ReduceSum", "ReduceMax")
-        if reduce and reduce_axes(view, c) == NHWC.spatial_axes:
-            return NHWC
-    if view.graph_inputs:
-        try:
-            return input_layout(view, image_input(view))
-        except ExportError:
-            pass
-    return NCHW
+    """NCHW or NHWC for a 4-D feature map, from the axes the image grid takes to it
+    (``grid.spatial_grids``); an ``ExportError`` when the graph does not prove them."""
+    image = image_input(view)
+    g = spatial_grids(view, image, input_layout(view, image)).get(name)
+    layout = g.layout(view.rank(name)) if g is not None else None
+    if layout is None:
+        raise ExportError(f"{name!r} is not a feature map on the image grid")
+    return layout
 
 
 def reduce_axes(view: GraphView, node: onnx.NodeProto) -> tuple[int, ...] | None:
@@ -173,36 +110,69 @@ def reduce_axes(view: GraphView, node: onnx.NodeProto) -> tuple[int, ...] | None
 
 
 def candidate_layers(view: GraphView, head: Head) -> list[LayerInfo]:
-    """4-D feature maps on the data path from the image to the logits, spatial size > 1.
+    """4-D feature maps on the image grid (``grid.spatial_grids``: rows and columns on axes
+    the graph proves, NCHW or NHWC), on the data path from the image to the logits, spatial
+    size > 1, in topological order.
 
-    The last one in topological order — the last feature map feeding the classifier head —
-    is marked as the default.
+    The last one is marked as the default when it is convincing: everything between it and the
+    logits still holds the grid or has given it up for good (pooled, flattened into a vector).
+    When sequences of tokens, windows or attention follow it (a transformer after its patch
+    embedding), no candidate is marked and ``default_layer`` refuses instead of guessing.
     """
     image = image_input(view)
+    grids = spatial_grids(view, image, input_layout(view, image))
     on_path = view.descendants([image], data_only=True) & view.ancestors(
         [head.logits], data_only=True
     )
     found: list[LayerInfo] = []
     for node in view.topo_order():
         for out in node.output:
-            if out not in on_path or view.rank(out) != 4:
+            g = grids.get(out)
+            if out not in on_path or g is None or (layout := g.layout(view.rank(out))) is None:
                 continue
-            shape = view.shape(out)
-            layout = tensor_layout(view, out)
-            if any(isinstance(d, int) and d <= 1 for d in layout.spatial(shape)):
+            if any(isinstance(d, int) and d <= 1 for d in g.size):
                 continue
-            found.append(LayerInfo(out, node.op_type, node_label(node), tuple(shape), layout))
+            shape = tuple(view.shape(out) or ())
+            found.append(LayerInfo(out, node.op_type, node_label(node), shape, layout))
     if not found:
         raise ExportError(
-            "the model has no 4-D feature map between its input and its output "
-            "(nothing to explain with a class activation map)"
+            "the model has no 4-D feature map on the image grid between its input and its "
+            "output (nothing to explain with a class activation map)"
         )
-    found[-1].default = True
+    last = found[-1]
+    after = view.descendants([last.tensor], data_only=True) & on_path
+    if all(_settled(view, t, grids) for t in after):
+        last.default = True
     return found
 
 
+def _settled(view: GraphView, tensor: str, grids: dict[str, Grid]) -> bool:
+    """``tensor`` keeps the image grid on rows and columns, or holds no positions any more
+    (rank ≤ 2: pooled or flattened into a vector)."""
+    g = grids.get(tensor)
+    return (view.rank(tensor) or 0) <= 2 or (g is not None and not g.tokens)
+
+
+def default_layer(candidates: list[LayerInfo]) -> LayerInfo:
+    """The default target layer, or an ``ExportError`` listing the best candidates when none
+    is convincing (never a guess)."""
+    default = next((c for c in candidates if c.default), None)
+    if default is not None:
+        return default
+    last = candidates[-1]
+    best = ", ".join(f"{c.tensor} {list(c.shape)}" for c in candidates[-4:][::-1])
+    raise ExportError(
+        f"no default target layer: the last feature map on the image grid, {last.tensor!r} "
+        f"({last.op}), is followed by tensors that are not on the image grid (tokens, "
+        "windows, attention, …) before the head, so explaining it would explain an early "
+        "layer; token layers are not supported yet. Choose a layer with --layer; "
+        f"candidates: {best}"
+    )
+
+
 def resolve_layer(view: GraphView, name: str, candidates: list[LayerInfo]) -> str:
-    """A user's layer name (tensor or node name) → tensor name."""
+    """A user's layer name (tensor or node name) → tensor name; it must be a candidate (a
+    feature map on the image grid), else an error lists the candidates."""
     if name in view.producer or name in set(view.graph_inputs):
         tensor = name
     else:
@@ -213,6 +183,13 @@ def resolve_layer(view: GraphView, name: str, candidates: list[LayerInfo]) -> st
     if view.rank(tensor) != 4:
         raise LayerNotFoundError(
             f"layer {name!r} is not a 4-D feature map (shape {view.shape(tensor)}); "
+            + _candidates_hint(candidates)
+        )
+    if tensor not in {c.tensor for c in candidates}:
+        raise LayerNotFoundError(
+            f"layer {name!r} (shape {list(view.shape(tensor) or [])}) is not a feature map on "
+            "the image grid: the graph does not show which of its axes are rows and columns "
+            "of the image (an attention or window tensor, or an op onnxcam cannot follow); "
             + _candidates_hint(candidates)
         )
     return tensor

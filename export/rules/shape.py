@@ -24,7 +24,8 @@ def _const_input(b, n, k: int, what: str) -> np.ndarray | None:
     v = b.view.const(name)
     if v is None:
         raise ExportError(
-            f"{n.op_type} node {node_label(n)!r}: its {what} must be a constant to differentiate it"
+            f"{n.op_type} node {node_label(n)!r}: its {what} must be a constant to "
+            f"differentiate it{b.view.size_hint(name)}"
         )
     return v
 

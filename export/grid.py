@@ -1,0 +1,323 @@
+"""Which tensors carry the image's spatial grid, and on which axes — from data flow, not shapes.
+
+A class activation map is a map over positions of the image. A tensor can be explained by one
+only where the graph *proves* that some of its axes index the image's rows and columns: the
+image input's own spatial axes, followed forward through every op whose effect on axes is known.
+``spatial_grids`` does that walk once per export. Each tensor gets a ``Grid`` — its row and
+column axes, or (for token models) the one axis on which rows × columns are laid out row-major
+after ``prefix`` other tokens (class, distillation, register tokens) — or nothing.
+
+What keeps the grid: spatial NCHW ops (Conv, pooling, normalisations, Resize, Pad, …) on a
+tensor whose grid is on axes (2, 3); element-wise ops (the grid of the inputs that have one,
+aligned from the right, when they agree); Transpose, Squeeze/Unsqueeze, Reshape/Flatten when
+the static shapes show where each axis goes (so a channel shuffle keeps it, flattening H·W into
+tokens merges it, and a ``[B, N, C] → [B, H, W, C]`` view splits it again); Concat and Slice
+off the grid axes (and on a token axis, the prefix tokens they add or remove); reductions that
+keep the grid axes; a MatMul whose left operand has the grid on a row axis (a Linear on
+tokens or channels-last maps, and the query axis of attention). Anything else — Gather on a grid
+axis, window partitions, an op not listed — ends the grid: an unknown tensor is never treated as
+a map (attention scores, q/k/v splits and tokens reshaped into windows have no ``Grid`` with
+separate row and column axes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import onnx
+
+from onnxcam.contract import LAYOUTS, NCHW, Layout
+
+from .graph import Dim, GraphView, attr, ints
+
+SPATIAL_NCHW_OPS = {
+    "Conv",
+    "ConvTranspose",
+    "MaxPool",
+    "AveragePool",
+    "LpPool",
+    "BatchNormalization",
+    "InstanceNormalization",
+    "GroupNormalization",
+    "LRN",
+    "Resize",
+    "Upsample",
+    "Pad",
+    "DepthToSpace",
+    "SpaceToDepth",
+    "GlobalAveragePool",
+    "GlobalMaxPool",
+    "GlobalLpPool",
+    "MaxRoiPool",
+}
+"""Ops that read and write NCHW: the grid stays on axes (2, 3) (its size may change)."""
+
+SAME_AXES_OPS = {
+    "Relu", "LeakyRelu", "PRelu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu",
+    "Selu", "Gelu", "Erf", "Softplus", "Softsign", "Mish", "Add", "Sub", "Mul", "Div", "Pow",
+    "Identity", "Dropout", "Cast", "Sum", "Max", "Min", "Mean", "Neg", "Sqrt", "Exp", "Log",
+    "Abs", "Reciprocal", "Where", "Expand", "Tile", "Softmax", "LogSoftmax",
+    "LayerNormalization", "Floor", "Ceil", "Round", "Sign", "Celu", "ThresholdedRelu",
+}  # fmt: skip
+"""Ops whose output axis i is (broadcast from) their inputs' axis i, aligned from the right."""
+
+REDUCE_OPS = {
+    "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
+    "ReduceLogSumExp", "ReduceSumSquare",
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Where a tensor holds the image grid: rows on axis ``h`` and columns on axis ``w``, or —
+    ``w is None`` — rows × columns laid out row-major on axis ``h`` after ``prefix`` tokens.
+    ``size`` is (rows, columns), ints or None where dynamic."""
+
+    h: int
+    w: int | None
+    size: tuple[Dim | None, Dim | None]
+    prefix: int = 0
+
+    @property
+    def tokens(self) -> bool:
+        return self.w is None
+
+    def layout(self, rank: int) -> Layout | None:
+        """The 4-D layout these axes make (NCHW, NHWC), or None (tokens, other axes)."""
+        if self.w is None or rank != 4:
+            return None
+        return next((lay for lay in LAYOUTS if lay.spatial_axes == (self.h, self.w)), None)
+
+    def shifted(self, by: int) -> Grid:
+        return replace(self, h=self.h + by, w=None if self.w is None else self.w + by)
+
+
+def spatial_grids(view: GraphView, image: str, layout: Layout) -> dict[str, Grid]:
+    """Every tensor computed from ``image`` whose grid axes the graph proves, with its ``Grid``."""
+    shape = view.shape(image) or (None,) * 4
+    grids = {image: Grid(*layout.spatial_axes, tuple(layout.spatial(shape)))}
+    for node in view.topo_order():
+        if not any(i in grids for i in node.input if i):
+            continue
+        for out, g in zip(node.output, _propagate(view, node, grids), strict=False):
+            if g is not None and out:
+                grids[out] = g
+    return grids
+
+
+def _propagate(view: GraphView, node: onnx.NodeProto, grids: dict[str, Grid]) -> list:
+    """The grids of ``node``'s outputs (None where lost)."""
+    op = node.op_type
+    x = node.input[0] if node.input else ""
+    g = grids.get(x)
+    out = node.output[0]
+    rank = view.rank(out)
+    if op in SPATIAL_NCHW_OPS:
+        if g is None or g.tokens or (g.h, g.w) != NCHW.spatial_axes:
+            return [None]
+        return [Grid(2, 3, _spatial_size(view, out, 2, 3))]
+    if op in SAME_AXES_OPS:
+        return [_elementwise(view, node, grids, rank)]
+    if op == "Concat":
+        return [_concat(view, node, grids)]
+    if g is None:
+        return [None]
+    if op == "Transpose":
+        return [_transpose(view, g, node, out)]
+    if op in ("Reshape", "Flatten", "Squeeze", "Unsqueeze"):
+        return [_reshape(view, g, x, out)]
+    if op == "Split":
+        on_grid = _axis(node, 0, rank) in _axes(g)
+        return [None if on_grid else _kept(view, g, o) for o in node.output]
+    if op == "Slice":
+        return [_slice(view, node, g)]
+    if op in REDUCE_OPS:
+        return [_reduce(view, node, g, out)]
+    if op == "MatMul":
+        return [_matmul(view, node, grids)]
+    if op == "Gather":
+        return [None if _axis(node, 0, view.rank(x)) in _axes(g) else _kept(view, g, out)]
+    return [None]
+
+
+# --- helpers ------------------------------------------------------------------------------------
+def _axes(g: Grid) -> tuple[int, ...]:
+    return (g.h,) if g.w is None else (g.h, g.w)
+
+
+def _axis(node: onnx.NodeProto, default: int, rank: int | None) -> int:
+    a = int(attr(node, "axis", default))
+    return a % rank if rank else a
+
+
+def _spatial_size(view: GraphView, name: str, h: int, w: int) -> tuple:
+    s = view.shape(name)
+    return (s[h], s[w]) if s is not None and len(s) > max(h, w) else (None, None)
+
+
+def _kept(view: GraphView, g: Grid, out: str) -> Grid:
+    """``g`` on the same axes of ``out`` (its sizes read from ``out``)."""
+    if g.w is None:
+        return g
+    return replace(g, size=_spatial_size(view, out, g.h, g.w))
+
+
+def _elementwise(view: GraphView, node: onnx.NodeProto, grids: dict, rank: int | None):
+    """The one grid the inputs agree on (aligned from the right), or None."""
+    if rank is None:
+        return None
+    found = set()
+    for i in node.input:
+        g = grids.get(i)
+        r = view.rank(i)
+        if g is None or r is None:
+            continue
+        found.add(g.shifted(rank - r) if rank != r else g)
+    if len({(f.h, f.w, f.prefix) for f in found}) != 1:
+        return None
+    g = max(found, key=lambda f: sum(isinstance(d, int) and d > 1 for d in f.size))
+    return _kept(view, g, node.output[0])
+
+
+def _transpose(view: GraphView, g: Grid, node: onnx.NodeProto, out: str) -> Grid | None:
+    perm = attr(node, "perm")
+    rank = view.rank(out)
+    if perm is None:
+        perm = list(range(rank or 0))[::-1]
+    perm = list(perm)
+    return replace(g, h=perm.index(g.h), w=None if g.w is None else perm.index(g.w))
+
+
+def _reshape(view: GraphView, g: Grid, x: str, out: str) -> Grid | None:
+    """Follow the grid through a shape change, from the static shapes (batch may be dynamic)."""
+    src, dst = view.shape(x), view.shape(out)
+    if src is None or dst is None:
+        return None
+    src_at = _starts(src)
+    dst_at = _starts(dst)
+    if src_at is None or dst_at is None:
+        return None
+    rows, cols = g.size
+    if not isinstance(rows, int) or not isinstance(cols, int):
+        return None
+    if g.w is not None:
+        # each grid axis kept as an axis of its own, or both merged into one (tokens)
+        hs = _same_place(src_at, dst_at, g.h, src, dst)
+        ws = _same_place(src_at, dst_at, g.w, src, dst)
+        if hs is not None and ws is not None:
+            return Grid(hs, ws, (rows, cols))
+        if g.w == g.h + 1:
+            for j, d in enumerate(dst):
+                if dst_at[j] == src_at[g.h] and d == rows * cols:
+                    return Grid(j, None, (rows, cols))
+        return None
+    # tokens: kept as one axis, or split into rows and columns (no prefix tokens)
+    j = _same_place(src_at, dst_at, g.h, src, dst)
+    if j is not None:
+        return replace(g, h=j)
+    if g.prefix == 0:
+        for j in range(len(dst) - 1):
+            if dst_at[j] == src_at[g.h] and (dst[j], dst[j + 1]) == (rows, cols):
+                return Grid(j, j + 1, (rows, cols))
+    return None
+
+
+def _starts(shape: Sequence[Dim]) -> list | None:
+    """For each axis, the product of the sizes before it (the batch axis, even when dynamic,
+    counts as one symbol ``b``); None when another axis is dynamic."""
+    out, acc = [], 1
+    for k, d in enumerate(shape):
+        out.append(acc)
+        if k == 0 and not isinstance(d, int):
+            acc = ("b", acc)
+            continue
+        if not isinstance(d, int):
+            return None
+        acc = (acc[0], acc[1] * d) if isinstance(acc, tuple) else acc * d
+    return out
+
+
+def _same_place(src_at: list, dst_at: list, axis: int, src, dst) -> int | None:
+    """The output axis that is input ``axis`` unchanged (same offset, same size)."""
+    for j, d in enumerate(dst):
+        if dst_at[j] == src_at[axis] and d == src[axis]:
+            return j
+    return None
+
+
+def _concat(view: GraphView, node: onnx.NodeProto, grids: dict) -> Grid | None:
+    rank = view.rank(node.output[0])
+    axis = _axis(node, 0, rank)
+    withg = [(i, grids[i]) for i in node.input if i in grids]
+    if len({(g.h, g.w) for _, g in withg}) != 1:
+        return None
+    g = withg[0][1]
+    if axis not in _axes(g):
+        return _kept(view, g, node.output[0])
+    if g.w is not None or len(withg) != 1:
+        return None
+    # tokens: what is concatenated before the grid's tokens becomes prefix tokens
+    names = [i for i in node.input if i]
+    k = names.index(withg[0][0])
+    if k != len(names) - 1:
+        return None  # tokens after the grid: not a layout onnxcam reads
+    before = [view.shape(i) for i in names[:k]]
+    if any(s is None or not isinstance(s[axis], int) for s in before):
+        return None
+    return replace(g, prefix=g.prefix + sum(s[axis] for s in before))
+
+
+def _slice(view: GraphView, node: onnx.NodeProto, g: Grid) -> Grid | None:
+    """A slice off the grid axes keeps it; on a token axis, dropping exactly the prefix tokens
+    from the front leaves the grid's tokens alone (``prefix`` 0)."""
+    x, out = node.input[0], node.output[0]
+    src, dst = view.shape(x), view.shape(out)
+    if src is None or dst is None or len(src) != len(dst):
+        return None
+    changed = [k for k, (a, b) in enumerate(zip(src, dst, strict=True)) if a != b]
+    if not set(changed) & set(_axes(g)):
+        return _kept(view, g, out)
+    if g.w is not None or changed != [g.h] or dst[g.h] != explained_size(g):
+        return None
+    starts = view.const(node.input[1]) if len(node.input) > 1 else None
+    axes = view.const(node.input[3]) if len(node.input) > 3 and node.input[3] else None
+    axes = [int(a) % len(src) for a in ints(axes)] if axes is not None else list(range(len(src)))
+    if starts is None or g.h not in axes:
+        return None
+    return replace(g, prefix=0) if ints(starts)[axes.index(g.h)] == g.prefix else None
+
+
+def _reduce(view: GraphView, node: onnx.NodeProto, g: Grid, out: str) -> Grid | None:
+    rank = view.rank(node.input[0])
+    axes = attr(node, "axes")
+    if axes is None and len(node.input) > 1:
+        axes = view.const(node.input[1])
+    if axes is None or rank is None:
+        return None
+    reduced = {int(a) % rank for a in ints(axes)}
+    if attr(node, "keepdims", 1):
+        return _kept(view, g, out) if g.w is not None or g.h not in reduced else None
+    if reduced & set(_axes(g)):
+        return None
+    shift = lambda a: a - sum(r < a for r in reduced)  # noqa: E731
+    return replace(g, h=shift(g.h), w=None if g.w is None else shift(g.w))
+
+
+def _matmul(view: GraphView, node: onnx.NodeProto, grids: dict) -> Grid | None:
+    """``A @ B``: the rows of A are the rows of the result, so a grid on A's axes other than
+    the last (the contracted one) stays; a grid on B only does not."""
+    a = grids.get(node.input[0])
+    ra, rout = view.rank(node.input[0]), view.rank(node.output[0])
+    if a is None or ra is None or rout is None or ra - 1 in _axes(a):
+        return None
+    return _kept(view, a.shifted(rout - ra), node.output[0])
+
+
+def explained_size(g: Grid) -> int | None:
+    """Positions on the grid (rows × columns), when static."""
+    rows, cols = g.size
+    return rows * cols if isinstance(rows, int) and isinstance(cols, int) else None
+
+
+__all__ = ["Grid", "explained_size", "spatial_grids"]
