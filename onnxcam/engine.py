@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -233,18 +233,8 @@ class Explainer:
         The options are ``ExplainOptions``' fields (its defaults); ``progress(n)`` is called
         after every n inputs, ``method_progress`` by the perturbation methods' scorer.
         """
-        options = ExplainOptions(
-            topk=topk,
-            layers=layers,
-            fuse=fuse,
-            relu=relu,
-            batch_size=batch_size,
-            smooth_samples=smooth_samples,
-            smooth_noise=smooth_noise,
-            seed=seed,
-            perturbation=perturbation,
-            keep_tensors=keep_tensors,
-        )
+        given = locals()  # the keyword arguments are ExplainOptions' fields, one for one
+        options = ExplainOptions(**{f.name: given[f.name] for f in fields(ExplainOptions)})
         plan = self.plan(methods, options)
         per_image = None if classes is None or isinstance(classes, (int, str)) else list(classes)
         fixed = None if per_image is not None or classes is None else self.info.class_index(classes)

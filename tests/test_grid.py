@@ -138,10 +138,8 @@ def test_shapes_alone_never_make_a_feature_map() -> None:
     class VectorToMap(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.conv = nn.Conv2d(3, 4, 3, padding=1)
-            self.lin = nn.Linear(4, 128)
-            self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
-            self.fc = nn.Linear(8, 3)
+            self.conv, self.conv2 = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+            self.lin, self.fc = nn.Linear(4, 128), nn.Linear(8, 3)
 
         def forward(self, x):
             v = self.lin(torch.relu(self.conv(x)).mean((2, 3)))
