@@ -180,8 +180,9 @@ def export_onnx(
 ) -> ExportResult:
     """Rewrite an ONNX classifier into an explainable graph (graph contract v2).
 
-    ``layers`` are ONNX tensor or node names (default: the last 4-D feature map feeding the
-    head). ``heatmaps`` ('gradcam,layercam' or 'all') adds finished maps as graph outputs, at the
+    ``layers`` are ONNX tensor or node names of feature maps on the image grid (default: the
+    last one before the head, or an ``ExportError`` listing candidates when none convinces).
+    ``heatmaps`` ('gradcam,layercam' or 'all') adds finished maps as graph outputs, at the
     input resolution or, with ``heatmap_size="feature"``, at the layer's. ``size`` fixes a
     dynamic input size; ``mean``/``std``/``scale``/``color`` describe the preprocessing the
     runtime must apply. ``output`` is written atomically and never equals the

@@ -52,9 +52,9 @@ def export_torch(
 
     ``layers``: module names such as ``"layer4"`` or ``"features.7"``; ``"name@k"`` picks the
     k-th call of a module used several times. Default: the exporter's default layer (the last
-    4-D feature map feeding the head). Remaining keyword arguments go to ``export_onnx``
-    (``size``, ``mean``, ``std``, ``labels``, ...). ``dynamo`` selects torch's exporter
-    (default: the TorchScript exporter when available, else dynamo).
+    feature map on the image grid before the head). Remaining keyword arguments go to
+    ``export_onnx`` (``size``, ``mean``, ``std``, ``labels``, ...). ``dynamo`` selects torch's
+    exporter (default: the TorchScript exporter when available, else dynamo).
     """
 
     check_output_path(None, output)

@@ -124,7 +124,8 @@ def cli() -> None:
     multiple=True,
     metavar="NAME",
     help="Target layer: ONNX tensor or node name (repeatable). "
-    "Default: the last 4-D feature map feeding the classifier head.",
+    "Default: the last feature map on the image grid before the head (the export refuses "
+    "and lists candidates when tokens or attention follow it).",
 )
 @click.option(
     "--size", nargs=2, type=int, metavar="H W", default=None, help="Fix a dynamic input size."
