@@ -304,14 +304,15 @@ def _drop_outputs(m: onnx.ModelProto, names: Sequence[str]) -> None:
 
 def _target_names(
     view: GraphView, head: Head, layers: Sequence[str] | None, names: Sequence[str] | None
-) -> list[tuple[str, str]]:
-    """(user name, tensor) of each requested layer (default: the default candidate)."""
+) -> list[tuple[str, LayerInfo]]:
+    """(user name, candidate) of each requested layer (default: the default candidate)."""
     candidates = candidate_layers(view, head)
     if not layers:
         default = default_layer(candidates)
-        return [(default.tensor, default.tensor)]
-    tensors = [resolve_layer(view, name, candidates) for name in layers]
-    return list(zip(list(names) if names else list(layers), tensors, strict=True))
+        return [(default.tensor, default)]
+    by_tensor = {c.tensor: c for c in candidates}
+    chosen = [by_tensor[resolve_layer(view, name, candidates)] for name in layers]
+    return list(zip(list(names) if names else list(layers), chosen, strict=True))
 
 
 def _save(m: onnx.ModelProto, out_path: Path) -> None:

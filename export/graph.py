@@ -274,6 +274,15 @@ def attr(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
     return default
 
 
+def reduce_axes(view: GraphView, node: onnx.NodeProto, rank: int = 4) -> tuple[int, ...] | None:
+    """The sorted, non-negative axes a Reduce* node reduces on a ``rank``-D input (from its
+    attribute or its constant second input); None when they are not known."""
+    axes = attr(node, "axes")
+    if axes is None and len(node.input) > 1:
+        axes = view.const(node.input[1])
+    return None if axes is None else tuple(sorted({int(a) % rank for a in ints(axes)}))
+
+
 def node_label(node: onnx.NodeProto) -> str:
     """How a node is named in messages: its name, else its first output."""
     return node.name or (node.output[0] if node.output else "<unnamed>")
@@ -653,9 +662,3 @@ def _small_outputs(node: onnx.NodeProto, types: dict[str, onnx.TypeProto]) -> bo
         elif int(np.prod(s)) > FOLD_MAX_ELEMENTS:  # type: ignore[arg-type]
             return False
     return True
-
-
-def fold_constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    """Values of the small tensors ``analyse_shapes`` resolves (constants and shape
-    arithmetic on static shapes); the model is not changed."""
-    return analyse_shapes(model).values

@@ -29,7 +29,7 @@ import onnx
 
 from onnxcam.contract import LAYOUTS, NCHW, Layout
 
-from .graph import Dim, GraphView, attr, ints
+from .graph import Dim, GraphView, attr, ints, reduce_axes
 
 SPATIAL_NCHW_OPS = {
     "Conv",
@@ -290,12 +290,10 @@ def _slice(view: GraphView, node: onnx.NodeProto, g: Grid) -> Grid | None:
 
 def _reduce(view: GraphView, node: onnx.NodeProto, g: Grid, out: str) -> Grid | None:
     rank = view.rank(node.input[0])
-    axes = attr(node, "axes")
-    if axes is None and len(node.input) > 1:
-        axes = view.const(node.input[1])
-    if axes is None or rank is None:
+    axes = None if rank is None else reduce_axes(view, node, rank)
+    if axes is None:
         return None
-    reduced = {int(a) % rank for a in ints(axes)}
+    reduced = set(axes)
     if attr(node, "keepdims", 1):
         return _kept(view, g, out) if g.w is not None or g.h not in reduced else None
     if reduced & set(_axes(g)):

@@ -35,8 +35,7 @@ from onnxcam.errors import ExportError
 from onnxcam.postprocess import bilinear_sources, interpolation_matrix
 
 from .builder import NodeBuilder
-from .graph import GraphView, attr
-from .layers import reduce_axes
+from .graph import GraphView, attr, reduce_axes
 
 Builder = Callable[["_Terms"], tuple[str, str]]
 HEATMAPS: dict[str, Builder] = {}

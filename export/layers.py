@@ -16,7 +16,7 @@ import onnx
 from onnxcam.contract import LAYOUTS, NCHW, Layout
 from onnxcam.errors import ExportError, LayerNotFoundError
 
-from .graph import GraphView, attr, ints, node_label
+from .graph import GraphView, attr, node_label, reduce_axes
 from .grid import Grid, spatial_grids
 
 OUTPUT_ACTIVATIONS = {"Softmax": "softmax", "LogSoftmax": "log_softmax", "Sigmoid": "sigmoid"}
@@ -88,25 +88,6 @@ def find_head(view: GraphView, output: str | None = None) -> Head:
         )
     k = shape[1] if isinstance(shape[1], int) else None
     return Head(logits=t, output=output, activation=activation, num_classes=k)
-
-
-def tensor_layout(view: GraphView, name: str) -> Layout:
-    """NCHW or NHWC for a 4-D feature map, from the axes the image grid takes to it
-    (``grid.spatial_grids``); an ``ExportError`` when the graph does not prove them."""
-    image = image_input(view)
-    g = spatial_grids(view, image, input_layout(view, image)).get(name)
-    layout = g.layout(view.rank(name)) if g is not None else None
-    if layout is None:
-        raise ExportError(f"{name!r} is not a feature map on the image grid")
-    return layout
-
-
-def reduce_axes(view: GraphView, node: onnx.NodeProto) -> tuple[int, ...] | None:
-    """The sorted, non-negative axes a 4-D Reduce* node reduces (attribute or input)."""
-    axes = attr(node, "axes")
-    if axes is None and len(node.input) > 1:
-        axes = view.const(node.input[1])
-    return None if axes is None else tuple(sorted(int(a) % 4 for a in ints(axes)))
 
 
 def candidate_layers(view: GraphView, head: Head) -> list[LayerInfo]:

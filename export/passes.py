@@ -30,7 +30,7 @@ from .heatmaps import layer_facts
 from .heatmaps import postprocess as postprocess_heatmaps
 from .heatmaps import raw_maps as raw_heatmaps
 from .heatmaps import unavailable as heatmap_unavailable
-from .layers import ClassifierHead, Head, LayerInfo, find_gap_linear, tensor_layout
+from .layers import ClassifierHead, Head, LayerInfo, find_gap_linear
 
 Target = TargetLayer
 """The exporter fills the contract's record pass by pass (one name for one concept)."""
@@ -86,18 +86,19 @@ def _output(view: GraphView, name: str, dtype: int, shape) -> None:
     )
 
 
-def make_targets(view: GraphView, names: Sequence[tuple[str, str]]) -> list[Target]:
-    """(user name, tensor) pairs → ``Target`` records with layout, shape and producer."""
+def make_targets(view: GraphView, names: Sequence[tuple[str, LayerInfo]]) -> list[Target]:
+    """(user name, candidate layer) pairs → ``Target`` records with layout, shape and producer
+    (the layout is the candidate's, proven by ``export/grid.py``)."""
     targets = []
     seen = set()
-    for k, (user, tensor) in enumerate(names):
-        if tensor in seen:
+    for k, (user, c) in enumerate(names):
+        if c.tensor in seen:
             raise ExportError(f"layer {user!r} was requested twice")
-        seen.add(tensor)
-        p = view.producer.get(tensor)
-        shape = list(view.shape(tensor) or [])
-        layout = tensor_layout(view, tensor)
-        targets.append(TargetLayer(k, user, tensor, layout, shape, p.op_type if p else "input"))
+        seen.add(c.tensor)
+        p = view.producer.get(c.tensor)
+        shape = list(view.shape(c.tensor) or [])
+        producer = p.op_type if p else "input"
+        targets.append(TargetLayer(k, user, c.tensor, c.layout, shape, producer))
     return targets
 
 

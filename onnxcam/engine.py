@@ -432,13 +432,12 @@ class Explainer:
 
 def _terms(li: LayerInputs, arrays: dict[str, np.ndarray], noisy: dict | None) -> Terms:
     """One target layer's ``Terms`` (NCHW) from a run's outputs."""
-    layout = li.layer.layout
-    perm = layout.to_nchw_perm  # [B, (layout)] → [B, C, h, w] (a view)
+    layout = li.layer.layout  # [B, (layout)] → [B, C, h, w] (views)
     A = G = w = Gs = None
     if li.activation:
-        A = arrays[li.activation].transpose(perm)
+        A = layout.to_nchw(arrays[li.activation])
     if li.gradient:
-        G = arrays[li.gradient].transpose(perm)
+        G = layout.to_nchw(arrays[li.gradient])
         if li.pooled:  # proven equal at every position: per channel [B, C, 1, 1] (see Terms)
             G = G[:, :, :1, :1]
     if li.cam_weight:

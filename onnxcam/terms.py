@@ -142,8 +142,3 @@ class Terms:
         if self.pooled and self.nonnegative_a:
             return self.product_sum(self.relu_g if term is self.G else np.maximum(term, 0))
         return _channel_sum(np.maximum(self.ga if term is self.G else term * self.A, 0))
-
-    @staticmethod
-    def channel_sum(X: np.ndarray) -> np.ndarray:
-        """Σ_c X_c [B, h, w] of a per-position array [B, C, h, w]."""
-        return _channel_sum(X)
