@@ -34,15 +34,18 @@ class Gate:
 
     mode: int
     label: str
+    nonempty: str | None = None
+    """Also require this tensor to be non-empty (a head input left at its empty default is
+    not run: heads with fixed reshapes, such as Swin's patch merging, fail on zero rows)."""
 
 
 EXPLAIN = Gate(contract.MODE_EXPLAIN, "backward")
 """The gradients and the in-graph heatmaps (mode 0: explain)."""
 
 
-def head_gate(k: int) -> Gate:
-    """Target ``k``'s head-only path (mode 2)."""
-    return Gate(contract.MODE_HEAD, f"head{k}")
+def head_gate(k: int, head_input: str | None = None) -> Gate:
+    """Target ``k``'s head-only path (mode 2, and ``head_input`` fed with at least one row)."""
+    return Gate(contract.MODE_HEAD, f"head{k}", head_input)
 
 
 def empty_shape(shape: Sequence[Dim] | None) -> list[int]:
@@ -124,6 +127,9 @@ class Branch:
             else_outs.append(helper.make_tensor_value_info(name, r.dtype, r.empty))
         b = NodeBuilder(view, f"onnxcam/{label}", self.consts)
         cond = b.Equal(contract.MODE_INPUT, b.const(np.array(self.gate.mode, dtype=np.int64)))
+        if self.gate.nonempty:
+            zero = b.const(np.array(0, dtype=np.int64))
+            cond = b.And(cond, b.Greater(b.Size(self.gate.nonempty), zero))
         node = view.add_node(
             helper.make_node(
                 "If",

@@ -312,10 +312,123 @@ def _matmul(view: GraphView, node: onnx.NodeProto, grids: dict) -> Grid | None:
     return _kept(view, a.shifted(rout - ra), node.output[0])
 
 
+# --- which positions reach the score -------------------------------------------------------
+PREFIX, PATCHES = "prefix", "patches"
+ALL_PARTS = frozenset((PREFIX, PATCHES))
+_MIXING_OPS = {"Softmax", "LogSoftmax", "LayerNormalization", "Hardmax", "CumSum"}
+"""Ops that mix positions along their ``axis`` (from ``axis`` on, for LayerNormalization)."""
+
+
+def live_positions(
+    view: GraphView, grids: dict[str, Grid], on_path: set[str], logits: str
+) -> dict[str, frozenset]:
+    """For each tensor on the path to ``logits``, which of its positions the score depends on:
+    ``PATCHES`` (the grid's positions), ``PREFIX`` (a token tensor's prefix tokens), both.
+
+    A backward walk from the logits. A position-wise op passes what is live in its output to
+    the same positions of its input; a Slice or Gather that keeps only prefix tokens (a ViT's
+    class token read by the classifier) passes only ``PREFIX``; anything that mixes positions
+    (attention's ``P @ V`` and ``Q @ Kᵀ`` on the key side, pooling over tokens, an op this
+    walk does not know) makes every position of its input live. So a transformer's tokens
+    after its last attention are found to be dead at the patches (their gradient is exactly
+    zero there: a Grad-CAM of them is empty), while the last block's input is live.
+    """
+    live: dict[str, frozenset] = {logits: ALL_PARTS}
+    for node in reversed(view.topo_order()):
+        out_live = [live.get(o, frozenset()) for o in node.output if o]
+        if not any(out_live):
+            continue
+        for i in node.input:
+            if not i or i not in on_path or view.is_const(i):
+                continue
+            parts = _live_input(view, node, i, grids, live)
+            live[i] = live.get(i, frozenset()) | parts
+    return live
+
+
+def _live_input(
+    view: GraphView, node: onnx.NodeProto, x: str, grids: dict[str, Grid], live: dict
+) -> frozenset:
+    """The positions of input ``x`` of ``node`` that reach the score."""
+    gi = grids.get(x)
+    if gi is None or gi.w is not None:  # not a token tensor: every position counts alike
+        return ALL_PARTS
+    out = node.output[0]
+    lo = live.get(out, frozenset())
+    go = grids.get(out)
+    op = node.op_type
+    if op == "MatMul" and node.input[0] != x:  # the key/value side of attention: mixed
+        return ALL_PARTS
+    if op in _MIXING_OPS or op in REDUCE_OPS:
+        rank = view.rank(x)
+        axes = _mixed_axes(view, node, rank)
+        if axes is None or gi.h in axes:
+            return ALL_PARTS
+    if op in ("Gather", "Slice") and (go is None or not go.tokens or go.prefix != gi.prefix):
+        kept = _kept_tokens(view, node, gi)
+        if kept is not None and kept[1] <= gi.prefix:  # only prefix tokens are read
+            return frozenset((PREFIX,)) if lo else frozenset()
+        if go is not None and go.tokens and go.prefix == 0:  # the prefix was dropped
+            return lo & {PATCHES}
+    if go is None or not go.tokens:
+        return ALL_PARTS if lo else frozenset()
+    if go.prefix == gi.prefix:
+        return lo
+    parts = {PATCHES} & lo  # a Concat that adds prefix tokens before these
+    if gi.prefix and PREFIX in lo:
+        parts.add(PREFIX)
+    return frozenset(parts)
+
+
+def _mixed_axes(view: GraphView, node: onnx.NodeProto, rank: int | None) -> set[int] | None:
+    """The axes along which ``node`` combines values (None: unknown)."""
+    if rank is None:
+        return None
+    if node.op_type in REDUCE_OPS:
+        axes = reduce_axes(view, node, rank)
+        return None if axes is None else set(axes)
+    axis = _axis(node, -1, rank)
+    if node.op_type == "LayerNormalization":
+        return set(range(axis, rank))
+    return {axis}
+
+
+def _kept_tokens(view: GraphView, node: onnx.NodeProto, g: Grid) -> tuple[int, int] | None:
+    """[first, end) of the tokens a Gather/Slice on the token axis keeps (None: unknown or not
+    on the token axis)."""
+    rank = view.rank(node.input[0])
+    if rank is None:
+        return None
+    if node.op_type == "Gather":
+        idx = view.const(node.input[1])
+        if _axis(node, 0, rank) != g.h or idx is None:
+            return None
+        vals = [int(v) for v in ints(idx)]
+        return (min(vals), max(vals) + 1) if vals and min(vals) >= 0 else None
+    starts, ends = (view.const(node.input[k]) if len(node.input) > k else None for k in (1, 2))
+    axes = view.const(node.input[3]) if len(node.input) > 3 and node.input[3] else None
+    if starts is None or ends is None:
+        return None
+    axes = [int(a) % rank for a in ints(axes)] if axes is not None else list(range(rank))
+    if g.h not in axes:
+        return None
+    j = axes.index(g.h)
+    lo, hi = int(ints(starts)[j]), int(ints(ends)[j])
+    return (lo, hi) if lo >= 0 and hi >= 0 else None
+
+
 def explained_size(g: Grid) -> int | None:
     """Positions on the grid (rows × columns), when static."""
     rows, cols = g.size
     return rows * cols if isinstance(rows, int) and isinstance(cols, int) else None
 
 
-__all__ = ["Grid", "explained_size", "spatial_grids"]
+__all__ = [
+    "ALL_PARTS",
+    "PATCHES",
+    "PREFIX",
+    "Grid",
+    "explained_size",
+    "live_positions",
+    "spatial_grids",
+]

@@ -7,6 +7,12 @@ outer-scope values of the ``If`` branch it lives in). A head exists when the tar
 of the graph: every float tensor the head reads is on the target → logits path or a constant.
 Shape arithmetic that reads the batch size from an earlier tensor (``x.view(x.size(0), -1)``)
 is redirected to the head input's batch; its other dimensions are static.
+
+A float tensor computed before the target that the head also reads (a skip connection around
+the target: a residual block's input, a transformer block's ``x`` around its ``norm1``) comes
+from the image fed in the same run, broadcast to the head's rows — what replacing the layer's
+output with a forward hook does in PyTorch. So the runner feeds the image the activations
+came from (one image, or one per row).
 """
 
 from __future__ import annotations
@@ -51,6 +57,13 @@ class _Copier:
         new.output.extend(self.name(o) if o else "" for o in node.output)
         self.nodes.append(new)
 
+    def from_image(self, x: str) -> None:
+        """A tensor before the target (batch on axis 0): the image's, one copy per head row."""
+        b = self.b
+        batch = b.Shape(self.head_input, start=0, end=1)
+        shape = b.Concat(batch, b.Shape(x, start=1), axis=0)
+        self.renamed[x] = b.Expand(x, shape)
+
     def fake_shape(self, node: onnx.NodeProto) -> None:
         """``Shape(x)`` of a tensor before the target → (head batch, x's static other dims)."""
         x = node.input[0]
@@ -86,6 +99,7 @@ def build_head(
     inside = {o for n in data_nodes for o in n.output}
     copier = _Copier(view, k, head_input, target, consts)
     needed: list[onnx.NodeProto] = []  # integer side computations the head reads
+    skips: list[str] = []  # float tensors before the target, read from the image's run
     seen: set[str] = set()
 
     def require(t: str) -> None:
@@ -94,10 +108,13 @@ def build_head(
             return
         seen.add(t)
         if view.is_float(t):
-            raise ExportError(
-                f"the head after {target!r} also reads {t!r}, computed before the target "
-                "(a skip connection around it): the target is not a cut of the graph"
-            )
+            if not _batch_first(view, t):
+                raise ExportError(
+                    f"the head after {target!r} also reads {t!r}, computed before the target, "
+                    "whose batch is not on axis 0 (it cannot be broadcast to the head's rows)"
+                )
+            skips.append(t)
+            return
         p = view.producer.get(t)
         if p is None:
             raise ExportError(f"the head reads graph input {t!r}")
@@ -109,6 +126,8 @@ def build_head(
     for n in data_nodes:
         for i in n.input:
             require(i)
+    for t in skips:
+        copier.from_image(t)
     order = {id(n): i for i, n in enumerate(view.graph.node)}
     for node in sorted([*needed, *data_nodes], key=lambda n: order[id(n)]):
         if node.op_type == "Shape" and node.input[0] not in inside and node.input[0] != target:
@@ -120,3 +139,9 @@ def build_head(
     if logits not in copier.renamed:
         raise ExportError(f"no path from {target!r} to the logits")
     return copier.nodes, copier.renamed[logits]
+
+
+def _batch_first(view: GraphView, t: str) -> bool:
+    """Axis 0 of ``t`` is the batch: the analysis saw it follow the batch it probed with."""
+    dims = view.shape(t)
+    return dims is not None and len(dims) > 0 and not isinstance(dims[0], int)

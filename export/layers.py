@@ -13,11 +13,11 @@ from functools import cache
 
 import onnx
 
-from onnxcam.contract import LAYOUTS, NCHW, Layout
+from onnxcam.contract import LAYOUTS, NCHW, NHWC, Layout, TokenGrid
 from onnxcam.errors import ExportError, LayerNotFoundError
 
 from .graph import GraphView, attr, node_label, reduce_axes
-from .grid import Grid, spatial_grids
+from .grid import PATCHES, Grid, live_positions, spatial_grids
 
 OUTPUT_ACTIVATIONS = {"Softmax": "softmax", "LogSoftmax": "log_softmax", "Sigmoid": "sigmoid"}
 ONNX_LAYOUT = NCHW
@@ -39,16 +39,44 @@ class Head:
     num_classes: int | None
 
 
+NORMALIZATION_OPS = {"LayerNormalization", "BatchNormalization", "GroupNormalization"}
+"""Producers of the token layer a practitioner picks in a class-token transformer (the last
+block's ``norm1``, pytorch-grad-cam's recommendation)."""
+
+
 @dataclass
 class LayerInfo:
-    """A candidate target layer (a 4-D feature map between the input and the logits)."""
+    """A candidate target layer between the input and the logits: a 4-D feature map (NCHW,
+    NHWC) or a ``[B, P + N, C]`` token tensor whose N tokens lie on the image grid."""
 
     tensor: str
     op: str
     node: str
     shape: tuple
+    """The tensor's own shape (for a token layer, the tokens' ``[B, P + N, C]``)."""
     layout: Layout
+    """The layout of the map the layer is explained as (NHWC for a token layer)."""
     default: bool = False
+    tokens: TokenGrid | None = None
+    """For a token layer: its prefix tokens and grid."""
+    live: bool = True
+    """The score depends on the layer's grid positions (False: only its prefix tokens reach
+    the classifier, so every gradient at its positions is exactly zero)."""
+
+    @property
+    def kind(self) -> str:
+        """What ``onnxcam layers`` shows as the layout: NCHW, NHWC or tokens(P+h×w)."""
+        if self.tokens is None:
+            return str(self.layout)
+        t = self.tokens
+        return f"tokens({t.prefix}+{t.rows}x{t.cols})"
+
+    @property
+    def map_shape(self) -> list:
+        """The shape of the activation and gradient outputs (the map the layer becomes)."""
+        if self.tokens is None:
+            return list(self.shape)
+        return [self.shape[0], self.tokens.rows, self.tokens.cols, self.shape[2]]
 
 
 def image_input(view: GraphView) -> str:
@@ -91,47 +119,93 @@ def find_head(view: GraphView, output: str | None = None) -> Head:
 
 
 def candidate_layers(view: GraphView, head: Head) -> list[LayerInfo]:
-    """4-D feature maps on the image grid (``grid.spatial_grids``: rows and columns on axes
-    the graph proves, NCHW or NHWC), on the data path from the image to the logits, spatial
-    size > 1, in topological order.
+    """Feature maps and token tensors on the image grid (``grid.spatial_grids``: rows and
+    columns, or the tokens they were flattened into, on axes the graph proves), on the data
+    path from the image to the logits, spatial size > 1, in topological order; each marked
+    with whether the score depends on its grid positions (``grid.live_positions``).
 
-    The last one is marked as the default when it is convincing: everything between it and the
-    logits still holds the grid or has given it up for good (pooled, flattened into a vector).
-    When sequences of tokens, windows or attention follow it (a transformer after its patch
-    embedding), no candidate is marked and ``default_layer`` refuses instead of guessing.
+    The default (``LayerInfo.default``) is the last live candidate when everything between it
+    and the logits has given the positions up for good (pooled or flattened into a vector, or
+    only prefix tokens read) — a CNN's last feature map, a pooled transformer's last tokens.
+    In a class-token transformer the patch tokens stop reaching the score at the last
+    attention, so the default is the last live token tensor made by a normalization (the last
+    block's ``norm1``, the layer pytorch-grad-cam recommends). Otherwise (windows or
+    attention after the last map) no candidate is marked and ``default_layer`` refuses.
     """
     image = image_input(view)
     grids = spatial_grids(view, image, input_layout(view, image))
     on_path = view.descendants([image], data_only=True) & view.ancestors(
         [head.logits], data_only=True
     )
+    live = live_positions(view, grids, on_path, head.logits)
     found: list[LayerInfo] = []
     for node in view.topo_order():
         for out in node.output:
             g = grids.get(out)
-            if out not in on_path or g is None or (layout := g.layout(view.rank(out))) is None:
+            if out not in on_path or g is None:
                 continue
-            if any(isinstance(d, int) and d <= 1 for d in g.size):
-                continue
-            shape = tuple(view.shape(out) or ())
-            found.append(LayerInfo(out, node.op_type, node_label(node), shape, layout))
+            c = _candidate(view, node, out, g)
+            if c is not None:
+                c.live = PATCHES in live.get(out, ())
+                found.append(c)
     if not found:
         raise ExportError(
-            "the model has no 4-D feature map on the image grid between its input and its "
-            "output (nothing to explain with a class activation map)"
+            "the model has no feature map or token tensor on the image grid between its input "
+            "and its output (nothing to explain with a class activation map)"
         )
-    last = found[-1]
-    after = view.descendants([last.tensor], data_only=True) & on_path
-    if all(_settled(view, t, grids) for t in after):
-        last.default = True
+    _mark_default(view, found, on_path, grids, live)
     return found
 
 
-def _settled(view: GraphView, tensor: str, grids: dict[str, Grid]) -> bool:
-    """``tensor`` keeps the image grid on rows and columns, or holds no positions any more
-    (rank ≤ 2: pooled or flattened into a vector)."""
+def _candidate(view: GraphView, node: onnx.NodeProto, out: str, g: Grid) -> LayerInfo | None:
+    """``out`` as a candidate layer, or None (not 4-D/tokens, a grid of one position, …)."""
+    if any(isinstance(d, int) and d <= 1 for d in g.size):
+        return None
+    shape = tuple(view.shape(out) or ())
+    rank = len(shape)
+    if g.tokens:
+        rows, cols = g.size
+        if (
+            rank != 3
+            or g.h != 1
+            or not isinstance(rows, int)
+            or not isinstance(cols, int)
+            or not isinstance(shape[2], int)
+            or shape[1] != g.prefix + rows * cols
+        ):
+            return None  # per-head attention tensors, windows, dynamic grids
+        tokens = TokenGrid(g.prefix, rows, cols)
+        return LayerInfo(out, node.op_type, node_label(node), shape, NHWC, tokens=tokens)
+    layout = g.layout(rank)
+    if layout is None:
+        return None
+    return LayerInfo(out, node.op_type, node_label(node), shape, layout)
+
+
+def _mark_default(
+    view: GraphView, found: list[LayerInfo], on_path: set, grids: dict, live: dict
+) -> None:
+    alive = [c for c in found if c.live]
+    if not alive:
+        return
+    last = alive[-1]
+    after = view.descendants([last.tensor], data_only=True) & on_path
+    if all(_settled(view, t, grids, live) for t in after):
+        last.default = True
+        return
+    if last.tokens is not None:
+        normed = [c for c in alive if c.tokens is not None and c.op in NORMALIZATION_OPS]
+        if normed:
+            normed[-1].default = True
+
+
+def _settled(view: GraphView, tensor: str, grids: dict[str, Grid], live: dict) -> bool:
+    """``tensor`` keeps the image grid on rows and columns, or holds no live positions any
+    more (rank ≤ 2: pooled or flattened into a vector; tokens read only at their prefix)."""
     g = grids.get(tensor)
-    return (view.rank(tensor) or 0) <= 2 or (g is not None and not g.tokens)
+    if (view.rank(tensor) or 0) <= 2 or (g is not None and not g.tokens):
+        return True
+    return g is not None and PATCHES not in live.get(tensor, ())
 
 
 def default_layer(candidates: list[LayerInfo]) -> LayerInfo:
@@ -140,14 +214,14 @@ def default_layer(candidates: list[LayerInfo]) -> LayerInfo:
     default = next((c for c in candidates if c.default), None)
     if default is not None:
         return default
-    last = candidates[-1]
-    best = ", ".join(f"{c.tensor} {list(c.shape)}" for c in candidates[-4:][::-1])
+    alive = [c for c in candidates if c.live] or candidates
+    last = alive[-1]
+    best = ", ".join(f"{c.tensor} {c.kind}" for c in alive[-4:][::-1])
     raise ExportError(
         f"no default target layer: the last feature map on the image grid, {last.tensor!r} "
-        f"({last.op}), is followed by tensors that are not on the image grid (tokens, "
-        "windows, attention, …) before the head, so explaining it would explain an early "
-        "layer; token layers are not supported yet. Choose a layer with --layer; "
-        f"candidates: {best}"
+        f"({last.op}), is followed by tensors that are not on the image grid (windows, "
+        "attention, …) before the head, so explaining it could explain an early layer. "
+        f"Choose a layer with --layer; candidates: {best}"
     )
 
 
@@ -161,12 +235,22 @@ def resolve_layer(view: GraphView, name: str, candidates: list[LayerInfo]) -> st
         if node is None:
             raise LayerNotFoundError(_unknown_layer_message(name, candidates))
         tensor = node.output[0]
-    if view.rank(tensor) != 4:
+    if view.rank(tensor) not in (3, 4):
         raise LayerNotFoundError(
-            f"layer {name!r} is not a 4-D feature map (shape {view.shape(tensor)}); "
-            + _candidates_hint(candidates)
+            f"layer {name!r} is neither a 4-D feature map nor a [batch, tokens, channels] token "
+            f"tensor (shape {view.shape(tensor)}); " + _candidates_hint(candidates)
         )
-    if tensor not in {c.tensor for c in candidates}:
+    found = next((c for c in candidates if c.tensor == tensor), None)
+    if found is not None and not found.live:
+        default = next((c.tensor for c in candidates if c.default), None)
+        hint = f" such as {default!r}" if default else ""
+        raise LayerNotFoundError(
+            f"the score does not depend on the grid positions of layer {name!r}: after it the "
+            "classifier reads only prefix tokens (a class token), so its gradient is exactly "
+            f"zero at every position and its map would be empty. Choose an earlier layer{hint} "
+            "(before the last attention)"
+        )
+    if found is None:
         raise LayerNotFoundError(
             f"layer {name!r} (shape {list(view.shape(tensor) or [])}) is not a feature map on "
             "the image grid: the graph does not show which of its axes are rows and columns "

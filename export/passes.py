@@ -18,7 +18,14 @@ import onnx
 from onnx import TensorProto, helper
 
 from onnxcam import contract
-from onnxcam.contract import ClassifierSpec, Contract, InputSpec, ScoreSpec, TargetLayer
+from onnxcam.contract import (
+    ClassifierSpec,
+    Contract,
+    InputSpec,
+    ScoreSpec,
+    TargetLayer,
+    TokenGrid,
+)
 from onnxcam.errors import ExportError
 
 from .autodiff import build_backward, spatially_constant_source
@@ -53,8 +60,11 @@ class ExportState:
     """Constants shared by every ``NodeBuilder`` of the export (deduplicated)."""
     cls: str = ""
     """The explained class tensor (``add_score``)."""
+    maps: dict[int, str] = field(default_factory=dict)
+    """Target index → its activations as a map (the target tensor, or a token layer's patch
+    tokens laid out on their grid: ``token_map``), made by ``expose_activations``."""
     gradients: dict[int, str] = field(default_factory=dict)
-    """Target index → its gradient tensor inside the explain branch (``add_backward``)."""
+    """Target index → its gradient map inside the explain branch (``add_backward``)."""
     pooled: dict[int, str] = field(default_factory=dict)
     """Target index → the [B, C, 1, 1] tensor its gradient broadcasts, when the gradient is the
     same at every position (``autodiff.spatially_constant_source``)."""
@@ -96,10 +106,31 @@ def make_targets(view: GraphView, names: Sequence[tuple[str, LayerInfo]]) -> lis
             raise ExportError(f"layer {user!r} was requested twice")
         seen.add(c.tensor)
         p = view.producer.get(c.tensor)
-        shape = list(view.shape(c.tensor) or [])
         producer = p.op_type if p else "input"
-        targets.append(TargetLayer(k, user, c.tensor, c.layout, shape, producer))
+        targets.append(
+            TargetLayer(k, user, c.tensor, c.layout, c.map_shape, producer, tokens=c.tokens)
+        )
     return targets
+
+
+def token_map(b: NodeBuilder, x: str, tokens: TokenGrid, channels: int) -> str:
+    """``[B, P + rows·cols, C]`` tokens → their patch tokens as an NHWC map ``[B, rows, cols, C]``
+    (``TokenGrid.to_map``): a Slice past the prefix and a Reshape (no copy of the batch)."""
+    if tokens.prefix:
+        x = b.Slice(x, b.ints([tokens.prefix]), b.ints([np.iinfo(np.int64).max]), b.ints([1]))
+    return b.Reshape(x, b.ints([0, tokens.rows, tokens.cols, channels]))
+
+
+def map_tokens(b: NodeBuilder, m: str, like: str, tokens: TokenGrid, channels: int) -> str:
+    """The inverse for the head: a map ``[m, rows, cols, C]`` → ``[m, P + rows·cols, C]``
+    tokens, the prefix tokens taken from ``like`` (the forward tokens of the image in the same
+    run: batch 1 is broadcast to the m maps)."""
+    x = b.Reshape(m, b.ints([0, tokens.rows * tokens.cols, channels]))
+    if not tokens.prefix:
+        return x
+    prefix = b.Slice(like, b.ints([0]), b.ints([tokens.prefix]), b.ints([1]))
+    shape = b.Concat(b.Shape(m, start=0, end=1), b.ints([tokens.prefix, channels]), axis=0)
+    return b.Concat(b.Expand(prefix, shape), x, axis=1)
 
 
 # --- the passes, in pipeline order --------------------------------------------------------------
@@ -113,9 +144,14 @@ def add_mode_input(st: ExportState) -> None:
 
 def expose_activations(st: ExportState) -> None:
     """Each target tensor as output ``onnxcam_activation_k``."""
-    for t in st.targets:
-        st.view.add_node(_identity(t.tensor, t.activation))
-        _output(st.view, t.activation, st.view.dtype(t.tensor), st.view.shape(t.tensor))
+    for k, t in enumerate(st.targets):
+        a = t.tensor
+        if t.tokens is not None:
+            b = NodeBuilder(st.view, f"onnxcam/map{k}", st.consts)
+            a = token_map(b, a, t.tokens, t.channels)
+        st.maps[k] = a
+        st.view.add_node(_identity(a, t.activation))
+        _output(st.view, t.activation, st.view.dtype(t.tensor), t.shape)
 
 
 def add_score(st: ExportState) -> None:
@@ -195,7 +231,7 @@ def add_cam_weights(st: ExportState) -> None:
     The classifier row of the class, as [batch, C]."""
     view = st.view
     for k, t in enumerate(st.targets):
-        cls = find_gap_linear(view, t.tensor, t.layout, st.head)
+        cls = None if t.tokens else find_gap_linear(view, t.tensor, t.layout, st.head)
         if cls is None:
             continue
         b = NodeBuilder(view, f"onnxcam/cam_weight_{k}", st.consts)
@@ -216,11 +252,15 @@ def add_backward(st: ExportState) -> None:
     wrt = [t.tensor for t in st.targets]
     grads = build_backward(view, _score_seed(st, wrt), wrt, st.consts)
     for k, t in enumerate(st.targets):
-        g = st.gradients[k] = grads[t.tensor]
+        g = grads[t.tensor]
+        if t.tokens is not None:
+            b = NodeBuilder(view, f"onnxcam/map{k}", st.consts)
+            g = token_map(b, g, t.tokens, t.channels)
+        st.gradients[k] = g
         pooled = spatially_constant_source(view, g, t.layout.spatial_axes)
         if pooled is not None:
             st.pooled[k], t.gradient_pooled = pooled, True
-        branch.output(g, t.gradient, view.dtype(t.tensor), view.shape(t.tensor))
+        branch.output(g, t.gradient, view.dtype(t.tensor), t.shape)
 
 
 def _onehot(st: ExportState) -> str:
@@ -289,7 +329,7 @@ def add_heatmaps(st: ExportState) -> None:
         if not methods:
             continue
         b = NodeBuilder(view, f"onnxcam/heatmap{k}", st.consts)
-        A, G = t.tensor, st.gradients[k]
+        A, G = st.maps[k], st.gradients[k]
         if t.layout != contract.NCHW:
             perm = list(t.layout.to_nchw_perm)
             A, G = b.Transpose(A, perm=perm), b.Transpose(G, perm=perm)
@@ -312,15 +352,19 @@ def add_heads(st: ExportState) -> None:
     dtype = view.dtype(st.head.logits)
     for k, t in enumerate(st.targets):
         name_in = contract.head_input_name(k)
-        branch = Branch(view, head_gate(k), st.consts)
+        branch = Branch(view, head_gate(k, name_in), st.consts)
+        start = name_in
+        if t.tokens is not None:  # the head reads tokens: the map's, after the image's prefix
+            b = NodeBuilder(view, f"onnxcam/head{k}", st.consts)
+            start = map_tokens(b, name_in, t.tensor, t.tokens, t.channels)
         try:
-            nodes, logits = build_head(view, t.tensor, st.head.logits, k, name_in, st.consts)
+            nodes, logits = build_head(view, t.tensor, st.head.logits, k, start, st.consts)
         except ExportError as e:
             branch.discard()
             t.head_note = str(e)
             continue
         view.graph.node.extend(nodes)
-        dims = ["head_batch", *t.shape[1:]]
+        dims = ["head_batch", *t.shape[1:]]  # the map's shape (a token layer's too)
         view.graph.input.append(helper.make_tensor_value_info(name_in, view.dtype(t.tensor), dims))
         view.add_initializer(name_in, np.zeros(empty_shape(t.shape), view.np_dtype(t.tensor)))
         t.head_input, t.head_output = name_in, contract.head_output_name(k)

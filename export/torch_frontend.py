@@ -106,8 +106,11 @@ def _export_torch(module, input_shape, layers, output, dynamic_batch, opset, dyn
                 + ", ".join(f"{name}@{i}" for i in range(n))
             )
         k %= n
-        if not isinstance(calls[name][k], torch.Tensor) or calls[name][k].dim() != 4:
-            raise LayerNotFoundError(f"module {name!r} (call {k}) does not output a 4-D tensor")
+        if not isinstance(calls[name][k], torch.Tensor) or calls[name][k].dim() not in (3, 4):
+            raise LayerNotFoundError(
+                f"module {name!r} (call {k}) outputs neither a 4-D feature map nor a "
+                "[batch, tokens, channels] token tensor"
+            )
         note = None
         if n > 1:
             note = f"torch module called {n} times per forward; call {k} is used"

@@ -185,7 +185,9 @@ def export_cmd(model: Path, output: Path, layers: tuple[str, ...], **kw: Any) ->
 @o.model_output_option
 @o.json_option("Machine-readable output.")
 def layers_cmd(model, model_output, as_json) -> None:
-    """List candidate target layers (tensor, producing op, shape); * marks the default."""
+    """List candidate target layers (tensor, producing op, shape, layout); * marks the
+    default; "dead" marks layers whose positions no longer reach the score (only a class
+    token is read after them), which cannot be explained."""
     ex = _exporter()
     found = ex.list_layers(model, model_output)
     if as_json:
@@ -197,8 +199,10 @@ def layers_cmd(model, model_output, as_json) -> None:
                         "op": c.op,
                         "node": c.node,
                         "shape": list(c.shape),
-                        "layout": c.layout,
+                        "layout": c.kind,
+                        "map_shape": c.map_shape,
                         "default": c.default,
+                        "live": c.live,
                     }
                     for c in found
                 ],
@@ -210,7 +214,8 @@ def layers_cmd(model, model_output, as_json) -> None:
     for c in found:
         mark = "*" if c.default else " "
         shape = "x".join(str(d) for d in c.shape)
-        click.echo(f"{mark} {c.tensor:<{width}}  {c.op:<20} {shape}  {c.layout}")
+        dead = "" if c.live else "  dead"
+        click.echo(f"{mark} {c.tensor:<{width}}  {c.op:<20} {shape}  {c.kind}{dead}")
 
 
 @cli.command("run")

@@ -270,6 +270,30 @@ class InputSpec:
         return cls(**_known(cls, d))
 
 
+@dataclass(frozen=True)
+class TokenGrid:
+    """How a token target becomes a map: the target tensor is ``[B, prefix + rows·cols, C]``
+    (a transformer's tokens); its activations and gradients are published as its patch tokens
+    laid out on their grid, ``[B, rows, cols, C]`` (NHWC): the ``prefix`` tokens (class,
+    distillation, register tokens) are dropped and the rest read row-major. The same
+    convention as pytorch-grad-cam's ``vit_reshape_transform``, computed in the graph."""
+
+    prefix: int
+    rows: int
+    cols: int
+
+    def to_map(self, tokens: np.ndarray) -> np.ndarray:
+        """``[B, prefix + rows·cols, C]`` → ``[B, rows, cols, C]`` (the graph's computation)."""
+        return tokens[:, self.prefix :].reshape(len(tokens), self.rows, self.cols, -1)
+
+    def to_json(self) -> dict:
+        return {"prefix": self.prefix, "rows": self.rows, "cols": self.cols}
+
+    @classmethod
+    def from_json(cls, d: dict) -> TokenGrid:
+        return cls(**_known(cls, d))
+
+
 @dataclass(eq=False)
 class TargetLayer:
     """One target layer: the tensor explained and the contract names that expose it.
@@ -281,9 +305,12 @@ class TargetLayer:
     name: str
     """What the user asked for (ONNX tensor/node name, or torch module name)."""
     tensor: str
+    """The graph tensor explained (for a token layer: the token tensor, see ``tokens``)."""
     layout: Layout
+    """The layout of the activation and gradient outputs."""
     shape: Sequence
-    """Its shape (ints, or dim names where dynamic): a list while exporting, a tuple when read."""
+    """Their shape (ints, or dim names where dynamic): a list while exporting, a tuple when
+    read."""
     producer: str = ""
     activation: str = ""
     gradient: str = ""
@@ -299,10 +326,13 @@ class TargetLayer:
     gradient_pooled: bool = False
     """The gradient is the same at every position (the layer feeds a global average pool):
     the runtime then uses its first position only."""
+    tokens: TokenGrid | None = None
+    """For a token layer (``tensor`` is ``[B, P + N, C]``): how its patch tokens were laid out
+    on the image grid to make the NHWC activation and gradient outputs; None for a map."""
 
     _JSON_KEYS = {"head_output": "head_logits"}  # noqa: RUF012 (a class constant)
     """Field → JSON key where they differ (the key is the name graphs have carried since v2)."""
-    _OMIT_EMPTY = ("note", "head_note")
+    _OMIT_EMPTY = ("note", "head_note", "tokens")
 
     def __post_init__(self) -> None:
         self.layout = layout_of(self.layout)
@@ -324,6 +354,8 @@ class TargetLayer:
             v = getattr(self, f.name)
             if f.name in self._OMIT_EMPTY and not v:
                 continue
+            if isinstance(v, TokenGrid):
+                v = v.to_json()
             d[self._JSON_KEYS.get(f.name, f.name)] = (
                 list(v) if isinstance(v, tuple) else (str(v) if f.name == "layout" else v)
             )
@@ -336,6 +368,8 @@ class TargetLayer:
         d["heatmaps"] = d.get("heatmaps") or {}
         d["gradient_pooled"] = bool(d.get("gradient_pooled", False))
         d["shape"] = tuple(d["shape"])
+        if d.get("tokens"):
+            d["tokens"] = TokenGrid.from_json(d["tokens"])
         return cls(**_known(cls, d))
 
 

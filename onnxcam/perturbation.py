@@ -284,10 +284,11 @@ def ablationcam(p: PerturbationInputs) -> np.ndarray:
                 yield a
 
         cls = int(p.classes[i])
-        base = float(p.scorer.head(p.layer, iter([feed1[None]]), 1, cls).logit[0])
+        x1 = p.x[i : i + 1]
+        base = float(p.scorer.head(p.layer, iter([feed1[None]]), 1, cls, x1).logit[0])
         w = np.zeros(C)
         if len(live) and base != 0:
-            w[live] = (base - p.scorer.head(p.layer, batches(), len(live), cls).logit) / base
+            w[live] = (base - p.scorer.head(p.layer, batches(), len(live), cls, x1).logit) / base
         out.append(_weighted(w, A1))
     return np.stack(out).astype(np.float32)
 

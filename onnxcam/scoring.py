@@ -68,20 +68,33 @@ class Scorer:
             self._tick(len(x), total)
         return Scores(np.concatenate(logits), np.concatenate(probs))
 
-    def head(self, layer: TargetLayer, acts: Iterator[np.ndarray], total: int, cls: int) -> Scores:
-        """Score perturbed activations of ``layer`` through its head only (mode 2)."""
+    def head(
+        self,
+        layer: TargetLayer,
+        acts: Iterator[np.ndarray],
+        total: int,
+        cls: int,
+        image: np.ndarray | None = None,
+    ) -> Scores:
+        """Score perturbed activations of ``layer`` through its head only (mode 2).
+
+        ``image`` ([1, ...] model input) is the image the activations came from: a token
+        layer's head takes its prefix tokens (class token) from it; other heads ignore it."""
         if not layer.head_input:
             raise MethodError(
                 f"layer {layer.name!r} has no head-only path in this export "
                 f"({layer.head_note or 're-export with this onnxcam version'})"
             )
         spec = self.info.input
-        dummy = np.zeros(spec.shape(1), np.float32)  # the image branch is not what is scored
+        if image is None:  # the image branch is not what is scored (unless tokens need it)
+            if layer.tokens is not None and layer.tokens.prefix:
+                raise MethodError(f"the head of token layer {layer.name!r} needs the image")
+            image = np.zeros(spec.shape(1), np.float32)
         logits, probs = [], []
         self._done = 0
         for a in acts:
             feeds = {
-                spec.name: dummy,
+                spec.name: image.astype(np.float32, copy=False),
                 contract.MODE_INPUT: np.array(contract.MODE_HEAD, dtype=np.int64),
                 layer.head_input: a.astype(np.float32, copy=False),
             }

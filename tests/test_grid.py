@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from onnxcam.contract import TokenGrid
 from onnxcam.errors import ExportError, LayerNotFoundError
 from onnxcam.export import export_onnx, list_layers, plain_onnx
 from onnxcam.export.graph import GraphView
@@ -88,17 +89,25 @@ def _grids(model: bytes):
     return view, spatial_grids(view, image, input_layout(view, image))
 
 
-def test_vit_attention_tensors_are_not_feature_maps_and_the_default_refuses() -> None:
+def test_vit_default_is_the_last_live_token_layer_and_attention_is_refused() -> None:
+    """The patch tokens stop reaching the score at the last attention (the head reads the class
+    token): the default is the normalised tokens that feed it; later token tensors are dead
+    and refused; attention internals are never candidates."""
     torch.manual_seed(0)
     model = _onnx(TinyViT())
     view, _ = _grids(model)
     found = list_layers(model)
-    assert [c.op for c in found] == ["Conv"]  # only the patch embedding
-    assert found[0].shape[1:] == (16, 8, 8) and not found[0].default
-    with pytest.raises(ExportError, match=r"no default target layer.*token layers"):
-        export_onnx(model)
+    default = next(c for c in found if c.default)
+    assert default.tokens == TokenGrid(1, 8, 8) and default.op == "LayerNormalization"
+    assert default.live and default.map_shape[1:] == [8, 8, 16]
+    final = [c for c in found if c.op == "LayerNormalization"][-1]  # the head's norm
+    assert final.tokens is not None and not final.live
+    with pytest.raises(LayerNotFoundError, match="does not depend on the grid positions"):
+        export_onnx(model, layers=[final.tensor])
+    assert export_onnx(model).targets[0].tensor == default.tensor
+    computed = lambda n: not any(view.is_const(i) for i in n.input)  # noqa: E731
     for op in ("Softmax", "MatMul"):  # attention probabilities, q·kᵀ
-        attention = next(n.output[0] for n in view.graph.node if n.op_type == op)
+        attention = next(n.output[0] for n in view.graph.node if n.op_type == op and computed(n))
         with pytest.raises(LayerNotFoundError, match="feature map"):
             export_onnx(model, layers=[attention])
 
@@ -113,8 +122,10 @@ def test_token_axis_records_the_class_token_as_prefix() -> None:
 def test_tokens_viewed_as_a_grid_are_channels_last_on_the_right_grid() -> None:
     model = _onnx(TokensToGrid())
     found = {c.tensor: c for c in list_layers(model)}
-    nhwc = [c for c in found.values() if c.layout == "NHWC"]
+    nhwc = [c for c in found.values() if c.layout == "NHWC" and c.tokens is None]
     assert nhwc and all(c.shape[1:] == (8, 8, 8) for c in nhwc)
+    tokens = [c for c in found.values() if c.tokens is not None]  # before the view: tokens
+    assert tokens and all(c.tokens == TokenGrid(0, 8, 8) and c.live for c in tokens)
     res = export_onnx(model, layers=[nhwc[0].tensor])
     t = res.targets[0]
     assert t.layout == "NHWC" and t.spatial == (8, 8)

@@ -289,7 +289,8 @@ def test_add_heads() -> None:
     inputs, outputs, ops, st = _added("add_heads")
     assert inputs == [contract.head_input_name(0), contract.head_input_name(1)]
     assert outputs == [contract.head_output_name(0), contract.head_output_name(1)]
-    assert ops == ["Equal", "If", "Equal", "If"]  # one If per head
+    # one If per head, taken in mode 2 when its input has rows
+    assert ops == ["Equal", "Size", "Greater", "And", "If"] * 2
     assert [t.head_output for t in st.targets] == outputs
     x = _image()
     out = _run(st.view.model, {"image": x})
@@ -302,6 +303,12 @@ def test_add_heads() -> None:
             head[contract.head_output_name(k)], _reference(x)["logits"], rtol=1e-5, atol=1e-6
         )
     assert out[contract.head_output_name(0)].shape == (0, CLASSES)  # mode 0: no head run
+    del feeds[contract.head_input_name(1)]  # mode 2, head 1 left at its empty default: not run
+    head = _run(st.view.model, feeds)
+    assert head[contract.head_output_name(1)].shape == (0, CLASSES)
+    np.testing.assert_allclose(
+        head[contract.head_output_name(0)], _reference(x)["logits"], rtol=1e-5, atol=1e-6
+    )
 
 
 def test_a_gated_pass_outside_its_branch_is_an_internal_error() -> None:
