@@ -11,8 +11,10 @@ What keeps the grid: spatial NCHW ops (Conv, pooling, normalisations, Resize, Pa
 tensor whose grid is on axes (2, 3); element-wise ops (the grid of the inputs that have one,
 aligned from the right, when they agree); Transpose, Squeeze/Unsqueeze, Reshape/Flatten when
 the static shapes show where each axis goes (so a channel shuffle keeps it, flattening H·W into
-tokens merges it, and a ``[B, N, C] → [B, H, W, C]`` view splits it again); Concat and Slice
-off the grid axes (and on a token axis, the prefix tokens they add or remove); reductions that
+tokens merges it, and a ``[B, N, C] → [B, H, W, C]`` view splits it again); a row or column axis
+split in two with the outer part kept apart from the inner (a patch merge: the grid at a coarser
+step); Concat and Slice off the grid axes (and on a token axis, the prefix tokens they add or
+remove); reductions that
 keep the grid axes; a MatMul whose left operand has the grid on a row axis (a Linear on
 tokens or channels-last maps, and the query axis of attention). Anything else — Gather on a grid
 axis, window partitions, an op not listed — ends the grid: an unknown tensor is never treated as
@@ -113,6 +115,8 @@ def _propagate(view: GraphView, node: onnx.NodeProto, grids: dict[str, Grid]) ->
     g = grids.get(x)
     out = node.output[0]
     rank = view.rank(out)
+    if op == "Pad" and g is not None and _pads_off_grid(view, node, g):
+        return [_kept(view, g, out)]
     if op in SPATIAL_NCHW_OPS:
         if g is None or g.tokens or (g.h, g.w) != NCHW.spatial_axes:
             return [None]
@@ -207,6 +211,10 @@ def _reshape(view: GraphView, g: Grid, x: str, out: str) -> Grid | None:
         ws = _same_place(src_at, dst_at, g.w, src, dst)
         if hs is not None and ws is not None:
             return Grid(hs, ws, (rows, cols))
+        hc = _coarse_place(src_at, dst_at, g.h, src, dst)
+        wc = _coarse_place(src_at, dst_at, g.w, src, dst)
+        if hc is not None and wc is not None:  # a patch merge: the grid at a coarser step
+            return Grid(hc, wc, (dst[hc], dst[wc]))
         if g.w == g.h + 1:
             for j, d in enumerate(dst):
                 if dst_at[j] == src_at[g.h] and d == rows * cols:
@@ -242,6 +250,29 @@ def _same_place(src_at: list, dst_at: list, axis: int, src, dst) -> int | None:
     """The output axis that is input ``axis`` unchanged (same offset, same size)."""
     for j, d in enumerate(dst):
         if dst_at[j] == src_at[axis] and d == src[axis]:
+            return j
+    return None
+
+
+def _pads_off_grid(view: GraphView, node: onnx.NodeProto, g: Grid) -> bool:
+    """A Pad that adds nothing on the grid axes (Swin pads NHWC maps to even sizes: by 0 here)."""
+    rank = view.rank(node.input[0])
+    pads = view.const(node.input[1]) if len(node.input) > 1 and node.input[1] else None
+    if rank is None or pads is None or (len(node.input) > 3 and node.input[3]):
+        return False
+    p = ints(pads)
+    return len(p) == 2 * rank and all(p[a] == 0 and p[a + rank] == 0 for a in _axes(g))
+
+
+def _coarse_place(src_at: list, dst_at: list, axis: int, src, dst) -> int | None:
+    """The output axis that is input ``axis`` split in two, outer part first (rows of 56 viewed
+    as 28 × 2: Swin's patch merging); the outer axis indexes the grid at a coarser step."""
+    for j in range(len(dst) - 1):
+        if (
+            dst_at[j] == src_at[axis]
+            and 1 < dst[j] < src[axis]
+            and dst[j] * dst[j + 1] == src[axis]
+        ):
             return j
     return None
 
