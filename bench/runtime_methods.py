@@ -1,7 +1,9 @@
 """Gradient-family CAMs: onnxcam vs plain inference vs pytorch-grad-cam vs torchcam, one run.
 
-For ResNet-50 (random init) and EfficientNet-Lite0 (real weights), batch 1 and 8, CPU:
-median latency **per image** of
+For ResNet-50 (random init), EfficientNet-Lite0 (real weights) and, with ``--models``, the token
+models ViT-Tiny/16, ViT-Small/16 and Swin-Tiny (timm, random init; onnxcam explains its default
+layer: the last block's ``norm1`` tokens for the ViTs, the final NHWC norm for Swin), batch 1
+and 8, CPU: median latency **per image** of
   * plain onnxruntime inference of the unmodified model (the floor),
   * onnxcam: one ``session.run`` + the method(s) on the host + maps resized to the input size,
     per method and for all gradient methods at once,
@@ -17,6 +19,13 @@ Two phases per model and batch, in the same process (bench/harness.py, round-rob
      phase A's onnxcam numbers; the anchors show how much phase B's load shifted ORT timings).
 
     python bench/runtime_methods.py [--repeats 20] [--peer-repeats 5] [--models resnet50,lite0]
+    python bench/runtime_methods.py --models vit_tiny,vit_small,swin_tiny --out runtime_tokens
+
+pytorch-grad-cam gets the reshape it documents for these models (``reshape_transform``: drop the
+class token and lay the tokens on the 14×14 grid; Swin's NHWC map to NCHW). torchcam has no
+hook for token or channels-last layers (it reads the hooked tensor as NCHW), so on the token
+models its timings are of the same computation on the unreshaped tensor — a cost reference,
+not a usable map.
 """
 
 from __future__ import annotations
@@ -65,18 +74,40 @@ TORCHCAM = {
 }
 
 
+TIMM = {
+    "vit_tiny": ("vit_tiny_patch16_224", "blocks.11.norm1"),
+    "vit_small": ("vit_small_patch16_224", "blocks.11.norm1"),
+    "swin_tiny": ("swin_tiny_patch4_window7_224", "norm"),
+}
+"""bench name → (timm model, the module onnxcam's default layer is the output of)."""
+
+
 def build(name: str):
-    """(torch module, torch target module name, onnxcam export kwargs)."""
+    """(torch module, torch target module name, classifier name, onnxcam export kwargs)."""
     import torch
     import torchvision
 
     torch.manual_seed(0)
     if name == "resnet50":
         return torchvision.models.resnet50(weights=None).eval(), "layer4", "fc", {}
+    if name in TIMM:
+        import timm
+
+        model, layer = TIMM[name]
+        return timm.create_model(model, pretrained=False).eval(), layer, "head", {}
     from onnxcam.models import efficientnet_lite0
 
     # the head's ReLU6 module is reused in every block; peers hook the last BN before it
     return efficientnet_lite0.build(), "_bn1", "_fc", efficientnet_lite0.PREPROCESSING
+
+
+def reshape_transform(name: str):
+    """pytorch-grad-cam's ``reshape_transform`` for ``name`` (None: the layer is NCHW)."""
+    if name.startswith("vit"):
+        return lambda t: t[:, 1:, :].reshape(t.size(0), 14, 14, t.size(2)).permute(0, 3, 1, 2)
+    if name.startswith("swin"):
+        return lambda t: t.permute(0, 3, 1, 2)
+    return None
 
 
 def plain_onnx(module, size: int = 224) -> bytes:
@@ -111,7 +142,7 @@ def _maps_at_input(ex, x, methods) -> None:
             _ = m.input
 
 
-def make_variants(module, layer, fc, ex, plain, x, onnx_methods, all_grad) -> dict:
+def make_variants(module, layer, fc, ex, plain, x, onnx_methods, all_grad, reshape=None) -> dict:
     """name → zero-argument callable doing one batch, for every library and method."""
     import pytorch_grad_cam
     import torch
@@ -124,7 +155,8 @@ def make_variants(module, layer, fc, ex, plain, x, onnx_methods, all_grad) -> di
         _maps_at_input(ex, x, methods)
 
     def pgc(cls_name):
-        with getattr(pytorch_grad_cam, cls_name)(model=module, target_layers=[target]) as c:
+        cam = getattr(pytorch_grad_cam, cls_name)
+        with cam(model=module, target_layers=[target], reshape_transform=reshape) as c:
             c(input_tensor=xt, targets=None)
 
     def tc(cls_name):
@@ -153,6 +185,7 @@ def make_variants(module, layer, fc, ex, plain, x, onnx_methods, all_grad) -> di
 def main() -> None:
     ap = arguments(__doc__, 20, "resnet50,lite0")
     ap.add_argument("--peer-repeats", type=int, default=5)
+    ap.add_argument("--out", default="runtime_methods", help="results/<out>.json")
     args = ap.parse_args()
 
     import torch
@@ -169,7 +202,9 @@ def main() -> None:
         ]
         for batch in map(int, args.batches.split(",")):
             x = np.random.default_rng(0).normal(size=(batch, 3, 224, 224)).astype(np.float32)
-            variants = make_variants(module, layer, fc, ex, plain, x, onnx_methods, all_grad)
+            variants = make_variants(
+                module, layer, fc, ex, plain, x, onnx_methods, all_grad, reshape_transform(name)
+            )
             variants["onnxcam:all+heatmaps"] = functools.partial(
                 _maps_at_input, ex_heat, x, all_grad
             )
@@ -232,7 +267,7 @@ def main() -> None:
         ("torchcam_speedup", "speed-up vs torchcam"),
     ]
     print(markdown_table(rows, cols))
-    print("saved", save("runtime_methods", rows, {"repeats": args.repeats}))
+    print("saved", save(args.out, rows, {"repeats": args.repeats, "models": args.models}))
 
 
 if __name__ == "__main__":
