@@ -284,9 +284,10 @@ _PASS_THROUGH = {"Identity", "Dropout", "Flatten", "Reshape", "Squeeze"}
 
 
 def find_gap_linear(
-    view: GraphView, tensor: str, layout: Layout, head: Head
+    view: GraphView, tensor: str, layout: Layout, head: Head, tokens: TokenGrid | None = None
 ) -> ClassifierHead | None:
-    """Detect target → global average pool → (flatten) → Linear → logits; else None."""
+    """Detect target → global average pool → (flatten) → Linear → logits; else None. For a
+    token layer (``tokens``, no prefix tokens) the pool is the mean over the token axis."""
     data = view.ancestors([head.logits], data_only=True)
 
     @cache
@@ -298,7 +299,11 @@ def find_gap_linear(
     node = only_consumer(t)
     while node is not None and node.op_type in ("Identity", "Dropout"):
         t, node = node.output[0], only_consumer(node.output[0])
-    if node is None or not _is_global_average(view, node, layout):
+    if tokens is not None:
+        pooled = tokens.prefix == 0 and node is not None and node.op_type == "ReduceMean"
+        if not pooled or reduce_axes(view, node, 3) != (1,) or attr(node, "keepdims", 1):
+            return None
+    elif node is None or not _is_global_average(view, node, layout):
         return None
     t, node = node.output[0], only_consumer(node.output[0])
     while node is not None and node.op_type in _PASS_THROUGH:

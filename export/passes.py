@@ -231,7 +231,7 @@ def add_cam_weights(st: ExportState) -> None:
     The classifier row of the class, as [batch, C]."""
     view = st.view
     for k, t in enumerate(st.targets):
-        cls = None if t.tokens else find_gap_linear(view, t.tensor, t.layout, st.head)
+        cls = find_gap_linear(view, t.tensor, t.layout, st.head, t.tokens)
         if cls is None:
             continue
         b = NodeBuilder(view, f"onnxcam/cam_weight_{k}", st.consts)
