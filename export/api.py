@@ -252,7 +252,15 @@ def build_state(
         load_labels(labels) if isinstance(labels, (str, os.PathLike)) else _list_or_none(labels)
     )
     head = find_head(view, model_output)
-    if label_list is not None and head.num_classes and len(label_list) != head.num_classes:
+    if label_list is not None and head.binary:
+        if len(label_list) == 1:  # the positive class's name
+            label_list = [f"not {label_list[0]}", label_list[0]]
+        if len(label_list) != 2:
+            raise ExportError(
+                f"{len(label_list)} labels given for a single-logit (binary) head: give two "
+                "(negative, positive) or the positive class's name"
+            )
+    elif label_list is not None and head.num_classes and len(label_list) != head.num_classes:
         raise ExportError(f"{len(label_list)} labels given for {head.num_classes} classes")
     names = _target_names(view, head, layers, layer_names)
     spec = _input_spec(view, image, layout, color=color, mean=mean, std=std, scale=scale)

@@ -37,6 +37,9 @@ class Head:
     activation: str | None
     """softmax | log_softmax | sigmoid | None: what the model applies after the logits."""
     num_classes: int | None
+    binary: bool = False
+    """One logit z (raw or through a sigmoid): explained as two classes, 0 the negative (score
+    −z, as pytorch-grad-cam's ``BinaryClassifierOutputTarget``) and 1 the positive (z)."""
 
 
 NORMALIZATION_OPS = {"LayerNormalization", "BatchNormalization", "GroupNormalization"}
@@ -115,7 +118,12 @@ def find_head(view: GraphView, output: str | None = None) -> Head:
             f"got shape {list(shape) if shape else 'unknown'}"
         )
     k = shape[1] if isinstance(shape[1], int) else None
-    return Head(logits=t, output=output, activation=activation, num_classes=k)
+    if k == 1 and activation in ("softmax", "log_softmax"):
+        raise ExportError(
+            f"model output {output!r} is a {activation} over one logit (constant): there is no "
+            "class score to explain; export the model without it"
+        )
+    return Head(logits=t, output=output, activation=activation, num_classes=k, binary=k == 1)
 
 
 def candidate_layers(view: GraphView, head: Head) -> list[LayerInfo]:

@@ -11,7 +11,7 @@ the MaxPool VJP rule records in the node's ``doc_string`` (``verify.check_forwar
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx
@@ -60,6 +60,8 @@ class ExportState:
     """Constants shared by every ``NodeBuilder`` of the export (deduplicated)."""
     cls: str = ""
     """The explained class tensor (``add_score``)."""
+    single_logit: str | None = None
+    """A binary head's one logit z (``add_binary_logits`` makes the two-class logits)."""
     maps: dict[int, str] = field(default_factory=dict)
     """Target index → its activations as a map (the target tensor, or a token layer's patch
     tokens laid out on their grid: ``token_map``), made by ``expose_activations``."""
@@ -154,6 +156,23 @@ def expose_activations(st: ExportState) -> None:
         _output(st.view, t.activation, st.view.dtype(t.tensor), t.shape)
 
 
+def add_binary_logits(st: ExportState) -> None:
+    """A one-logit head as two classes: logits ``[−z, z]`` (class 0: negative).
+
+    So class selection, the score, top-k and head paths work as for any classifier; each class's
+    probability is the sigmoid of its logit (p(1) = σ(z), p(0) = σ(−z) = 1 − σ(z)), and top-1
+    is class 1 when p ≥ 0.5. Nothing to do for other heads.
+    """
+    h = st.head
+    if not h.binary:
+        return
+    b = NodeBuilder(st.view, "onnxcam/binary", st.consts)
+    two = b.Concat(b.Neg(h.logits), h.logits, axis=1)
+    st.view.shapes[two] = [st.batch, 2]
+    st.single_logit = h.logits
+    st.head = replace(h, logits=two, num_classes=2, activation="sigmoid")
+
+
 def add_score(st: ExportState) -> None:
     """The class selector input and the explained class and score outputs.
 
@@ -168,7 +187,8 @@ def add_score(st: ExportState) -> None:
         helper.make_tensor_value_info(contract.CLASS_INPUT, TensorProto.INT64, [batch])
     )
     view.add_initializer(contract.CLASS_INPUT, np.array([-1], dtype=np.int64))
-    top1 = b.ArgMax(logits, axis=1, keepdims=0)
+    # a binary head's tie (z = 0, p = 0.5) goes to the positive class
+    top1 = b.ArgMax(logits, axis=1, keepdims=0, select_last_index=int(st.head.binary))
     chosen = b.Less(contract.CLASS_INPUT, b.const(np.array(0, dtype=np.int64)))
     view.add_node(
         helper.make_node(
@@ -230,12 +250,22 @@ def add_cam_weights(st: ExportState) -> None:
 
     The classifier row of the class, as [batch, C]."""
     view = st.view
+    head = replace(st.head, logits=st.single_logit) if st.single_logit else st.head
     for k, t in enumerate(st.targets):
-        cls = find_gap_linear(view, t.tensor, t.layout, st.head, t.tokens)
+        cls = find_gap_linear(view, t.tensor, t.layout, head, t.tokens)
         if cls is None:
             continue
         b = NodeBuilder(view, f"onnxcam/cam_weight_{k}", st.consts)
-        if cls.rows_are_classes:  # W: [K, C]
+        if st.single_logit:  # W: one row (or column) w; class 1 gets w, class 0 gets −w
+            zero = b.const(np.array(0, dtype=np.int64))
+            w = b.Gather(cls.weight, zero, axis=0 if cls.rows_are_classes else 1)
+            w = b.Unsqueeze(w, b.ints(0 if cls.rows_are_classes else 1))
+            w = w if cls.rows_are_classes else b.Transpose(w, perm=[1, 0])
+            sign = b.Sub(
+                b.Mul(b.Cast(st.cls, to=view.dtype(cls.weight)), b.scalar(2.0, w)), b.scalar(1.0, w)
+            )
+            w = b.Mul(w, b.Unsqueeze(sign, b.ints(1)))
+        elif cls.rows_are_classes:  # W: [K, C]
             w = b.Gather(cls.weight, st.cls, axis=0)
         else:  # W: [C, K]
             w = b.Transpose(b.Gather(cls.weight, st.cls, axis=1), perm=[1, 0])
@@ -385,7 +415,7 @@ def write_metadata(st: ExportState, exporter: dict) -> None:
     record = Contract(
         targets=st.targets,
         input=st.spec,
-        score=ScoreSpec(h.logits, h.output, h.activation, h.num_classes),
+        score=ScoreSpec(h.logits, h.output, h.activation, h.num_classes, binary=h.binary),
         labels=st.labels,
         classifier=classifier,
         exporter=exporter,
@@ -404,6 +434,7 @@ __all__ = [
     "LayerInfo",
     "Target",
     "add_backward",
+    "add_binary_logits",
     "add_cam_weights",
     "add_heads",
     "add_heatmaps",

@@ -385,6 +385,9 @@ class ScoreSpec:
     num_classes: int | None
     logits_output: str = ""
     """The session output holding the logits: the model's output, or ``onnxcam_logits``."""
+    binary: bool = False
+    """The model outputs one logit z; the contract explains it as two classes (logits
+    ``[−z, z]`` in ``onnxcam_logits``, class 0 the negative, probabilities by sigmoid)."""
     class_input: str = CLASS_INPUT
     class_output: str = CLASS_OUTPUT
     score_output: str = SCORE_OUTPUT
