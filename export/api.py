@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -212,6 +213,8 @@ def export_onnx(
     )
     forward = forward_nodes(m)
     run_passes(st)
+    _share_duplicate_initializers(m)
+    _drop_unused_constants(m)
     write_metadata(st, _exporter_info(st.view, source_opset, time.perf_counter() - t0))
     check_forward_nodes_kept(forward, m)
     check_model(m)
@@ -220,6 +223,60 @@ def export_onnx(
     if out_path is not None:
         _save(m, out_path)
     return ExportResult(m, out_path, st.targets, st.spec, st.head, time.perf_counter() - t0, diff)
+
+
+def _drop_unused_constants(m: onnx.ModelProto) -> None:
+    """Remove onnxcam's own constants that no node reads (a discarded head branch leaves some;
+    onnxruntime warns about each unused initializer when it loads the graph)."""
+    used: set[str] = {i.name for i in m.graph.input}
+
+    def visit(graph: onnx.GraphProto) -> None:
+        for node in graph.node:
+            used.update(node.input)
+            for a in node.attribute:
+                for g in [a.g] if a.HasField("g") else list(a.graphs):
+                    visit(g)
+
+    visit(m.graph)
+    keep = [t for t in m.graph.initializer if t.name in used or not t.name.startswith("onnxcam/")]
+    if len(keep) != len(m.graph.initializer):
+        del m.graph.initializer[:]
+        m.graph.initializer.extend(keep)
+
+
+def _share_duplicate_initializers(m: onnx.ModelProto) -> None:
+    """Inside the ``If`` branches, read weights by the name onnxruntime keeps for them: the
+    first of identical initializers (same type, shape and bytes — LayerNorm's ones and zeros
+    in a fresh model), and an initializer itself rather than an ``Identity`` of it (torch's
+    exporter writes shared weights that way). onnxruntime merges duplicates and removes such
+    Identity nodes at load time, and warns for every outer-scope name it cannot rename inside a
+    subgraph. The forward nodes keep their own names."""
+    first: dict[tuple, str] = {}
+    canonical: dict[str, str] = {}
+    inputs = {i.name for i in m.graph.input}  # an input's default can be overridden: never shared
+    for t in m.graph.initializer:
+        if t.name in inputs:
+            continue
+        if t.HasField("raw_data"):
+            key = (t.data_type, tuple(t.dims), hashlib.sha1(t.raw_data).digest())
+            canonical[t.name] = first.setdefault(key, t.name)
+        else:
+            canonical[t.name] = t.name
+    for node in m.graph.node:  # in topological order: chains of Identity resolve in one pass
+        if node.op_type == "Identity" and node.input[0] in canonical:
+            canonical[node.output[0]] = canonical[node.input[0]]
+
+    def visit(graph: onnx.GraphProto, inside: bool) -> None:
+        for node in graph.node:
+            if inside:
+                for k, i in enumerate(node.input):
+                    if canonical.get(i, i) != i:
+                        node.input[k] = canonical[i]
+            for a in node.attribute:
+                for g in [a.g] if a.HasField("g") else list(a.graphs):
+                    visit(g, True)
+
+    visit(m.graph, False)
 
 
 def build_state(

@@ -43,6 +43,12 @@ EXPLAIN = Gate(contract.MODE_EXPLAIN, "backward")
 """The gradients and the in-graph heatmaps (mode 0: explain)."""
 
 
+def value_of(name: str) -> str:
+    """The tensor holding optional input ``name``'s value: what was fed, or its default
+    (``passes.optional_input``)."""
+    return f"{name}/value"
+
+
 def head_gate(k: int, head_input: str | None = None) -> Gate:
     """Target ``k``'s head-only path (mode 2, and ``head_input`` fed with at least one row)."""
     return Gate(contract.MODE_HEAD, f"head{k}", head_input)
@@ -126,7 +132,8 @@ class Branch:
             skipped.append(helper.make_node("Constant", [], [name], name=name, value=empty))
             else_outs.append(helper.make_tensor_value_info(name, r.dtype, r.empty))
         b = NodeBuilder(view, f"onnxcam/{label}", self.consts)
-        cond = b.Equal(contract.MODE_INPUT, b.const(np.array(self.gate.mode, dtype=np.int64)))
+        mode = value_of(contract.MODE_INPUT)
+        cond = b.Equal(mode, b.const(np.array(self.gate.mode, dtype=np.int64)))
         if self.gate.nonempty:
             zero = b.const(np.array(0, dtype=np.int64))
             cond = b.And(cond, b.Greater(b.Size(self.gate.nonempty), zero))

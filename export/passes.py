@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from onnxcam import contract
 from onnxcam.contract import (
@@ -30,7 +30,7 @@ from onnxcam.errors import ExportError
 
 from .autodiff import build_backward, spatially_constant_source
 from .builder import NodeBuilder
-from .gating import Branch, empty_shape, head_gate
+from .gating import Branch, empty_shape, head_gate, value_of
 from .graph import GraphView, attr
 from .head import build_head
 from .heatmaps import layer_facts
@@ -135,13 +135,44 @@ def map_tokens(b: NodeBuilder, m: str, like: str, tokens: TokenGrid, channels: i
     return b.Concat(b.Expand(prefix, shape), x, axis=1)
 
 
+def optional_input(view: GraphView, name: str, elem: int, shape, default: np.ndarray) -> str:
+    """Graph input ``name`` of type ``optional(tensor)``: a caller may leave it out, and the
+    graph then uses ``default``. Returns the tensor with the value (``gating.value_of``).
+
+    Not an input with an initializer as its default: onnxruntime logs a warning for each of
+    those on every load ("Initializer … appears in graph inputs"), in every client. An optional
+    input is fed like any tensor (or omitted); an ``If`` on ``OptionalHasElement`` picks the
+    value or the default (microseconds per run).
+    """
+    tensor = helper.make_tensor_type_proto(elem, None if shape is None else list(shape))
+    view.graph.input.append(helper.make_value_info(name, helper.make_optional_type_proto(tensor)))
+    value, fed, dflt = value_of(name), f"{name}/fed", f"{name}/default"
+    then = helper.make_graph(
+        [helper.make_node("OptionalGetElement", [name], [fed], name=fed)],
+        f"{name}/given",
+        [],
+        [helper.make_tensor_value_info(fed, elem, None)],
+    )
+    const = helper.make_node(
+        "Constant", [], [dflt], name=dflt, value=numpy_helper.from_array(default, dflt)
+    )
+    orelse = helper.make_graph(
+        [const], f"{name}/absent", [], [helper.make_tensor_value_info(dflt, elem, None)]
+    )
+    has = view.unique_name(f"{name}/has")
+    view.add_node(helper.make_node("OptionalHasElement", [name], [has], name=has))
+    view.add_node(
+        helper.make_node("If", [has], [value], name=value, then_branch=then, else_branch=orelse)
+    )
+    view.shapes[value] = None if shape is None else list(shape)
+    return value
+
+
 # --- the passes, in pipeline order --------------------------------------------------------------
 def add_mode_input(st: ExportState) -> None:
     """The ``onnxcam_mode`` input (int64 scalar, default 0: explain)."""
-    st.view.graph.input.append(
-        helper.make_tensor_value_info(contract.MODE_INPUT, TensorProto.INT64, [])
-    )
-    st.view.add_initializer(contract.MODE_INPUT, np.array(contract.MODE_EXPLAIN, dtype=np.int64))
+    default = np.array(contract.MODE_EXPLAIN, dtype=np.int64)
+    optional_input(st.view, contract.MODE_INPUT, TensorProto.INT64, [], default)
 
 
 def expose_activations(st: ExportState) -> None:
@@ -177,23 +208,20 @@ def add_score(st: ExportState) -> None:
     """The class selector input and the explained class and score outputs.
 
     cls = sel if sel ≥ 0 else argmax(logits);  score = logits[:, cls] (a GatherElements).
-    The selector is an input with a default ``[-1]`` initializer, so ``run(None, {image})``
-    explains the top-1 class and callers may feed one class per sample. A model that outputs
+    The selector is an optional input (default ``[-1]``), so ``run(None, {image})`` explains
+    the top-1 class and callers may feed one class per sample. A model that outputs
     probabilities also gets its logits as ``onnxcam_logits``.
     """
     view, logits, batch = st.view, st.head.logits, st.batch
     b = NodeBuilder(view, "onnxcam/score", st.consts)
-    view.graph.input.append(
-        helper.make_tensor_value_info(contract.CLASS_INPUT, TensorProto.INT64, [batch])
-    )
-    view.add_initializer(contract.CLASS_INPUT, np.array([-1], dtype=np.int64))
+    sel = optional_input(view, contract.CLASS_INPUT, TensorProto.INT64, [batch], np.array([-1]))
     # a binary head's tie (z = 0, p = 0.5) goes to the positive class
     top1 = b.ArgMax(logits, axis=1, keepdims=0, select_last_index=int(st.head.binary))
-    chosen = b.Less(contract.CLASS_INPUT, b.const(np.array(0, dtype=np.int64)))
+    chosen = b.Less(sel, b.const(np.array(0, dtype=np.int64)))
     view.add_node(
         helper.make_node(
             "Where",
-            [chosen, top1, contract.CLASS_INPUT],
+            [chosen, top1, sel],
             [contract.CLASS_OUTPUT],
             name=contract.CLASS_OUTPUT,
         )
@@ -382,21 +410,26 @@ def add_heads(st: ExportState) -> None:
     dtype = view.dtype(st.head.logits)
     for k, t in enumerate(st.targets):
         name_in = contract.head_input_name(k)
-        branch = Branch(view, head_gate(k, name_in), st.consts)
-        start = name_in
+        first = len(view.graph.node)
+        # declared without a shape: a client that must feed every input (onnxruntime-node)
+        # may feed an empty [0] tensor; the head runs only on a non-empty one
+        empty = np.zeros(empty_shape(t.shape), view.np_dtype(t.tensor))
+        value = optional_input(view, name_in, view.dtype(t.tensor), None, empty)
+        branch = Branch(view, head_gate(k, value), st.consts)
+        start = value
         if t.tokens is not None:  # the head reads tokens: the map's, after the image's prefix
             b = NodeBuilder(view, f"onnxcam/head{k}", st.consts)
-            start = map_tokens(b, name_in, t.tensor, t.tokens, t.channels)
+            start = map_tokens(b, value, t.tensor, t.tokens, t.channels)
         try:
             nodes, logits = build_head(view, t.tensor, st.head.logits, k, start, st.consts)
         except ExportError as e:
             branch.discard()
+            del view.graph.node[first:]
+            view.graph.input.pop()
+            view.reindex()
             t.head_note = str(e)
             continue
         view.graph.node.extend(nodes)
-        dims = ["head_batch", *t.shape[1:]]  # the map's shape (a token layer's too)
-        view.graph.input.append(helper.make_tensor_value_info(name_in, view.dtype(t.tensor), dims))
-        view.add_initializer(name_in, np.zeros(empty_shape(t.shape), view.np_dtype(t.tensor)))
         t.head_input, t.head_output = name_in, contract.head_output_name(k)
         branch.output(logits, t.head_output, dtype, ["head_batch", n_cls or None], [0, n_cls])
         branch.close()

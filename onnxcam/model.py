@@ -111,7 +111,6 @@ def open_session(model: str | os.PathLike | bytes, device: str = "auto", options
     """
     import onnxruntime as ort
 
-    ort.set_default_logger_severity(3)  # the contract's class-selector default is intended
     opts = options if options is not None else ort.SessionOptions()
     opts.log_severity_level = 3
     src = model if isinstance(model, bytes) else str(model)

@@ -40,8 +40,12 @@ def test_contract_inputs_outputs_and_metadata(tiny_onnx, tmp_path) -> None:
     res = export_onnx(tiny_onnx, tmp_path / "out.onnx", labels=labels, mean=[0.5], std=[0.25])
     m = onnx.load(str(tmp_path / "out.onnx"))
     s = ort.InferenceSession(str(tmp_path / "out.onnx"), providers=["CPUExecutionProvider"])
-    assert [i.name for i in s.get_inputs()] == ["input"]  # plain run(None, {image}) works
-    assert contract.CLASS_INPUT in [i.name for i in s.get_overridable_initializers()]
+    # onnxcam's inputs are optional-typed: plain run(None, {image}) works
+    inputs = {i.name: i.type for i in s.get_inputs()}
+    assert inputs["input"] == "tensor(float)"
+    assert inputs[contract.CLASS_INPUT] == "optional(tensor(int64))"
+    assert inputs[contract.MODE_INPUT] == "optional(tensor(int64))"
+    assert s.run([contract.CLASS_OUTPUT], {"input": np.zeros((2, 3, 32, 32), np.float32)})
     outs = [o.name for o in s.get_outputs()]
     assert outs[0] == "logits"  # the model's own output keeps its name and place
     for name in (

@@ -18,7 +18,7 @@ from onnxcam.export.api import build_state
 from onnxcam.export.builder import NodeBuilder
 from onnxcam.export.gating import Branch, Gate
 from onnxcam.export.graph import GraphView
-from onnxcam.export.passes import add_backward
+from onnxcam.export.passes import add_backward, optional_input
 from onnxcam.export.pipeline import PASSES, describe, run_passes
 from onnxcam.export.verify import check_forward_nodes_kept, verify_forward
 
@@ -149,9 +149,30 @@ def test_export_onnx_runs_the_pipeline() -> None:
 # --- one test per pass --------------------------------------------------------------------------
 def test_add_mode_input() -> None:
     inputs, outputs, ops, st = _added("add_mode_input")
-    assert (inputs, outputs, ops) == ([contract.MODE_INPUT], [], [])
-    default = numpy_helper.to_array(st.view.initializers[contract.MODE_INPUT])
-    assert default.dtype == np.int64 and default.shape == () and default == contract.MODE_EXPLAIN
+    assert (inputs, outputs, ops) == ([contract.MODE_INPUT], [], ["OptionalHasElement", "If"])
+    assert _default(st, contract.MODE_INPUT).tolist() == contract.MODE_EXPLAIN
+    assert contract.MODE_INPUT not in st.view.initializers  # no initializer: no ORT warning
+
+
+def _default(st, name: str) -> np.ndarray:
+    """The default an optional input takes when left out (its ``If``'s else branch)."""
+    node = next(n for n in st.view.graph.node if n.op_type == "If" and n.input[0].startswith(name))
+    orelse = next(a.g for a in node.attribute if a.name == "else_branch")
+    value = next(a.t for a in orelse.node[0].attribute if a.name == "value")
+    return numpy_helper.to_array(value)
+
+
+def test_optional_inputs_are_optional_typed_and_load_without_warnings(capfd) -> None:
+    """The contract's inputs can be left out (defaults apply) or fed as plain tensors, and
+    onnxruntime loads the graph silently at its default log level."""
+    st = _after("add_heads")
+    types = {i.name: i.type for i in st.view.graph.input}
+    for name in (contract.MODE_INPUT, contract.CLASS_INPUT, contract.head_input_name(0)):
+        assert types[name].HasField("optional_type")
+    capfd.readouterr()
+    session = ort.InferenceSession(st.view.model.SerializeToString())
+    session.run(None, {"image": _image()})
+    assert capfd.readouterr().err == ""
 
 
 def test_expose_activations() -> None:
@@ -169,7 +190,7 @@ def test_add_score() -> None:
     assert inputs == [contract.CLASS_INPUT]
     # the model ends in Softmax: its logits are published too
     assert outputs == [contract.LOGITS_OUTPUT, contract.CLASS_OUTPUT, contract.SCORE_OUTPUT]
-    assert numpy_helper.to_array(st.view.initializers[contract.CLASS_INPUT]).tolist() == [-1]
+    assert _default(st, contract.CLASS_INPUT).tolist() == [-1]
     assert st.cls == contract.CLASS_OUTPUT
     x = _image()
     ref = _reference(x)
@@ -265,7 +286,7 @@ def test_add_heatmaps_join_the_gradients_if_branch() -> None:
     names = [contract.heatmap_name(m, k) for k in range(2) for m in ("gradcam", "layercam")]
     assert inputs == [] and outputs == names
     assert ops == []  # no node of its own at the top level: all in the gradients' If
-    (gate,) = [n for n in st.view.graph.node if n.op_type == "If"]
+    (gate,) = [n for n in st.view.graph.node if n.op_type == "If" and n.name == "onnxcam/backward"]
     assert list(gate.output) == [contract.gradient_name(0), contract.gradient_name(1), *names]
     then = _branches(gate)["then_branch"]
     produced = {o for n in then.node for o in n.output}
@@ -290,7 +311,8 @@ def test_add_heads() -> None:
     assert inputs == [contract.head_input_name(0), contract.head_input_name(1)]
     assert outputs == [contract.head_output_name(0), contract.head_output_name(1)]
     # one If per head, taken in mode 2 when its input has rows
-    assert ops == ["Equal", "Size", "Greater", "And", "If"] * 2
+    optional = ["OptionalHasElement", "If"]  # the input's value, or its empty default
+    assert ops == [*optional, "Equal", "Size", "Greater", "And", "If"] * 2
     assert [t.head_output for t in st.targets] == outputs
     x = _image()
     out = _run(st.view.model, {"image": x})
@@ -327,10 +349,7 @@ def _relu_graph() -> tuple[GraphView, onnx.ModelProto]:
     )
     m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     view = GraphView(m)
-    view.graph.input.append(
-        helper.make_tensor_value_info(contract.MODE_INPUT, TensorProto.INT64, [])
-    )
-    view.add_initializer(contract.MODE_INPUT, np.array(0, dtype=np.int64))
+    optional_input(view, contract.MODE_INPUT, TensorProto.INT64, [], np.array(0, dtype=np.int64))
     return view, m
 
 
@@ -346,6 +365,8 @@ def test_branch_moves_its_nodes_into_one_if_and_copies_only_when_it_must() -> No
     node = branch.close()
     assert [n.op_type for n in m.graph.node] == [
         "Relu",
+        "OptionalHasElement",  # the mode's value (optional input)
+        "If",
         "Equal",
         "If",
     ] and node.name == "onnxcam/double"
@@ -373,7 +394,7 @@ def test_branch_with_nothing_to_return() -> None:
     branch = Branch(view, Gate(0, "dropped"), {})
     NodeBuilder(view, "onnxcam/dropped", {}).Neg("y")
     branch.discard()
-    assert len(m.graph.node) == 2  # Relu and the dead Neg of the failed close above
+    assert len(m.graph.node) == 4  # Relu, the mode value (2) and the dead Neg of the close above
 
 
 # --- verification ---------------------------------------------------------------------------------

@@ -18,8 +18,17 @@ const bytes = readFileSync(inputPath);
 const data = new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4);
 
 const session = await ort.InferenceSession.create(modelPath);
-const inputName = session.inputNames[0]; // the image; onnxcam's extra inputs have defaults
-const results = await session.run({ [inputName]: new ort.Tensor("float32", data, dims) });
+const inputName = session.inputNames[0]; // the image
+// onnxcam's own inputs are optional (left out, they take their defaults); onnxruntime-node
+// asks for every input, so feed the defaults: explain (mode 0) the top-1 class (-1), no head
+// rows (an empty tensor).
+const feeds = { [inputName]: new ort.Tensor("float32", data, dims) };
+for (const name of session.inputNames.slice(1)) {
+  if (name === "onnxcam_mode") feeds[name] = new ort.Tensor("int64", BigInt64Array.from([0n]), []);
+  else if (name === "onnxcam_target_class") feeds[name] = new ort.Tensor("int64", BigInt64Array.from([-1n]), [1]);
+  else if (name.startsWith("onnxcam_head_input_")) feeds[name] = new ort.Tensor("float32", new Float32Array(0), [0]);
+}
+const results = await session.run(feeds);
 
 const out = { class: Array.from(results.onnxcam_class.data, Number), heatmaps: {} };
 for (const name of session.outputNames.filter((n) => n.startsWith("onnxcam_heatmap_"))) {
