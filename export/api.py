@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Sequence
@@ -18,6 +19,7 @@ from onnxcam import __version__, contract
 from onnxcam.contract import InputSpec, Layout, TargetLayer
 from onnxcam.errors import ExportError, ModelLoadError
 
+from . import storage
 from .graph import GraphView
 from .heatmaps import parse_methods as parse_heatmaps
 from .layers import (
@@ -195,7 +197,7 @@ def export_onnx(
     """
     t0 = time.perf_counter()
     out_path = check_output_path(model, output)
-    m, original, source_opset = _load_for_export(model)
+    m, source = _load_for_export(model)
     st = build_state(
         m,
         layers=layers,
@@ -215,13 +217,18 @@ def export_onnx(
     run_passes(st)
     _share_duplicate_initializers(m)
     _drop_unused_constants(m)
-    write_metadata(st, _exporter_info(st.view, source_opset, time.perf_counter() - t0))
+    write_metadata(st, _exporter_info(st.view, source.opset, time.perf_counter() - t0))
     check_forward_nodes_kept(forward, m)
-    check_model(m)
-    diff = verify_forward(original, m, st.spec) if verify else 0.0
+    try:
+        with storage.model_source(m) as new:
+            check_model(new)
+            diff = verify_forward(source.original, m, st.spec, new_source=new) if verify else 0.0
+    finally:
+        if source.scratch is not None:
+            shutil.rmtree(source.scratch, ignore_errors=True)
     _drop_outputs(m, drop_outputs)
     if out_path is not None:
-        _save(m, out_path)
+        storage.save(m, out_path, source.external or storage.is_large(m))
     return ExportResult(m, out_path, st.targets, st.spec, st.head, time.perf_counter() - t0, diff)
 
 
@@ -337,16 +344,40 @@ def _list_or_none(values: Sequence[str] | None) -> list[str] | None:
     return None if values is None else list(values)
 
 
-def _load_for_export(model: ModelSource) -> tuple[onnx.ModelProto, bytes, int]:
-    """(the model at opset ≥ 17 and IR ≥ 8, its original bytes, its original opset); a model
-    onnxcam already exported is refused."""
+@dataclass
+class _Source:
+    """The model as it came (for verification) and where its weights were."""
+
+    original: bytes | str
+    """What onnxruntime opens the unchanged model from: its bytes, or — over 2 GiB — a path."""
+    opset: int
+    external: bool
+    """Its weights were in an external data file (the output keeps them external)."""
+    scratch: Path | None = None
+    """A temporary directory holding a large in-memory source (removed after the export)."""
+
+
+def _load_for_export(model: ModelSource) -> tuple[onnx.ModelProto, _Source]:
+    """The model at opset ≥ 17 and IR ≥ 8, and its ``_Source``; a model onnxcam already
+    exported is refused."""
     m = load_model(model)
     if contract.META_VERSION in {p.key for p in m.metadata_props}:
         raise ExportError("this model was already exported by onnxcam; export the original model")
-    original = m.SerializeToString()
+    is_path = isinstance(model, (str, os.PathLike))
+    external = is_path and storage.has_external_data(
+        onnx.load(str(model), load_external_data=False)
+    )
+    scratch = None
+    if not storage.is_large(m):
+        original: bytes | str = m.SerializeToString()
+    elif is_path:
+        original = str(model)
+    else:
+        scratch = Path(tempfile.mkdtemp(prefix="onnxcam-"))
+        original = storage.write_external(m, scratch / "original.onnx")
     m, source_opset = _normalize_opset(m)
     m.ir_version = max(m.ir_version, 8)
-    return m, original, source_opset
+    return m, _Source(original, source_opset, external, scratch)
 
 
 def _exporter_info(view: GraphView, source_opset: int, seconds: float) -> dict:
@@ -378,16 +409,6 @@ def _target_names(
     by_tensor = {c.tensor: c for c in candidates}
     chosen = [by_tensor[resolve_layer(view, name, candidates)] for name in layers]
     return list(zip(list(names) if names else list(layers), chosen, strict=True))
-
-
-def _save(m: onnx.ModelProto, out_path: Path) -> None:
-    """Write ``m`` atomically (a ``.partial`` file renamed into place)."""
-    tmp = out_path.with_name(out_path.name + ".partial")
-    try:
-        onnx.save(m, str(tmp))
-        os.replace(tmp, out_path)
-    except OSError as e:
-        raise ExportError(f"cannot write {out_path}: {e.strerror}") from None
 
 
 def _input_spec(view: GraphView, image: str, layout: Layout, **given) -> InputSpec:

@@ -197,7 +197,7 @@ def _mark_default(
     if not alive:
         return
     last = alive[-1]
-    after = view.descendants([last.tensor], data_only=True) & on_path
+    after = (view.descendants([last.tensor], data_only=True) - {last.tensor}) & on_path
     if all(_settled(view, t, grids, live) for t in after):
         last.default = True
         return

@@ -63,8 +63,9 @@ def check_forward_nodes_kept(
         )
 
 
-def check_model(model: onnx.ModelProto) -> None:
-    """``onnx.checker.check_model(full_check=True)``; failures become ``ExportError``."""
+def check_model(model: onnx.ModelProto | bytes | str) -> None:
+    """``onnx.checker.check_model(full_check=True)`` of a model, its bytes or its path (a model
+    over 2 GiB); failures become ``ExportError``."""
     try:
         onnx.checker.check_model(model, full_check=True)
     except Exception as e:
@@ -102,16 +103,20 @@ def verify_batch(model: onnx.ModelProto, spec: InputSpec) -> int:
 
 
 def verify_forward(
-    original: bytes,
+    original: bytes | str,
     exported: onnx.ModelProto,
     spec: InputSpec,
     batch: int | None = None,
     atol: float = 1e-5,
+    new_source: bytes | str | None = None,
 ) -> float:
     """Run old and new graphs in onnxruntime; the model's own outputs must be unchanged.
 
-    Returns the largest absolute difference seen. Also fails if a head-only path changes the
-    score or any onnxcam output is not finite. ``batch``: default ``verify_batch``.
+    ``original`` is what onnxruntime opens for the old graph (bytes, or a path for a model over
+    2 GiB, ``storage.model_source``), ``new_source`` the same for ``exported`` (default: its
+    bytes). Returns the
+    largest absolute difference seen. Also fails if a head-only path changes the score or any
+    onnxcam output is not finite. ``batch``: default ``verify_batch``.
     """
     import onnxruntime as ort
 
@@ -119,7 +124,9 @@ def verify_forward(
     opts.log_severity_level = 3
     providers = ["CPUExecutionProvider"]
     old = ort.InferenceSession(original, opts, providers=providers)
-    new = ort.InferenceSession(exported.SerializeToString(), opts, providers=providers)
+    if new_source is None:
+        new_source = exported.SerializeToString()
+    new = ort.InferenceSession(new_source, opts, providers=providers)
     feeds = random_feeds(exported, spec, verify_batch(exported, spec) if batch is None else batch)
     names = [o.name for o in old.get_outputs()]
     ref = old.run(names, feeds)

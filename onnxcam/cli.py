@@ -168,15 +168,19 @@ def cli() -> None:
 def export_cmd(model: Path, output: Path, layers: tuple[str, ...], **kw: Any) -> None:
     """Write MODEL with activations and gradient outputs (graph contract v2) to -o OUTPUT."""
     res = _exporter().export_onnx(model, output, layers=list(layers) or None, **kw)
-    ratio = output.stat().st_size / max(model.stat().st_size, 1)
+    from onnxcam.export import storage  # (onnx is imported by the exporter anyway)
+
+    ratio = storage.file_bytes(output) / max(storage.file_bytes(model), 1)
     for k, t in enumerate(res.targets):
         extra = ("  +CAM weights" if t.cam_weight else "") + ("  +head" if t.head_input else "")
         if t.heatmaps:
             extra += "  +heatmaps " + ",".join(t.heatmaps)
         click.echo(f"target {k}: {t.name}  {t.producer} {t.layout} {t.shape}{extra}")
+    data = storage.data_path(output)
+    weights = f", weights in {data.name}" if data.is_file() else ""
     click.echo(
-        f"wrote {output}  ({ratio:.3f}x the input size, {res.seconds:.1f}s, "
-        f"outputs unchanged: max diff {res.max_output_diff:.1e})"
+        f"wrote {output}  ({ratio:.4f}x the input size with its data{weights}, "
+        f"{res.seconds:.1f}s, outputs unchanged: max diff {res.max_output_diff:.1e})"
     )
 
 
