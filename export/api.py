@@ -17,7 +17,7 @@ from onnx import version_converter
 
 from onnxcam import __version__, contract
 from onnxcam.contract import InputSpec, Layout, TargetLayer
-from onnxcam.errors import ExportError, ModelLoadError
+from onnxcam.errors import ExportError, LayerNotFoundError, ModelLoadError
 
 from . import storage
 from .graph import GraphView
@@ -407,8 +407,14 @@ def _target_names(
         default = default_layer(candidates)
         return [(default.tensor, default)]
     by_tensor = {c.tensor: c for c in candidates}
-    chosen = [by_tensor[resolve_layer(view, name, candidates)] for name in layers]
-    return list(zip(list(names) if names else list(layers), chosen, strict=True))
+    users = list(names) if names else list(layers)
+    chosen = []
+    for name, user in zip(layers, users, strict=True):
+        try:
+            chosen.append(by_tensor[resolve_layer(view, name, candidates)])
+        except LayerNotFoundError as e:  # say it in the caller's names (torch modules)
+            raise LayerNotFoundError(str(e).replace(repr(name), repr(user))) from None
+    return list(zip(users, chosen, strict=True))
 
 
 def _input_spec(view: GraphView, image: str, layout: Layout, **given) -> InputSpec:
