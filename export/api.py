@@ -19,7 +19,7 @@ from onnxcam import __version__, contract
 from onnxcam.contract import InputSpec, Layout, TargetLayer
 from onnxcam.errors import ExportError, LayerNotFoundError, ModelLoadError
 
-from . import storage
+from . import preprocessing, storage
 from .graph import GraphView
 from .heatmaps import parse_methods as parse_heatmaps
 from .layers import (
@@ -172,6 +172,7 @@ def export_onnx(
     std: Sequence[float] | None = None,
     scale: float | None = None,
     color: str | None = None,
+    preset: str | None = None,
     labels: str | os.PathLike | Sequence[str] | None = None,
     model_output: str | None = None,
     verify: bool = True,
@@ -187,10 +188,13 @@ def export_onnx(
     last one before the head, or an ``ExportError`` listing candidates when none convinces).
     ``heatmaps`` ('gradcam,layercam' or 'all') adds finished maps as graph outputs, at the
     input resolution or, with ``heatmap_size="feature"``, at the layer's. ``size`` fixes a
-    dynamic input size; ``mean``/``std``/``scale``/``color`` describe the preprocessing the
-    runtime must apply. ``output`` is written atomically and never equals the
-    input. Front ends may pass ``layer_names``/``layer_notes`` (how targets are named and
-    annotated in the metadata) and ``drop_outputs`` (helper outputs removed after verification).
+    dynamic input size; ``preset`` (``contract.PRESETS``: torch, caffe, tf, unit, raw) and
+    ``mean``/``std``/``scale``/``color`` (which override it) describe the preprocessing the
+    runtime must apply; given none, it comes from the graph (``export/preprocessing.py``: a
+    uint8 input or an in-graph division by 255 takes raw pixels; the torch preset otherwise).
+    ``output`` is written atomically and never equals the input. Front ends may pass
+    ``layer_names``/``layer_notes`` (how targets are named and annotated in the metadata) and
+    ``drop_outputs`` (helper outputs removed after verification).
 
     Steps: load and upgrade → ``build_state`` → ``pipeline.PASSES`` → metadata → checks
     (forward nodes kept, ``onnx.checker``) → ``verify_forward`` → write.
@@ -206,6 +210,7 @@ def export_onnx(
         std=std,
         scale=scale,
         color=color,
+        preset=preset,
         labels=labels,
         model_output=model_output,
         heatmaps=heatmaps,
@@ -301,6 +306,7 @@ def build_state(
     std: Sequence[float] | None = None,
     scale: float | None = None,
     color: str | None = None,
+    preset: str | None = None,
 ) -> ExportState:
     """What the passes start from, for a model at opset ≥ 17: the image input (``size``
     fixed), its spec, the head, the labels and the target layers (the arguments are
@@ -327,7 +333,9 @@ def build_state(
     elif label_list is not None and head.num_classes and len(label_list) != head.num_classes:
         raise ExportError(f"{len(label_list)} labels given for {head.num_classes} classes")
     names = _target_names(view, head, layers, layer_names)
-    spec = _input_spec(view, image, layout, color=color, mean=mean, std=std, scale=scale)
+    given = {"color": color, "mean": mean, "std": std, "scale": scale}
+    dtype, fields = preprocessing.resolve(view, image, preset, given)
+    spec = _input_spec(view, image, layout, dtype, **fields)
     _check_spec(spec)
     st = ExportState(view, head, spec, make_targets(view, names), labels=label_list)
     st.heatmaps = parse_heatmaps(heatmaps)
@@ -417,10 +425,10 @@ def _target_names(
     return list(zip(users, chosen, strict=True))
 
 
-def _input_spec(view: GraphView, image: str, layout: Layout, **given) -> InputSpec:
-    """The image input's spec: its size and channels from the graph, the preprocessing from
-    the caller (``color``, ``mean``, ``std``, ``scale``; None = the ``InputSpec`` default, or
-    GRAY with mean/std 0.5 for a one-channel input)."""
+def _input_spec(view: GraphView, image: str, layout: Layout, dtype: str, **given) -> InputSpec:
+    """The image input's spec: its size and channels from the graph, the preprocessing
+    ``given`` (``preprocessing.resolve``; missing = the ``InputSpec`` default, or GRAY with
+    mean/std 0.5 for a one-channel input)."""
     shape = view.shape(image) or (None,) * 4
     h, w = layout.spatial(shape)
     channels = layout.channels(shape)
@@ -434,6 +442,7 @@ def _input_spec(view: GraphView, image: str, layout: Layout, **given) -> InputSp
         height=h if isinstance(h, int) else None,
         width=w if isinstance(w, int) else None,
         channels=channels if isinstance(channels, int) else 3,
+        dtype=dtype,
         **fields,
     )
 

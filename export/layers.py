@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from functools import cache
 
 import onnx
+from onnx import TensorProto
 
 from onnxcam.contract import LAYOUTS, NCHW, NHWC, Layout, TokenGrid
 from onnxcam.errors import ExportError, LayerNotFoundError
@@ -83,11 +84,11 @@ class LayerInfo:
 
 
 def image_input(view: GraphView) -> str:
-    """The first real graph input of rank 4 (the image)."""
+    """The first real graph input of rank 4, float or uint8 (the image)."""
     for name in view.graph_inputs:
-        if view.rank(name) == 4 and view.is_float(name):
+        if view.rank(name) == 4 and (view.is_float(name) or view.dtype(name) == TensorProto.UINT8):
             return name
-    raise ExportError("the model has no 4-D float input (expected an image batch)")
+    raise ExportError("the model has no 4-D float or uint8 input (expected an image batch)")
 
 
 def input_layout(view: GraphView, name: str) -> Layout:
@@ -142,7 +143,7 @@ def candidate_layers(view: GraphView, head: Head) -> list[LayerInfo]:
     """
     image = image_input(view)
     grids = spatial_grids(view, image, input_layout(view, image))
-    on_path = view.descendants([image], data_only=True) & view.ancestors(
+    on_path = view.descendants(_float_start(view, image), data_only=True) & view.ancestors(
         [head.logits], data_only=True
     )
     live = live_positions(view, grids, on_path, head.logits)
@@ -162,6 +163,22 @@ def candidate_layers(view: GraphView, head: Head) -> list[LayerInfo]:
             "and its output (nothing to explain with a class activation map)"
         )
     _mark_default(view, found, on_path, grids, live)
+    return found
+
+
+def _float_start(view: GraphView, image: str) -> list[str]:
+    """Where float data starts: the image, or the float tensors a uint8 image becomes (after
+    the ops that move its pixels before the Cast)."""
+    found, todo, seen = [], [image], set()
+    while todo:
+        t = todo.pop()
+        if t in seen:
+            continue
+        seen.add(t)
+        if view.is_float(t):
+            found.append(t)
+            continue
+        todo.extend(o for c in view.consumers.get(t, []) for o in c.output if o)
     return found
 
 

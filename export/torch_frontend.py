@@ -46,6 +46,7 @@ def export_torch(
     dynamic_batch: bool = True,
     opset: int = 17,
     dynamo: bool | None = None,
+    input_dtype: str = "float32",
     **kwargs,
 ) -> ExportResult:
     """Export ``module`` (put in eval mode) with torch module names as target layers.
@@ -53,25 +54,40 @@ def export_torch(
     ``layers``: module names such as ``"layer4"`` or ``"features.7"``; ``"name@k"`` picks the
     k-th call of a module used several times. Default: the exporter's default layer (the last
     feature map on the image grid before the head). Remaining keyword arguments go to
-    ``export_onnx`` (``size``, ``mean``, ``std``, ``labels``, ...). ``dynamo`` selects torch's
-    exporter (default: the TorchScript exporter when available, else dynamo).
+    ``export_onnx`` (``size``, ``mean``, ``std``, ``preset``, ``labels``, ...). ``dynamo``
+    selects torch's exporter (default: the TorchScript exporter when available, else dynamo).
+    ``input_dtype="uint8"`` traces the module with a uint8 image (pixels; a module that casts
+    and normalises them itself).
     """
 
     check_output_path(None, output)
     was_training = module.training
     try:
         return _export_torch(
-            module.eval(), input_shape, layers, output, dynamic_batch, opset, dynamo, kwargs
+            module.eval(),
+            input_shape,
+            layers,
+            output,
+            dynamic_batch,
+            opset,
+            dynamo,
+            input_dtype,
+            kwargs,
         )
     finally:
         module.train(was_training)  # never leave the caller's model in another mode
 
 
-def _export_torch(module, input_shape, layers, output, dynamic_batch, opset, dynamo, kwargs):
+def _export_torch(
+    module, input_shape, layers, output, dynamic_batch, opset, dynamo, input_dtype, kwargs
+):
     import torch
 
     param = next(module.parameters(), None)
-    x = torch.randn(*input_shape, dtype=param.dtype if param is not None else torch.float32)
+    if input_dtype == "uint8":
+        x = torch.randint(0, 256, tuple(input_shape), dtype=torch.uint8)
+    else:
+        x = torch.randn(*input_shape, dtype=param.dtype if param is not None else torch.float32)
     specs = [_parse_layer(s) for s in (layers or [])]
     known = set(_module_names(module))
     for name, _ in specs:

@@ -91,7 +91,10 @@ def random_feeds(model: onnx.ModelProto, spec: InputSpec, batch: int, seed: int 
         if any(d is None for d in dims):
             raise ExportError(f"cannot make a test input for {vi.name!r}: shape {dims} not static")
         dt = helper.tensor_dtype_to_np_dtype(tt.elem_type)
-        feeds[vi.name] = rng.normal(size=dims).astype(dt)
+        if np.issubdtype(dt, np.integer):  # a uint8 image: pixels
+            feeds[vi.name] = rng.integers(0, 256, size=dims).astype(dt)
+        else:
+            feeds[vi.name] = rng.normal(size=dims).astype(dt)
     return feeds
 
 

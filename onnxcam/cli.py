@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from . import __version__
+from . import __version__, contract
 from . import options as o
 from .errors import OnnxcamError
 
@@ -142,6 +142,15 @@ def cli() -> None:
     type=click.Choice(["RGB", "BGR", "GRAY"], case_sensitive=False),
     default=None,
     help="Channel order the model expects (default RGB).",
+)
+@click.option(
+    "--preset",
+    type=click.Choice(list(contract.PRESETS)),
+    default=None,
+    help="Preprocessing convention: torch (ImageNet mean/std on [0,1] RGB), caffe (BGR minus "
+    "the ImageNet means, 0-255), tf ([-1,1]), unit ([0,1]), raw (0-255 pixels as they are). "
+    "--mean/--std/--scale/--color override it. Default: from the graph (a uint8 input or an "
+    "in-graph /255 → raw), else torch.",
 )
 @click.option(
     "--labels",

@@ -214,6 +214,20 @@ def layout_of(name: str) -> Layout:
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+PRESETS: dict[str, dict] = {
+    "torch": {"color": "RGB", "scale": 1 / 255, "mean": IMAGENET_MEAN, "std": IMAGENET_STD},
+    "caffe": {"color": "BGR", "scale": 1.0, "mean": (103.939, 116.779, 123.68), "std": (1.0,)},
+    "tf": {"color": "RGB", "scale": 1 / 127.5, "mean": (1.0,), "std": (1.0,)},
+    "unit": {"color": "RGB", "scale": 1 / 255, "mean": (0.0,), "std": (1.0,)},
+    "raw": {"color": "RGB", "scale": 1.0, "mean": (0.0,), "std": (1.0,)},
+}
+"""Preprocessing conventions by name (``export --preset``): ``torch`` ImageNet mean/std on
+[0, 1] RGB (torchvision, timm; the default); ``caffe`` BGR with the ImageNet channel means
+subtracted from 0–255 pixels (Keras VGG16/ResNet50 ``preprocess_input``); ``tf`` [−1, 1]
+(Keras MobileNet/EfficientNet-V1-style ``x / 127.5 − 1``); ``unit`` [0, 1]; ``raw`` 0–255 pixels
+as they are (a model that normalises inside its graph, or takes uint8)."""
+INPUT_DTYPES = ("float32", "uint8")
+
 
 def _known(cls, d: dict) -> dict:
     """The entries of ``d`` that are fields of ``cls`` (newer exporters may add keys)."""
@@ -237,9 +251,14 @@ class InputSpec:
     scale: float = 1.0 / 255.0
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
+    dtype: str = "float32"
+    """The input's element type: float32, or uint8 (pixels fed as they are; scale 1, mean 0,
+    std 1)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layout", layout_of(self.layout))
+        if self.dtype not in INPUT_DTYPES:
+            raise ContractError(f"input dtype {self.dtype!r}: this onnxcam feeds float32 or uint8")
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
         object.__setattr__(self, "std", tuple(float(v) for v in self.std))
 
@@ -252,6 +271,12 @@ class InputSpec:
         """The input tensor's shape for ``batch`` images."""
         return self.layout.shape(batch, self.channels, self.height, self.width)
 
+    def feed(self, x: np.ndarray) -> np.ndarray:
+        """A float input batch as the model takes it (uint8: rounded and clipped to 0–255)."""
+        if self.dtype == "uint8":
+            return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+        return x.astype(np.float32, copy=False)
+
     def to_json(self) -> dict:
         return {
             "name": self.name,
@@ -263,6 +288,7 @@ class InputSpec:
             "scale": self.scale,
             "mean": list(self.mean),
             "std": list(self.std),
+            "dtype": self.dtype,
         }
 
     @classmethod

@@ -141,7 +141,7 @@ class Explainer:
         mode: int = contract.MODE_EXPLAIN,
     ) -> dict[str, np.ndarray]:
         """One ``session.run`` of ``fetch`` (distinct names) on input batch ``x``."""
-        feeds = {self.info.input.name: x}
+        feeds = {self.info.input.name: self.info.input.feed(x)}
         if cls is not None:
             feeds[contract.CLASS_INPUT] = cls.astype(np.int64)
         if mode != contract.MODE_EXPLAIN:

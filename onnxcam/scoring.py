@@ -58,7 +58,7 @@ class Scorer:
         for x in batches:
             c = np.full(len(x), cls, dtype=np.int64)
             feeds = {
-                self.info.input.name: x.astype(np.float32, copy=False),
+                self.info.input.name: self.info.input.feed(x),
                 contract.CLASS_INPUT: c,
                 contract.MODE_INPUT: np.array(contract.MODE_FORWARD, dtype=np.int64),
             }
@@ -94,7 +94,7 @@ class Scorer:
         self._done = 0
         for a in acts:
             feeds = {
-                spec.name: image.astype(np.float32, copy=False),
+                spec.name: spec.feed(image),
                 contract.MODE_INPUT: np.array(contract.MODE_HEAD, dtype=np.int64),
                 layer.head_input: a.astype(np.float32, copy=False),
             }
