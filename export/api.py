@@ -34,7 +34,13 @@ from .layers import (
 )
 from .passes import ExportState, make_targets, write_metadata
 from .pipeline import run_passes
-from .verify import check_forward_nodes_kept, check_model, forward_nodes, verify_forward
+from .verify import (
+    check_forward_nodes_kept,
+    check_model,
+    forward_nodes,
+    tolerance,
+    verify_forward,
+)
 
 MIN_OPSET = 17
 
@@ -227,7 +233,12 @@ def export_onnx(
     try:
         with storage.model_source(m) as new:
             check_model(new)
-            diff = verify_forward(source.original, m, st.spec, new_source=new) if verify else 0.0
+            atol = tolerance(st.view.dtype(t.tensor) for t in st.targets)
+            diff = (
+                verify_forward(source.original, m, st.spec, atol=atol, new_source=new)
+                if verify
+                else 0.0
+            )
     finally:
         if source.scratch is not None:
             shutil.rmtree(source.scratch, ignore_errors=True)
@@ -311,6 +322,7 @@ def build_state(
     """What the passes start from, for a model at opset ≥ 17: the image input (``size``
     fixed), its spec, the head, the labels and the target layers (the arguments are
     ``export_onnx``'s)."""
+    _refuse_qoperator(m)
     # with --size the first view only finds the image input: its declared types suffice
     view = GraphView(m, analyse=size is None)
     image = image_input(view)
@@ -346,6 +358,26 @@ def build_state(
     for t, note in zip(st.targets, layer_notes or [None] * len(st.targets), strict=True):
         t.note = note
     return st
+
+
+QOPERATOR_OPS = {
+    "QLinearConv", "QLinearMatMul", "QLinearAdd", "QLinearMul", "QLinearGlobalAveragePool",
+    "QLinearAveragePool", "QLinearConcat", "QLinearSigmoid", "QLinearLeakyRelu", "QLinearSoftmax",
+    "QGemm", "ConvInteger", "MatMulInteger", "DynamicQuantizeLinear", "QAttention",
+}  # fmt: skip
+"""Integer-arithmetic ops of QOperator and dynamically quantized models."""
+
+
+def _refuse_qoperator(m: onnx.ModelProto) -> None:
+    """A QOperator (or dynamically quantized) model: one line on what to do instead."""
+    found = sorted({n.op_type for n in m.graph.node if n.op_type in QOPERATOR_OPS})
+    if found:
+        raise ExportError(
+            f"this model is quantized in QOperator form ({', '.join(found[:3])}): its integer "
+            "ops have no gradient; onnxcam explains INT8 models in QDQ form — quantize the "
+            "float model with onnxruntime.quantization.quantize_static(..., "
+            "quant_format=QuantFormat.QDQ)"
+        )
 
 
 def _list_or_none(values: Sequence[str] | None) -> list[str] | None:

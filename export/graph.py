@@ -158,6 +158,14 @@ class GraphView:
             return self.dtypes[name] in FLOAT_TYPES
         return True
 
+    def is_data(self, name: str) -> bool:
+        """Carries the network's values: a float tensor, or a QDQ model's quantized
+        activation (the output of a QuantizeLinear, read back by a DequantizeLinear)."""
+        if self.is_float(name):
+            return True
+        p = self.producer.get(name)
+        return p is not None and p.op_type == "QuantizeLinear"
+
     def is_const(self, name: str) -> bool:
         """True for initializers (not overridable inputs) and outputs of Constant nodes."""
         if name in self.initializers:
@@ -166,6 +174,18 @@ class GraphView:
             return True
         p = self.producer.get(name)
         return p is not None and p.op_type == "Constant"
+
+    def is_weight(self, name: str) -> bool:
+        """A constant, or a QDQ model's dequantized constant (``DequantizeLinear`` of
+        constants: the same value on every run)."""
+        if self.is_const(name):
+            return True
+        p = self.producer.get(name)
+        return (
+            p is not None
+            and p.op_type == "DequantizeLinear"
+            and all(self.is_const(i) for i in p.input if i)
+        )
 
     def const(self, name: str) -> np.ndarray | None:
         """Value of a constant tensor, or None if ``name`` is not a constant."""
@@ -217,7 +237,8 @@ class GraphView:
         return self._reach(names, inputs, data_only)
 
     def descendants(self, names: Iterable[str], data_only: bool = False) -> set[str]:
-        """Every tensor computed from ``names`` (inclusive); ``data_only``: float edges only."""
+        """Every tensor computed from ``names`` (inclusive); ``data_only``: data edges only
+        (``is_data``: float tensors and quantized activations)."""
 
         def outputs(t: str) -> list[str]:
             return [o for c in self.consumers.get(t, []) for o in c.output if o]
@@ -232,7 +253,7 @@ class GraphView:
         stack = [n for n in names if n]
         while stack:
             t = stack.pop()
-            if t in seen or (data_only and not self.is_float(t)):
+            if t in seen or (data_only and not self.is_data(t)):
                 continue
             seen.add(t)
             stack.extend(step(t))

@@ -61,6 +61,7 @@ SAME_AXES_OPS = {
     "Identity", "Dropout", "Cast", "Sum", "Max", "Min", "Mean", "Neg", "Sqrt", "Exp", "Log",
     "Abs", "Reciprocal", "Where", "Expand", "Tile", "Softmax", "LogSoftmax",
     "LayerNormalization", "Floor", "Ceil", "Round", "Sign", "Celu", "ThresholdedRelu",
+    "QuantizeLinear", "DequantizeLinear",
 }  # fmt: skip
 """Ops whose output axis i is (broadcast from) their inputs' axis i, aligned from the right."""
 

@@ -102,12 +102,16 @@ def build_head(
     skips: list[str] = []  # float tensors before the target, read from the image's run
     seen: set[str] = set()
 
+    inputs = set(view.graph_inputs)
+
     def require(t: str) -> None:
         """Make tensor t (read by the head, not on the data path) available in the copy."""
         if not t or t in seen or t in inside or t == target or view.is_const(t):
             return
+        if not view.ancestors([t]) & inputs:  # computed from weights only (a QDQ weight's
+            return  # DequantizeLinear): the same for every row, read from the outer scope
         seen.add(t)
-        if view.is_float(t):
+        if view.is_data(t):
             if not _batch_first(view, t):
                 raise ExportError(
                     f"the head after {target!r} also reads {t!r}, computed before the target, "

@@ -112,6 +112,7 @@ def find_head(view: GraphView, output: str | None = None) -> Head:
     p = view.producer.get(t)
     if p is not None and p.op_type in OUTPUT_ACTIVATIONS:
         activation, t = OUTPUT_ACTIVATIONS[p.op_type], p.input[0]
+    t = _before_quantization(view, t)
     shape = view.shape(t)
     if shape is None or len(shape) != 2:
         raise ExportError(
@@ -125,6 +126,20 @@ def find_head(view: GraphView, output: str | None = None) -> Head:
             "class score to explain; export the model without it"
         )
     return Head(logits=t, output=output, activation=activation, num_classes=k, binary=k == 1)
+
+
+def _before_quantization(view: GraphView, t: str) -> str:
+    """The float logits an INT8 QDQ model quantizes last (``DequantizeLinear(QuantizeLinear(z))``
+    → z): the score is differentiated before that rounding, so a logit at the top of the
+    quantizer's calibrated range still has a gradient (straight-through with clipping would
+    give the saturated top class an empty map) and saturated ties keep their order."""
+    dq = view.producer.get(t)
+    q = (
+        view.producer.get(dq.input[0])
+        if dq is not None and dq.op_type == "DequantizeLinear"
+        else None
+    )
+    return q.input[0] if q is not None and q.op_type == "QuantizeLinear" else t
 
 
 def candidate_layers(view: GraphView, head: Head) -> list[LayerInfo]:
@@ -305,7 +320,10 @@ class ClassifierHead:
     alpha: float
 
 
-_PASS_THROUGH = {"Identity", "Dropout", "Flatten", "Reshape", "Squeeze"}
+_PASS_THROUGH = {
+    "Identity", "Dropout", "Flatten", "Reshape", "Squeeze",
+    "QuantizeLinear", "DequantizeLinear",  # a QDQ model's rounding of the pooled vector
+}  # fmt: skip
 
 
 def find_gap_linear(
@@ -335,7 +353,7 @@ def find_gap_linear(
         t, node = node.output[0], only_consumer(node.output[0])
     if node is None:
         return None
-    if node.op_type == "Gemm" and node.input[0] == t and view.is_const(node.input[1]):
+    if node.op_type == "Gemm" and node.input[0] == t and view.is_weight(node.input[1]):
         if attr(node, "transA", 0):
             return None
         cls = ClassifierHead(
@@ -345,7 +363,7 @@ def find_gap_linear(
             float(attr(node, "alpha", 1.0)),
         )
         out = node.output[0]
-    elif node.op_type == "MatMul" and node.input[0] == t and view.is_const(node.input[1]):
+    elif node.op_type == "MatMul" and node.input[0] == t and view.is_weight(node.input[1]):
         cls = ClassifierHead(node.input[1], None, False, 1.0)
         out = node.output[0]
         nxt = only_consumer(out)

@@ -347,8 +347,8 @@ def _score_seed(st: ExportState, wrt: list[str]) -> dict[str, str]:
         gemm is None
         or gemm.op_type != "Gemm"
         or attr(gemm, "transA", 0)
-        or not view.is_const(gemm.input[1])
-        or (len(gemm.input) > 2 and gemm.input[2] and not view.is_const(gemm.input[2]))
+        or not view.is_weight(gemm.input[1])
+        or (len(gemm.input) > 2 and gemm.input[2] and not view.is_weight(gemm.input[2]))
         or any(x == logits for x in wrt)
     ):
         return {logits: _onehot(st)}

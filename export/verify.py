@@ -18,7 +18,7 @@ from collections.abc import Iterable
 
 import numpy as np
 import onnx
-from onnx import helper
+from onnx import TensorProto, helper
 
 from onnxcam import contract
 from onnxcam.contract import InputSpec
@@ -96,6 +96,18 @@ def random_feeds(model: onnx.ModelProto, spec: InputSpec, batch: int, seed: int 
         else:
             feeds[vi.name] = rng.normal(size=dims).astype(dt)
     return feeds
+
+
+TOLERANCE = {TensorProto.FLOAT: 1e-5, TensorProto.FLOAT16: 4e-3, TensorProto.BFLOAT16: 3e-2}
+"""Relative tolerance of the verification per float type the graph computes in: onnxruntime
+may fuse or order the same ops differently once extra outputs are attached, which moves a
+float16 result by a few of its ulps (2⁻¹⁰ ≈ 1e-3), not by float32's."""
+
+
+def tolerance(dtypes) -> float:
+    """The verification tolerance for a graph computing in ``dtypes`` (the loosest one)."""
+    f32 = TensorProto.FLOAT
+    return max(TOLERANCE.get(d, TOLERANCE[f32]) for d in [*dtypes, f32])
 
 
 def verify_batch(model: onnx.ModelProto, spec: InputSpec) -> int:
