@@ -87,6 +87,18 @@ class ExportState:
         return (self.view.shape(self.head.logits) or ["batch"])[0]
 
 
+def _publish(st: ExportState, src: str, dst: str, rank: int) -> None:
+    """Publish forward tensor ``src`` as graph output ``dst`` (a contract name) with a no-op
+    ``Reshape`` to its own shape (``[0] * rank`` copies every dimension).
+
+    Not an ``Identity``: onnxruntime removes an Identity that feeds a graph output by renaming
+    its input tensor to the output's name, and on some graphs (a tf2onnx MobileNetV2 whose Relu6
+    also feeds a fused Pad) leaves another consumer reading the old name — the session then
+    fails to load ("is not a graph input, initializer, or output of a previous node")."""
+    shape = NodeBuilder(st.view, "onnxcam/publish", st.consts).ints([0] * rank)
+    st.view.add_node(helper.make_node("Reshape", [src, shape], [dst], name=dst))
+
+
 def _identity(src: str, dst: str) -> onnx.NodeProto:
     """The node that publishes an internal tensor under a contract output name."""
     return helper.make_node("Identity", [src], [dst], name=dst)
@@ -183,7 +195,7 @@ def expose_activations(st: ExportState) -> None:
             b = NodeBuilder(st.view, f"onnxcam/map{k}", st.consts)
             a = token_map(b, a, t.tokens, t.channels)
         st.maps[k] = a
-        st.view.add_node(_identity(a, t.activation))
+        _publish(st, a, t.activation, len(t.shape))
         _output(st.view, t.activation, st.view.dtype(t.tensor), t.shape)
 
 
@@ -233,7 +245,7 @@ def add_score(st: ExportState) -> None:
         )
     )
     if st.head.activation is not None:  # the model outputs probabilities: publish the logits
-        view.add_node(_identity(logits, contract.LOGITS_OUTPUT))
+        _publish(st, logits, contract.LOGITS_OUTPUT, 2)
         _output(view, contract.LOGITS_OUTPUT, view.dtype(logits), view.shape(logits))
     _output(view, contract.CLASS_OUTPUT, TensorProto.INT64, [batch])
     _output(view, contract.SCORE_OUTPUT, view.dtype(logits), [batch])
