@@ -156,20 +156,21 @@ def optional_input(view: GraphView, name: str, elem: int, shape, default: np.nda
     input is fed like any tensor (or omitted); an ``If`` on ``OptionalHasElement`` picks the
     value or the default (microseconds per run).
     """
-    tensor = helper.make_tensor_type_proto(elem, None if shape is None else list(shape))
+    dims = None if shape is None else list(shape)  # a known rank (OpenVINO needs one)
+    tensor = helper.make_tensor_type_proto(elem, dims)
     view.graph.input.append(helper.make_value_info(name, helper.make_optional_type_proto(tensor)))
     value, fed, dflt = value_of(name), f"{name}/fed", f"{name}/default"
     then = helper.make_graph(
         [helper.make_node("OptionalGetElement", [name], [fed], name=fed)],
         f"{name}/given",
         [],
-        [helper.make_tensor_value_info(fed, elem, None)],
+        [helper.make_tensor_value_info(fed, elem, dims)],
     )
     const = helper.make_node(
         "Constant", [], [dflt], name=dflt, value=numpy_helper.from_array(default, dflt)
     )
     orelse = helper.make_graph(
-        [const], f"{name}/absent", [], [helper.make_tensor_value_info(dflt, elem, None)]
+        [const], f"{name}/absent", [], [helper.make_tensor_value_info(dflt, elem, dims)]
     )
     has = view.unique_name(f"{name}/has")
     view.add_node(helper.make_node("OptionalHasElement", [name], [has], name=has))
@@ -423,10 +424,11 @@ def add_heads(st: ExportState) -> None:
     for k, t in enumerate(st.targets):
         name_in = contract.head_input_name(k)
         first = len(view.graph.node)
-        # declared without a shape: a client that must feed every input (onnxruntime-node)
-        # may feed an empty [0] tensor; the head runs only on a non-empty one
+        # declared with the map's rank and symbolic sizes: a client that must feed every input
+        # (onnxruntime-node) feeds an empty [0, 1, 1, 1]; the head runs only on rows
         empty = np.zeros(empty_shape(t.shape), view.np_dtype(t.tensor))
-        value = optional_input(view, name_in, view.dtype(t.tensor), None, empty)
+        dims = ["head_batch", *(f"head{k}_dim{i}" for i in range(1, len(t.shape)))]
+        value = optional_input(view, name_in, view.dtype(t.tensor), dims, empty)
         branch = Branch(view, head_gate(k, value), st.consts)
         start = value
         if t.tokens is not None:  # the head reads tokens: the map's, after the image's prefix

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from . import contract, postprocess
+from .devices import DEVICE_NAMES
 from .errors import ContractError, ImageError, OnnxcamError
 from .image import as_rgb_array, preprocess, read_image
 from .model import ModelInfo, TargetLayer, open_session, parse_contract
@@ -40,8 +41,9 @@ _DEFAULT = ExplainOptions()
 class Explainer:
     """Explain images with an onnxcam-exported model (``onnxcam export``).
 
-    ``device``: ``auto`` (CUDA when onnxruntime-gpu sees a usable GPU, else CPU), ``cpu`` or
-    ``cuda`` (an error when CUDA is not really in use). A plain ONNX model without onnxcam
+    ``device``: ``auto`` (CUDA when onnxruntime-gpu sees a usable GPU, else CPU), ``cpu``,
+    ``cuda`` or ``openvino`` (onnxruntime-openvino; an error when the device is not really in
+    use). A plain ONNX model without onnxcam
     metadata is exported in memory with the default target layer when ``onnx`` is installed.
     ``session_options``: an ``onnxruntime.SessionOptions`` (threads, spinning, ...).
     """
@@ -58,7 +60,7 @@ class Explainer:
             meta = self.session.get_modelmeta().custom_metadata_map
         self.info: ModelInfo = parse_contract(meta)
         self.provider = self.session.get_providers()[0]
-        self.device = "cuda" if self.provider == "CUDAExecutionProvider" else "cpu"
+        self.device = DEVICE_NAMES.get(self.provider, "cpu")
         self._outputs = {o.name for o in self.session.get_outputs()}
         topk = [
             contract.TOPK_INDEX_OUTPUT,

@@ -9,9 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from .contract import Contract, InputSpec, TargetLayer
+from .devices import DEVICES, PROVIDERS
 from .errors import ContractError, DeviceError, ModelLoadError
-
-DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass
@@ -92,15 +91,15 @@ def providers_for(device: str) -> list[str]:
     available = ort.get_available_providers()
     if device == "cpu":
         return ["CPUExecutionProvider"]
-    if "CUDAExecutionProvider" not in available:
-        if device == "cuda":
-            raise DeviceError(
-                "CUDA was requested but this onnxruntime has no CUDA provider "
-                "(install onnxruntime-gpu: pip uninstall -y onnxruntime && pip install "
-                "'onnxcam[gpu]')"
-            )
-        return ["CPUExecutionProvider"]
-    return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if device == "auto":  # CUDA when present (OpenVINO only when asked for)
+        wanted = PROVIDERS["cuda"][0]
+        return [wanted, "CPUExecutionProvider"] if wanted in available else ["CPUExecutionProvider"]
+    provider, package = PROVIDERS[device]
+    if provider not in available:
+        raise DeviceError(
+            f"{device} was requested but this onnxruntime has no {provider} (install {package})"
+        )
+    return [provider, "CPUExecutionProvider"]
 
 
 def open_session(model: str | os.PathLike | bytes, device: str = "auto", options=None):
@@ -124,9 +123,9 @@ def open_session(model: str | os.PathLike | bytes, device: str = "auto", options
         label = "model" if isinstance(model, bytes) else str(model)
         first = (str(e).splitlines() or [""])[0][:160]
         raise ModelLoadError(f"{label}: onnxruntime cannot load it ({first})") from None
-    if device == "cuda" and "CUDAExecutionProvider" not in sess.get_providers():
+    if device in PROVIDERS and PROVIDERS[device][0] not in sess.get_providers():
         raise DeviceError(
-            "CUDA was requested but onnxruntime fell back to the CPU (no usable GPU or CUDA "
-            "libraries); use --device cpu or fix the CUDA installation"
+            f"{device} was requested but onnxruntime fell back to the CPU (no usable device or "
+            "libraries); use --device cpu or fix the installation"
         )
     return sess

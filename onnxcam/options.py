@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 import click
 
+from .devices import DEVICES
 from .errors import OnnxcamError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -188,10 +189,11 @@ topk_option = click.option(
 )
 device_option = click.option(
     "--device",
-    type=click.Choice(["auto", "cpu", "cuda"]),
+    type=click.Choice(DEVICES),
     default="auto",
     show_default=True,
-    help="auto: CUDA when onnxruntime-gpu sees a usable GPU, else CPU.",
+    help="auto: CUDA when onnxruntime-gpu sees a usable GPU, else CPU; openvino needs "
+    "onnxruntime-openvino.",
 )
 recursive_option = click.option("--recursive", is_flag=True, help="Search folders recursively.")
 layer_option = click.option(

@@ -189,11 +189,11 @@ def test_runner_and_options_do_not_print_or_import_click_needlessly() -> None:
         if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
     }
     assert "print" not in calls
-    # options.py: only the standard library, click and onnxcam.errors at import time
+    # options.py: only the standard library, click, onnxcam.errors and onnxcam.devices
     opts = ast.parse((ROOT / "onnxcam" / "options.py").read_text())
     top = [n for n in opts.body if isinstance(n, (ast.Import, ast.ImportFrom))]
     relative = {n.module for n in top if isinstance(n, ast.ImportFrom) and n.level}
-    assert relative == {"errors"}
+    assert relative == {"errors", "devices"}
 
 
 def test_cli_import_does_not_load_the_engine_when_the_package_face_is_light() -> None:
