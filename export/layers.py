@@ -231,12 +231,33 @@ def _mark_default(
     last = alive[-1]
     after = (view.descendants([last.tensor], data_only=True) - {last.tensor}) & on_path
     if all(_settled(view, t, grids, live) for t in after):
-        last.default = True
+        _unsliced(view, last, {c.tensor: c for c in alive}).default = True
         return
     if last.tokens is not None:
         normed = [c for c in alive if c.tokens is not None and c.op in NORMALIZATION_OPS]
         if normed:
             normed[-1].default = True
+
+
+def _unsliced(view: GraphView, c: LayerInfo, alive: dict[str, LayerInfo]) -> LayerInfo:
+    """The tokens ``c`` was sliced from when ``c`` only drops their prefix (a pooled ViT's
+    ``x[:, 1:]`` before the mean): the same map, and the layer a practitioner names (the last
+    block or norm, not the slice)."""
+    p = view.producer.get(c.tensor)
+    while c.tokens is not None and p is not None and p.op_type in ("Slice", "Identity"):
+        src = alive.get(p.input[0])
+        if (
+            src is None
+            or src.tokens is None
+            or (src.tokens.rows, src.tokens.cols)
+            != (
+                c.tokens.rows,
+                c.tokens.cols,
+            )
+        ):
+            break
+        c, p = src, view.producer.get(src.tensor)
+    return c
 
 
 def _settled(view: GraphView, tensor: str, grids: dict[str, Grid], live: dict) -> bool:
