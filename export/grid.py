@@ -100,13 +100,44 @@ def spatial_grids(view: GraphView, image: str, layout: Layout) -> dict[str, Grid
     """Every tensor computed from ``image`` whose grid axes the graph proves, with its ``Grid``."""
     shape = view.shape(image) or (None,) * 4
     grids = {image: Grid(*layout.spatial_axes, tuple(layout.spatial(shape)))}
+    order: dict[str, str] = {}  # tensor → the gridded tensor whose element order it keeps
     for node in view.topo_order():
-        if not any(i in grids for i in node.input if i):
+        if not any(i in grids or i in order for i in node.input if i):
             continue
-        for out, g in zip(node.output, _propagate(view, node, grids), strict=False):
+        found = _propagate(view, node, grids) if any(i in grids for i in node.input) else []
+        for k, out in enumerate(node.output):
+            g = found[k] if k < len(found) else None
+            if g is None and out:
+                g = _same_order(view, node, out, grids, order)
             if g is not None and out:
                 grids[out] = g
     return grids
+
+
+ORDER_KEEPING = {
+    "Reshape", "Flatten", "Squeeze", "Unsqueeze", "InstanceNormalization",
+    "BatchNormalization", "LayerNormalization", "GroupNormalization", *SAME_AXES_OPS,
+}  # fmt: skip
+"""Ops whose output element i is computed at input element i (shapes aside): a tensor whose
+grid is lost in a flattening keeps its elements' order through them."""
+
+
+def _same_order(view: GraphView, node, out: str, grids: dict, order: dict) -> Grid | None:
+    """The grid of a tensor reshaped back to the shape of a gridded tensor whose elements it
+    kept in order (GroupNorm written as Reshape → InstanceNormalization → Reshape, as
+    MobileViTv2's is): that tensor's grid. Records the order for the ops in between."""
+    x = node.input[0] if node.input else ""
+    root = x if x in grids else order.get(x)
+    if root is None or node.op_type not in ORDER_KEEPING:
+        return None
+    reshaping = node.op_type in ("Reshape", "Flatten", "Squeeze", "Unsqueeze")
+    if not reshaping and view.shape(out) != view.shape(x):  # an op that broadcasts x
+        return None
+    dst, src = view.shape(out), view.shape(root)
+    if node.op_type == "Reshape" and dst is not None and src is not None and list(dst) == list(src):
+        return grids[root]
+    order[out] = root
+    return None
 
 
 def _propagate(view: GraphView, node: onnx.NodeProto, grids: dict[str, Grid]) -> list:
