@@ -75,11 +75,12 @@ TORCHCAM = {
 
 
 TIMM = {
-    "vit_tiny": ("vit_tiny_patch16_224", "blocks.11.norm1"),
-    "vit_small": ("vit_small_patch16_224", "blocks.11.norm1"),
-    "swin_tiny": ("swin_tiny_patch4_window7_224", "norm"),
+    "vit_tiny": ("vit_tiny_patch16_224", "blocks.11.norm1", "head"),
+    "vit_small": ("vit_small_patch16_224", "blocks.11.norm1", "head"),
+    "swin_tiny": ("swin_tiny_patch4_window7_224", "norm", "head.fc"),
 }
-"""bench name → (timm model, the module onnxcam's default layer is the output of)."""
+"""bench name → (timm model, the module onnxcam's default layer is the output of, its
+classifier Linear)."""
 
 
 def build(name: str):
@@ -93,8 +94,8 @@ def build(name: str):
     if name in TIMM:
         import timm
 
-        model, layer = TIMM[name]
-        return timm.create_model(model, pretrained=False).eval(), layer, "head", {}
+        model, layer, fc = TIMM[name]
+        return timm.create_model(model, pretrained=False).eval(), layer, fc, {}
     from onnxcam.models import efficientnet_lite0
 
     # the head's ReLU6 module is reused in every block; peers hook the last BN before it

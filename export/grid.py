@@ -341,7 +341,9 @@ def _slice(view: GraphView, node: onnx.NodeProto, g: Grid) -> Grid | None:
     changed = [k for k, (a, b) in enumerate(zip(src, dst, strict=True)) if a != b]
     if not set(changed) & set(_axes(g)):
         return _kept(view, g, out)
-    if g.w is not None or changed != [g.h] or dst[g.h] != explained_size(g):
+    if g.w is not None:
+        return _subsampled(view, node, g, src, dst, changed)
+    if changed != [g.h] or dst[g.h] != explained_size(g):
         return None
     starts = view.const(node.input[1]) if len(node.input) > 1 else None
     axes = view.const(node.input[3]) if len(node.input) > 3 and node.input[3] else None
@@ -349,6 +351,31 @@ def _slice(view: GraphView, node: onnx.NodeProto, g: Grid) -> Grid | None:
     if starts is None or g.h not in axes:
         return None
     return replace(g, prefix=0) if ints(starts)[axes.index(g.h)] == g.prefix else None
+
+
+def _subsampled(view: GraphView, node: onnx.NodeProto, g: Grid, src, dst, changed) -> Grid | None:
+    """``x[:, ::s, ::s]`` on grid axes (LeViT's attention subsample, one axis per Slice): every
+    s-th row or column over the whole image — the grid at a coarser step. A crop is not (its
+    map would cover part of the image)."""
+    if not set(changed) <= {g.h, g.w}:
+        return None
+    rank = len(src)
+    consts = [view.const(i) if i else None for i in [*node.input[1:5], "", "", ""][:4]]
+    starts, ends, axes, steps = consts
+    if starts is None or ends is None:
+        return None
+    axes = (
+        [int(a) % rank for a in ints(axes)] if axes is not None else list(range(len(ints(starts))))
+    )
+    steps = ints(steps) if steps is not None else [1] * len(axes)
+    for a in changed:
+        if a not in axes:
+            return None
+        k = axes.index(a)
+        lo, hi, step = ints(starts)[k], ints(ends)[k], steps[k]
+        if not isinstance(src[a], int) or step <= 1 or not 0 <= lo < step or hi < src[a]:
+            return None
+    return Grid(g.h, g.w, (dst[g.h], dst[g.w]))
 
 
 def _reduce(view: GraphView, node: onnx.NodeProto, g: Grid, out: str) -> Grid | None:

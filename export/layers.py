@@ -301,7 +301,15 @@ def resolve_layer(view: GraphView, name: str, candidates: list[LayerInfo]) -> st
             f"layer {name!r} is neither a 4-D feature map nor a [batch, tokens, channels] token "
             f"tensor (shape {view.shape(tensor)}); " + _candidates_hint(candidates)
         )
-    found = next((c for c in candidates if c.tensor == tensor), None)
+    by_tensor = {c.tensor: c for c in candidates}
+    p = view.producer.get(tensor)
+    while tensor not in by_tensor and p is not None and p.op_type in ("Transpose", "Identity"):
+        # a layout copy the graph does not use further (torch's exporter folds the permute back
+        # of a Swin-v2-cr stage into the next one): explain the tensor it copies (same map)
+        if view.consumers.get(tensor):
+            break
+        tensor, p = p.input[0], view.producer.get(p.input[0])
+    found = by_tensor.get(tensor)
     if found is not None and not found.live:
         default = next((c.tensor for c in candidates if c.default), None)
         hint = f" such as {default!r}" if default else ""
