@@ -6,6 +6,9 @@ Per model and batch, median latency per image of
   * ``plain+host``: the same plus the least a Python runtime does with the result (top-1 of the
     logits and one small Python object per image) — code that runs cold after the network;
   * ``graph``: the onnxcam graph without heatmaps, fetching prediction, class, A and G;
+  * ``graph-forward``: the same graph in mode 1 (the gradient branch skipped): ``graph`` −
+    ``graph-forward`` is what the gradient itself costs (for a ViT, the backward through its
+    last block, which the default layer — the last ``norm1`` — sits before);
   * ``graph+tiny``: that run plus a second, trivial session run (a [B, 1, 1] MatMul): the fixed
     cost of the second call in the next variant;
   * ``graph+writes``: that graph's run plus, in a second small session fed with a constant, the
@@ -16,6 +19,8 @@ Per model and batch, median latency per image of
   * ``all+heatmaps``: the Python runtime returning the eight maps from that graph.
 
     python bench/overhead_floor.py [--repeats 40] [--models lite0,resnet50]
+    python bench/overhead_floor.py --models vit_tiny,vit_small,swin_tiny --batches 1 \
+        --out overhead_floor_tokens
 """
 
 from __future__ import annotations
@@ -63,6 +68,8 @@ def make_variants(plain, ex, ex_heat, maps: list[str], x: np.ndarray) -> dict:
     tiny = session(writes_model(batch, maps=1, size=1, feature=1))
     small = np.full((batch, 1, 1), 0.5, np.float32)
 
+    mode1 = np.array(1, dtype=np.int64)
+
     def plain_host():
         logits = plain.run(None, {"input": x})[0]
         return [(int(k), "label") for k in np.argmax(logits, axis=1)]
@@ -84,6 +91,7 @@ def make_variants(plain, ex, ex_heat, maps: list[str], x: np.ndarray) -> dict:
         "plain": lambda: plain.run(None, {"input": x}),
         "plain+host": plain_host,
         "graph": lambda: ex.session.run(fetch, {"input": x}),
+        "graph-forward": lambda: ex.session.run(fetch[:3], {"input": x, "onnxcam_mode": mode1}),
         "graph+tiny": graph_tiny,
         "graph+writes": graph_writes,
         "graph+heatmaps": lambda: ex_heat.session.run(heat_fetch, {"input": x}),
@@ -92,7 +100,9 @@ def make_variants(plain, ex, ex_heat, maps: list[str], x: np.ndarray) -> dict:
 
 
 def main() -> None:
-    args = arguments(__doc__, 40, "lite0,resnet50").parse_args()
+    ap = arguments(__doc__, 40, "lite0,resnet50")
+    ap.add_argument("--out", default="overhead_floor", help="results/<out>.json")
+    args = ap.parse_args()
 
     ort.set_default_logger_severity(3)
     rows = []
@@ -113,7 +123,7 @@ def main() -> None:
     cols = [("model", "model"), ("batch", "batch"), ("plain_ms", "plain ms/img")]
     cols += [(k, f"{k} / plain") for k in rows[0] if k not in ("model", "batch", "plain_ms")]
     print(markdown_table(rows, cols))
-    print("saved", save("overhead_floor", rows, {"repeats": args.repeats}))
+    print("saved", save(args.out, rows, {"repeats": args.repeats, "models": args.models}))
 
 
 if __name__ == "__main__":

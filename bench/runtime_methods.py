@@ -175,11 +175,17 @@ def make_variants(module, layer, fc, ex, plain, x, onnx_methods, all_grad, resha
     }
     for m in onnx_methods:
         variants[f"onnxcam:{m}"] = lambda m=m: oc([m])
-    for m, c in PGC.items():
-        variants[f"pgc:{m}"] = lambda c=c: pgc(c)
+    peers = {f"pgc:{m}": (lambda c=c: pgc(c)) for m, c in PGC.items()}
     for m, c in TORCHCAM.items():
         if m != "cam" or ex.info.has_cam_weights:
-            variants[f"torchcam:{m}"] = lambda c=c: tc(c)
+            peers[f"torchcam:{m}"] = lambda c=c: tc(c)
+    for name, run in peers.items():
+        try:  # a peer that cannot handle this layer (torchcam on Swin's NHWC map) is left out
+            run()
+        except Exception as e:
+            print(f"{name}: fails on this model ({type(e).__name__}: {str(e)[:80]})")
+            continue
+        variants[name] = run
     return variants
 
 
