@@ -24,7 +24,15 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from harness import arguments, interleaved, markdown_table, median_ms, save, session
+from harness import (
+    arguments,
+    interleaved,
+    markdown_table,
+    median_ms,
+    save,
+    session,
+    session_options,
+)
 
 PHOTOS = (
     "astronaut",
@@ -114,7 +122,7 @@ def main() -> None:
         plain_paths = paths.pop("_plain")
         results = {}
         for name, path in paths.items():
-            ex = Explainer(path)
+            ex = Explainer(path, session_options=session_options())
             exps = ex.explain(images, "gradcam", relu=False, keep_tensors=True)
             results[name] = (ex, exps)
         ref = results["float32"][1]
