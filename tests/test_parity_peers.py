@@ -37,19 +37,20 @@ import pytest
 import pytorch_grad_cam.base_cam
 import torch
 from pytorch_grad_cam import (
-    EigenCAM,
-    EigenGradCAM,
     GradCAM,
-    GradCAMElementWise,
-    GradCAMPlusPlus,
-    HiResCAM,
-    LayerCAM,
-    XGradCAM,
 )
 from pytorch_grad_cam.utils.image import scale_cam_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
-from torch_reference import calibrate_batchnorm, check_maps, torchvision_model, worst_per_image
+from torch_reference import (
+    blob_images,
+    calibrate_batchnorm,
+    check_maps,
+    normalized_tensor,
+    pytorch_grad_cam_methods,
+    torchvision_model,
+    worst_per_image,
+)
 from torchcam.methods import CAM
 
 from onnxcam import postprocess
@@ -64,15 +65,7 @@ TOL = 1e-4
 SIZE = 224
 MEAN, STD = 128.0, 64.0
 
-GRADIENT_METHODS = {
-    "gradcam": GradCAM,
-    "gradcam++": GradCAMPlusPlus,
-    "xgradcam": XGradCAM,
-    "layercam": LayerCAM,
-    "hirescam": HiResCAM,
-    "gradcam-elementwise": GradCAMElementWise,
-}
-EIGEN_METHODS = {"eigencam": EigenCAM, "eigengradcam": EigenGradCAM}
+GRADIENT_METHODS, EIGEN_METHODS = pytorch_grad_cam_methods()
 
 # model → target layers (the first is the single-layer target)
 MODELS = {"resnet18": ("layer4", "layer3"), "mobilenet_v3_small": ("features.12",)}
@@ -80,20 +73,11 @@ GIVEN_CLASSES = [17, 503]  # a second class selection besides the top-1, one per
 
 
 def _images(seed: int, n: int = 2) -> list[np.ndarray]:
-    """Smooth random colour blobs plus noise: float64 (224, 224, 3) RGB in [0, 255]."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        low = rng.uniform(0, 255, size=(7, 7, 3))
-        img = cv2.resize(low, (SIZE, SIZE), interpolation=cv2.INTER_CUBIC)
-        out.append(np.clip(img + rng.normal(0, 20, img.shape), 0, 255))
-    return out
+    return blob_images(SIZE, seed, n)
 
 
 def _tensor(images: list[np.ndarray]) -> torch.Tensor:
-    """The torch input: the same float32 tensor onnxcam's preprocessing builds."""
-    x = (np.stack(images).astype(np.float32) - np.float32(MEAN)) / np.float32(STD)
-    return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+    return normalized_tensor(images, MEAN, STD)
 
 
 def _calibrate_batchnorm(model: torch.nn.Module) -> None:

@@ -33,24 +33,22 @@ import copy
 import functools
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 import pytest
 import torch
 from pytorch_grad_cam import (
-    EigenCAM,
-    EigenGradCAM,
     GradCAM,
-    GradCAMElementWise,
-    GradCAMPlusPlus,
-    HiResCAM,
-    LayerCAM,
-    XGradCAM,
 )
 from pytorch_grad_cam.utils.image import scale_cam_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
-from torch_reference import check_maps, worst_per_image
+from torch_reference import (
+    blob_images,
+    check_maps,
+    normalized_tensor,
+    pytorch_grad_cam_methods,
+    worst_per_image,
+)
 
 import onnxcam.perturbation
 from onnxcam.contract import TokenGrid
@@ -65,15 +63,7 @@ pytestmark = pytest.mark.model
 TOL = 1e-4
 MEAN, STD = 128.0, 64.0
 LAYER = "blocks.11.norm1"
-GRADIENT_METHODS = {
-    "gradcam": GradCAM,
-    "gradcam++": GradCAMPlusPlus,
-    "xgradcam": XGradCAM,
-    "layercam": LayerCAM,
-    "hirescam": HiResCAM,
-    "gradcam-elementwise": GradCAMElementWise,
-}
-EIGEN_METHODS = {"eigencam": EigenCAM, "eigengradcam": EigenGradCAM}
+GRADIENT_METHODS, EIGEN_METHODS = pytorch_grad_cam_methods()
 GIVEN_CLASSES = [17, 503]
 # key → (timm model, input size, prefix tokens)
 MODELS = {
@@ -111,20 +101,11 @@ def _one_torch_thread():
 
 
 def _images(size: int, seed: int = 0, n: int = 2) -> list[np.ndarray]:
-    """Smooth random colour blobs plus noise: float64 (size, size, 3) RGB in [0, 255]."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        low = rng.uniform(0, 255, size=(7, 7, 3))
-        img = cv2.resize(low, (size, size), interpolation=cv2.INTER_CUBIC)
-        out.append(np.clip(img + rng.normal(0, 20, img.shape), 0, 255))
-    return out
+    return blob_images(size, seed, n)
 
 
 def _tensor(images: list[np.ndarray]) -> torch.Tensor:
-    """The torch input: the same float32 tensor onnxcam's preprocessing builds."""
-    x = (np.stack(images).astype(np.float32) - np.float32(MEAN)) / np.float32(STD)
-    return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+    return normalized_tensor(images, MEAN, STD)
 
 
 @dataclass

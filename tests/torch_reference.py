@@ -121,3 +121,39 @@ def check_maps(what: str, got: np.ndarray, ref: np.ndarray, tol: float) -> float
     print(f"{what}: worst |Δ| per image {[f'{w:.2g}' for w in worst]}")
     assert max(worst) <= tol, f"{what}: worst |Δ| per image {worst} > {tol}"
     return max(worst)
+
+
+def blob_images(size: int, seed: int = 0, n: int = 2) -> list[np.ndarray]:
+    """Smooth random colour blobs plus noise: float64 (size, size, 3) RGB in [0, 255] — images
+    whose maps differ between samples, for comparisons with the peer libraries."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        low = rng.uniform(0, 255, size=(7, 7, 3))
+        img = cv2.resize(low, (size, size), interpolation=cv2.INTER_CUBIC)
+        out.append(np.clip(img + rng.normal(0, 20, img.shape), 0, 255))
+    return out
+
+
+def normalized_tensor(images: list[np.ndarray], mean: float, std: float) -> torch.Tensor:
+    """The torch NCHW input onnxcam's preprocessing builds from ``images`` with ``scale=1``
+    and a single ``mean``/``std`` (the same float32 values on both sides)."""
+    x = (np.stack(images).astype(np.float32) - np.float32(mean)) / np.float32(std)
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+
+
+def pytorch_grad_cam_methods() -> tuple[dict, dict]:
+    """onnxcam method name → pytorch-grad-cam class: (gradient methods, eigen methods)."""
+    import pytorch_grad_cam as pgc
+
+    gradient = {
+        "gradcam": pgc.GradCAM,
+        "gradcam++": pgc.GradCAMPlusPlus,
+        "xgradcam": pgc.XGradCAM,
+        "layercam": pgc.LayerCAM,
+        "hirescam": pgc.HiResCAM,
+        "gradcam-elementwise": pgc.GradCAMElementWise,
+    }
+    return gradient, {"eigencam": pgc.EigenCAM, "eigengradcam": pgc.EigenGradCAM}
