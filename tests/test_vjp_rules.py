@@ -637,10 +637,18 @@ def test_rule_matches_finite_differences(case: Case) -> None:
     assert err["dot"] <= case.rtol, f"{case.id}: dot-product error {err}"
 
 
+STRAIGHT_THROUGH = {
+    "QuantizeLinear": "tests/test_edge_models.py::test_straight_through_gradient_of_a_qdq_pair",
+    "DequantizeLinear": "tests/test_edge_models.py::test_straight_through_gradient_of_a_qdq_pair",
+}
+"""Rules that are not the derivative of their op (rounding has none): a finite difference
+cannot check them; their definition is checked where named."""
+
+
 def test_every_rule_has_a_case() -> None:
     ids = [c.id for c in OP_CASES]
     assert len(ids) == len(set(ids)), "duplicate case ids"
-    covered = {c.op for c in OP_CASES}
+    covered = {c.op for c in OP_CASES} | set(STRAIGHT_THROUGH)
     missing = sorted(set(VJP_RULES) - covered)
     assert not missing, f"VJP rules without a row in OP_CASES: {', '.join(missing)}"
     unknown = sorted(covered - set(VJP_RULES))
