@@ -248,19 +248,22 @@ def export_onnx(
     return ExportResult(m, out_path, st.targets, st.spec, st.head, time.perf_counter() - t0, diff)
 
 
+def _all_nodes(graph: onnx.GraphProto, inside: bool = False):
+    """Every node of ``graph`` and of its subgraphs (If branches), with whether it is inside
+    a subgraph."""
+    for node in graph.node:
+        yield node, inside
+        for a in node.attribute:
+            for g in [a.g] if a.HasField("g") else list(a.graphs):
+                yield from _all_nodes(g, True)
+
+
 def _drop_unused_constants(m: onnx.ModelProto) -> None:
     """Remove onnxcam's own constants that no node reads (a discarded head branch leaves some;
     onnxruntime warns about each unused initializer when it loads the graph)."""
     used: set[str] = {i.name for i in m.graph.input}
-
-    def visit(graph: onnx.GraphProto) -> None:
-        for node in graph.node:
-            used.update(node.input)
-            for a in node.attribute:
-                for g in [a.g] if a.HasField("g") else list(a.graphs):
-                    visit(g)
-
-    visit(m.graph)
+    for node, _ in _all_nodes(m.graph):
+        used.update(node.input)
     keep = [t for t in m.graph.initializer if t.name in used or not t.name.startswith("onnxcam/")]
     if len(keep) != len(m.graph.initializer):
         del m.graph.initializer[:]
@@ -289,17 +292,11 @@ def _share_duplicate_initializers(m: onnx.ModelProto) -> None:
         if node.op_type == "Identity" and node.input[0] in canonical:
             canonical[node.output[0]] = canonical[node.input[0]]
 
-    def visit(graph: onnx.GraphProto, inside: bool) -> None:
-        for node in graph.node:
-            if inside:
-                for k, i in enumerate(node.input):
-                    if canonical.get(i, i) != i:
-                        node.input[k] = canonical[i]
-            for a in node.attribute:
-                for g in [a.g] if a.HasField("g") else list(a.graphs):
-                    visit(g, True)
-
-    visit(m.graph, False)
+    for node, inside in _all_nodes(m.graph):
+        if inside:
+            for k, i in enumerate(node.input):
+                if canonical.get(i, i) != i:
+                    node.input[k] = canonical[i]
 
 
 def build_state(

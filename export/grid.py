@@ -345,12 +345,25 @@ def _slice(view: GraphView, node: onnx.NodeProto, g: Grid) -> Grid | None:
         return _subsampled(view, node, g, src, dst, changed)
     if changed != [g.h] or dst[g.h] != explained_size(g):
         return None
-    starts = view.const(node.input[1]) if len(node.input) > 1 else None
-    axes = view.const(node.input[3]) if len(node.input) > 3 and node.input[3] else None
-    axes = [int(a) % len(src) for a in ints(axes)] if axes is not None else list(range(len(src)))
-    if starts is None or g.h not in axes:
-        return None
-    return replace(g, prefix=0) if ints(starts)[axes.index(g.h)] == g.prefix else None
+    r = _slice_ranges(view, node, len(src)).get(g.h)
+    return replace(g, prefix=0) if r is not None and r[0] == g.prefix else None
+
+
+def _slice_ranges(view: GraphView, node: onnx.NodeProto, rank: int) -> dict:
+    """A Slice's constant (start, end, step) per sliced axis (end None when not constant);
+    empty when its starts are not constant."""
+
+    def const(k: int):
+        return view.const(node.input[k]) if len(node.input) > k and node.input[k] else None
+
+    starts, ends, axes, steps = const(1), const(2), const(3), const(4)
+    if starts is None:
+        return {}
+    lo = ints(starts)
+    axes = [int(a) % rank for a in ints(axes)] if axes is not None else list(range(len(lo)))
+    hi = ints(ends) if ends is not None else [None] * len(lo)
+    step = ints(steps) if steps is not None else [1] * len(lo)
+    return {a: (lo[k], hi[k], step[k]) for k, a in enumerate(axes)}
 
 
 def _subsampled(view: GraphView, node: onnx.NodeProto, g: Grid, src, dst, changed) -> Grid | None:
@@ -359,20 +372,11 @@ def _subsampled(view: GraphView, node: onnx.NodeProto, g: Grid, src, dst, change
     map would cover part of the image)."""
     if not set(changed) <= {g.h, g.w}:
         return None
-    rank = len(src)
-    consts = [view.const(i) if i else None for i in [*node.input[1:5], "", "", ""][:4]]
-    starts, ends, axes, steps = consts
-    if starts is None or ends is None:
-        return None
-    axes = (
-        [int(a) % rank for a in ints(axes)] if axes is not None else list(range(len(ints(starts))))
-    )
-    steps = ints(steps) if steps is not None else [1] * len(axes)
+    ranges = _slice_ranges(view, node, len(src))
     for a in changed:
-        if a not in axes:
+        if a not in ranges or ranges[a][1] is None:
             return None
-        k = axes.index(a)
-        lo, hi, step = ints(starts)[k], ints(ends)[k], steps[k]
+        lo, hi, step = ranges[a]
         if not isinstance(src[a], int) or step <= 1 or not 0 <= lo < step or hi < src[a]:
             return None
     return Grid(g.h, g.w, (dst[g.h], dst[g.w]))
@@ -495,15 +499,10 @@ def _kept_tokens(view: GraphView, node: onnx.NodeProto, g: Grid) -> tuple[int, i
             return None
         vals = [int(v) for v in ints(idx)]
         return (min(vals), max(vals) + 1) if vals and min(vals) >= 0 else None
-    starts, ends = (view.const(node.input[k]) if len(node.input) > k else None for k in (1, 2))
-    axes = view.const(node.input[3]) if len(node.input) > 3 and node.input[3] else None
-    if starts is None or ends is None:
+    r = _slice_ranges(view, node, rank).get(g.h)
+    if r is None or r[1] is None:
         return None
-    axes = [int(a) % rank for a in ints(axes)] if axes is not None else list(range(rank))
-    if g.h not in axes:
-        return None
-    j = axes.index(g.h)
-    lo, hi = int(ints(starts)[j]), int(ints(ends)[j])
+    lo, hi, _ = r
     return (lo, hi) if lo >= 0 and hi >= 0 else None
 
 

@@ -69,31 +69,22 @@ def save(m: onnx.ModelProto, out: Path, external: bool) -> None:
         if not external:
             onnx.save(m, str(tmp))
         else:  # the data file gets its final name; the .onnx is renamed into place last
-            onnx.save_model(
-                m,
-                str(tmp),
-                save_as_external_data=True,
-                all_tensors_to_one_file=True,
-                location=data.name,
-                size_threshold=SIZE_THRESHOLD,
-                convert_attribute=False,
-            )
-            onnx.load_external_data_for_model(m, str(out.parent))
+            write_external(m, tmp, data.name)
         os.replace(tmp, out)
     except OSError as e:
         raise ExportError(f"cannot write {out}: {e.strerror}") from None
 
 
-def write_external(m: onnx.ModelProto, path: Path) -> str:
-    """Write ``m`` to ``path`` with its weights in ``<path>.data`` and keep them in memory
-    (``onnx.save_model`` moves them out of the proto; they are read back). No copy of ``m``
-    is made: protobuf cannot copy a message over 2 GiB."""
+def write_external(m: onnx.ModelProto, path: Path, location: str | None = None) -> str:
+    """Write ``m`` to ``path`` with its weights in ``location`` beside it (default
+    ``<path>.data``) and keep them in memory (``onnx.save_model`` moves them out of the proto;
+    they are read back). No copy of ``m`` is made: protobuf cannot copy a message over 2 GiB."""
     onnx.save_model(
         m,
         str(path),
         save_as_external_data=True,
         all_tensors_to_one_file=True,
-        location=path.name + ".data",
+        location=location or path.name + ".data",
         size_threshold=SIZE_THRESHOLD,
         convert_attribute=False,
     )
