@@ -19,7 +19,7 @@ from onnxcam import __version__, contract
 from onnxcam.contract import InputSpec, Layout, TargetLayer
 from onnxcam.errors import ExportError, LayerNotFoundError, ModelLoadError
 
-from . import preprocessing, storage
+from . import preprocessing, storage, tasks
 from .graph import GraphView
 from .heatmaps import parse_methods as parse_heatmaps
 from .layers import (
@@ -38,6 +38,7 @@ from .verify import (
     check_forward_nodes_kept,
     check_model,
     forward_nodes,
+    seed_rows_hold,
     tolerance,
     verify_forward,
 )
@@ -161,11 +162,19 @@ def check_output_path(src: ModelSource, output: str | os.PathLike | None) -> Pat
     return out
 
 
-def list_layers(model: ModelSource, output: str | None = None) -> list[LayerInfo]:
+def list_layers(
+    model: ModelSource, output: str | None = None, task: str | None = None
+) -> list[LayerInfo]:
     """Candidate target layers of a model, the default marked (``LayerInfo.default``)."""
     m, _ = _normalize_opset(load_model(model))
     view = GraphView(m)
-    return candidate_layers(view, find_head(view, output))
+    head = find_head(view, output, task)
+    found = candidate_layers(view, head)
+    if head.task != "classify":
+        chosen = {c.tensor for _, c in _task_defaults(view, head, found)}
+        for c in found:
+            c.default = c.tensor in chosen
+    return found
 
 
 def export_onnx(
@@ -181,6 +190,8 @@ def export_onnx(
     preset: str | None = None,
     labels: str | os.PathLike | Sequence[str] | None = None,
     model_output: str | None = None,
+    task: str | None = None,
+    detect_format: str | None = None,
     verify: bool = True,
     heatmaps: str | Sequence[str] | None = None,
     heatmap_size: str = "input",
@@ -219,6 +230,8 @@ def export_onnx(
         preset=preset,
         labels=labels,
         model_output=model_output,
+        task=task,
+        detect_format=detect_format,
         heatmaps=heatmaps,
         heatmap_size=heatmap_size,
         layer_names=layer_names,
@@ -239,6 +252,11 @@ def export_onnx(
                 if verify
                 else 0.0
             )
+            if st.head.task == "detect":
+                shape = st.view.shape(st.head.logits)
+                ks = list(range(len(st.targets)))
+                st.seed_rows = seed_rows_hold(m, new, st.spec, ks, shape)
+                write_metadata(st, _exporter_info(st.view, source.opset, time.perf_counter() - t0))
     finally:
         if source.scratch is not None:
             shutil.rmtree(source.scratch, ignore_errors=True)
@@ -306,6 +324,8 @@ def build_state(
     size: Sequence[int] | None = None,
     labels: str | os.PathLike | Sequence[str] | None = None,
     model_output: str | None = None,
+    task: str | None = None,
+    detect_format: str | None = None,
     heatmaps: str | Sequence[str] | None = None,
     heatmap_size: str = "input",
     layer_names: Sequence[str] | None = None,
@@ -330,7 +350,8 @@ def build_state(
     label_list = (
         load_labels(labels) if isinstance(labels, (str, os.PathLike)) else _list_or_none(labels)
     )
-    head = find_head(view, model_output)
+    n_labels = None if label_list is None else len(label_list)
+    head = find_head(view, model_output, task, detect_format, n_labels)
     if label_list is not None and head.binary:
         if len(label_list) == 1:  # the positive class's name
             label_list = [f"not {label_list[0]}", label_list[0]]
@@ -440,6 +461,8 @@ def _target_names(
 ) -> list[tuple[str, LayerInfo]]:
     """(user name, candidate) of each requested layer (default: the default candidate)."""
     candidates = candidate_layers(view, head)
+    if not layers and head.task != "classify":
+        return _task_defaults(view, head, candidates)
     if not layers:
         default = default_layer(candidates)
         return [(default.tensor, default)]
@@ -452,6 +475,28 @@ def _target_names(
         except LayerNotFoundError as e:  # say it in the caller's names (torch modules)
             raise LayerNotFoundError(str(e).replace(repr(name), repr(user))) from None
     return list(zip(users, chosen, strict=True))
+
+
+def _task_defaults(
+    view: GraphView, head: Head, candidates: list[LayerInfo]
+) -> list[tuple[str, LayerInfo]]:
+    """A detector's or segmenter's default layers (``export/tasks.py``), as candidates."""
+    if head.task == "detect":
+        tensors = tasks.head_inputs(view, head.logits)
+    else:
+        tensors = [tasks.classifier_input(view, head.logits)]
+    by_tensor = {c.tensor: c for c in candidates}
+    missing = [t for t in tensors if t not in by_tensor]
+    if missing:
+        raise ExportError(
+            f"the {head.task} head's input {missing[0]!r} is not a feature map on the image "
+            f"grid; choose layers with --layer ({_few(candidates)})"
+        )
+    return [(t, by_tensor[t]) for t in tensors]
+
+
+def _few(candidates: list[LayerInfo]) -> str:
+    return "candidates: " + ", ".join(c.tensor for c in candidates[-4:][::-1])
 
 
 def _input_spec(view: GraphView, image: str, layout: Layout, dtype: str, **given) -> InputSpec:

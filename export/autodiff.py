@@ -54,8 +54,13 @@ def build_backward(
     seeds: Mapping[str, str],
     wrt: Sequence[str],
     consts: dict | None = None,
+    seed_rows: bool = False,
 ) -> dict[str, str]:
     """Append nodes computing ∂(Σ_y ⟨seed_y, y⟩)/∂x for every x in ``wrt``.
+
+    ``seed_rows``: the seeds may have more rows than the forward tensors (one image, several
+    targets; ``NodeBuilder.seed_rows``) — checked numerically by the exporter before the
+    contract claims it (``verify.seed_rows_hold``).
 
     ``seeds`` maps forward tensors y to the tensors holding their incoming gradient (for a
     class score that is the one-hot of the explained class over the logits). Returns
@@ -87,6 +92,7 @@ def build_backward(
         need = [bool(i) and i in on_path for i in node.input]
         rule = _rule_for(node)
         b = NodeBuilder.for_node(view, node, consts)
+        b.seed_rows = seed_rows
         gx = [*rule(b, node, gy, need), *[None] * len(need)][: len(need)]
         out_shape = view.shape(node.output[0])
         for name, flag, g in zip(node.input, need, gx, strict=True):

@@ -94,9 +94,17 @@ class NodeBuilder:
         """A zero tensor with ``x``'s runtime shape and dtype."""
         return self.zeros(self.Shape(x), x)
 
+    seed_rows = False
+    """Gradients may have more rows (axis 0) than the forward tensors: a head run on one
+    image with several seed rows (``ScoreSpec.seed_rows``; ``build_backward(seed_rows=True)``)."""
+
     def reshape_like(self, g: str, x: str) -> str:
-        """Reshape ``g`` to ``x``'s runtime shape."""
-        return self.Reshape(g, self.Shape(x))
+        """Reshape ``g`` to ``x``'s runtime shape (with ``seed_rows``: its rows kept)."""
+        rank = self.view.rank(x)
+        if not self.seed_rows or rank is None or rank == 0:
+            return self.Reshape(g, self.Shape(x))
+        rows = self.Shape(g, start=0, end=1)
+        return self.Reshape(g, self.Concat(rows, self.Shape(x, start=1), axis=0))
 
     def unbroadcast(self, g: str, g_shape: Sequence[Dim] | None, x: str) -> str:
         """Sum ``g`` (whose static shape is ``g_shape``) back down to ``x``'s shape.

@@ -13,7 +13,7 @@ skips both and an explaining run computes both in one ``If``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,6 +47,53 @@ def value_of(name: str) -> str:
     """The tensor holding optional input ``name``'s value: what was fed, or its default
     (``passes.optional_input``)."""
     return f"{name}/value"
+
+
+def has_value(name: str) -> str:
+    """The bool tensor saying whether optional input ``name`` was fed."""
+    return f"{name}/has"
+
+
+def if_else(
+    view: GraphView,
+    cond: str,
+    then: Callable[[], str],
+    orelse: Callable[[], str],
+    dtype: int,
+    shape: Sequence[Dim] | None = None,
+    label: str = "onnxcam/choose",
+) -> str:
+    """``If(cond)`` returning ``then()`` or ``orelse()``: each callable appends the nodes of its
+    branch (to the graph, moved into the branch here) and returns its result tensor; only the
+    taken branch runs. Returns the ``If``'s output."""
+    bodies = []
+    for build in (then, orelse):
+        first = len(view.graph.node)
+        result = build()
+        body = list(view.graph.node[first:])
+        del view.graph.node[first:]
+        view.reindex()
+        if result not in {o for n in body for o in n.output}:  # an outer-scope value
+            copy = view.unique_name(f"{label}/copy")
+            body.append(helper.make_node("Identity", [result], [copy], name=copy))
+            result = copy
+        bodies.append((body, result))
+    out = view.unique_name(label)
+    graphs = [
+        helper.make_graph(
+            body, f"{out}/{side}", [], [helper.make_tensor_value_info(r, dtype, None)]
+        )
+        for (body, r), side in zip(bodies, ("then", "else"), strict=True)
+    ]
+    view.add_node(
+        helper.make_node(
+            "If", [cond], [out], name=out, then_branch=graphs[0], else_branch=graphs[1]
+        )
+    )
+    view.dtypes[out] = dtype
+    if shape is not None:
+        view.shapes[out] = tuple(shape)
+    return out
 
 
 def head_gate(k: int, head_input: str | None = None) -> Gate:

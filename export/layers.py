@@ -14,9 +14,10 @@ from functools import cache
 import onnx
 from onnx import TensorProto
 
-from onnxcam.contract import LAYOUTS, NCHW, NHWC, Layout, TokenGrid
+from onnxcam.contract import LAYOUTS, NCHW, NHWC, DetectSpec, Layout, TokenGrid
 from onnxcam.errors import ExportError, LayerNotFoundError
 
+from . import tasks
 from .graph import GraphView, attr, node_label, reduce_axes
 from .grid import PATCHES, Grid, live_positions, spatial_grids
 
@@ -41,6 +42,10 @@ class Head:
     binary: bool = False
     """One logit z (raw or through a sigmoid): explained as two classes, 0 the negative (score
     −z, as pytorch-grad-cam's ``BinaryClassifierOutputTarget``) and 1 the positive (z)."""
+    task: str = "classify"
+    """classify, detect or segment (``contract.TASKS``)."""
+    detect: DetectSpec | None = None
+    """A detector's output layout (task detect)."""
 
 
 NORMALIZATION_OPS = {"LayerNormalization", "BatchNormalization", "GroupNormalization"}
@@ -99,13 +104,25 @@ def input_layout(view: GraphView, name: str) -> Layout:
     return looks[0] if len(looks) == 1 else NCHW
 
 
-def find_head(view: GraphView, output: str | None = None) -> Head:
-    """The classifier output (the first model output unless named) and its logits."""
+def find_head(
+    view: GraphView,
+    output: str | None = None,
+    task: str | None = None,
+    detect_format: str | None = None,
+    num_labels: int | None = None,
+) -> Head:
+    """The explained output (the first model output unless named), its task (given, or from
+    its rank: ``tasks.task_of``) and the tensor that is differentiated."""
     outputs = [o.name for o in view.graph.output]
     if output is None:
         output = outputs[0]
     elif output not in outputs:
         raise ExportError(f"unknown model output {output!r}; outputs: {', '.join(outputs)}")
+    task = tasks.task_of(view, output, task)
+    if task == "detect":
+        spec = tasks.detect_format(view, output, detect_format, num_labels)
+        logits, activation = tasks.class_logits(view, spec)
+        return Head(logits, output, activation, spec.num_classes, task="detect", detect=spec)
     t, activation = output, None
     while (p := view.producer.get(t)) is not None and p.op_type == "Identity":
         t = p.input[0]
@@ -114,6 +131,9 @@ def find_head(view: GraphView, output: str | None = None) -> Head:
         activation, t = OUTPUT_ACTIVATIONS[p.op_type], p.input[0]
     t = _before_quantization(view, t)
     shape = view.shape(t)
+    if task == "segment" and shape is not None and len(shape) == 4:
+        k = shape[1] if isinstance(shape[1], int) else None
+        return Head(logits=t, output=output, activation=activation, num_classes=k, task="segment")
     if shape is None or len(shape) != 2:
         raise ExportError(
             f"model output {output!r} must be [batch, classes] logits or probabilities, "

@@ -30,9 +30,9 @@ from onnxcam.errors import ExportError
 
 from .autodiff import build_backward, spatially_constant_source
 from .builder import NodeBuilder
-from .gating import Branch, empty_shape, head_gate, value_of
+from .gating import Branch, Gate, empty_shape, has_value, head_gate, if_else, value_of
 from .graph import GraphView, attr
-from .head import build_head
+from .head import build_head, build_joint_head
 from .heatmaps import layer_facts
 from .heatmaps import postprocess as postprocess_heatmaps
 from .heatmaps import raw_maps as raw_heatmaps
@@ -60,6 +60,12 @@ class ExportState:
     """Constants shared by every ``NodeBuilder`` of the export (deduplicated)."""
     cls: str = ""
     """The explained class tensor (``add_score``)."""
+    seed: str = ""
+    """The seed's value: what was fed as ``onnxcam_seed``, or the task's default (``add_score``)."""
+    seed_rows: bool = False
+    """Verified: one image's head runs with several seed rows (``ScoreSpec.seed_rows``)."""
+    pixel_class: str = ""
+    """A segmenter's per-pixel argmax class (``_top_class``)."""
     single_logit: str | None = None
     """A binary head's one logit z (``add_binary_logits`` makes the two-class logits)."""
     maps: dict[int, str] = field(default_factory=dict)
@@ -147,9 +153,10 @@ def map_tokens(b: NodeBuilder, m: str, like: str, tokens: TokenGrid, channels: i
     return b.Concat(b.Expand(prefix, shape), x, axis=1)
 
 
-def optional_input(view: GraphView, name: str, elem: int, shape, default: np.ndarray) -> str:
+def optional_input(view: GraphView, name: str, elem: int, shape, default: np.ndarray | str) -> str:
     """Graph input ``name`` of type ``optional(tensor)``: a caller may leave it out, and the
-    graph then uses ``default``. Returns the tensor with the value (``gating.value_of``).
+    graph then uses ``default`` (a constant, or a tensor the graph computes). Returns the
+    tensor with the value (``gating.value_of``); ``gating.has_value`` says whether it was fed.
 
     Not an input with an initializer as its default: onnxruntime logs a warning for each of
     those on every load ("Initializer … appears in graph inputs"), in every client. An optional
@@ -166,18 +173,22 @@ def optional_input(view: GraphView, name: str, elem: int, shape, default: np.nda
         [],
         [helper.make_tensor_value_info(fed, elem, dims)],
     )
-    const = helper.make_node(
-        "Constant", [], [dflt], name=dflt, value=numpy_helper.from_array(default, dflt)
-    )
+    if isinstance(default, str):  # computed by the graph: the else branch returns it
+        const = helper.make_node("Identity", [default], [dflt], name=dflt)
+    else:
+        const = helper.make_node(
+            "Constant", [], [dflt], name=dflt, value=numpy_helper.from_array(default, dflt)
+        )
     orelse = helper.make_graph(
         [const], f"{name}/absent", [], [helper.make_tensor_value_info(dflt, elem, dims)]
     )
-    has = view.unique_name(f"{name}/has")
+    has = has_value(name)
     view.add_node(helper.make_node("OptionalHasElement", [name], [has], name=has))
     view.add_node(
         helper.make_node("If", [has], [value], name=value, then_branch=then, else_branch=orelse)
     )
-    view.shapes[value] = None if shape is None else list(shape)
+    view.shapes[value] = None if shape is None else tuple(shape)
+    view.dtypes[value] = elem
     return value
 
 
@@ -218,39 +229,96 @@ def add_binary_logits(st: ExportState) -> None:
 
 
 def add_score(st: ExportState) -> None:
-    """The class selector input and the explained class and score outputs.
+    """The class and seed inputs, the explained class and the score Σ seed · logits.
 
-    cls = sel if sel ≥ 0 else argmax(logits);  score = logits[:, cls] (a GatherElements).
-    The selector is an optional input (default ``[-1]``), so ``run(None, {image})`` explains
-    the top-1 class and callers may feed one class per sample. A model that outputs
-    probabilities also gets its logits as ``onnxcam_logits``.
+    cls = sel if sel ≥ 0 else the task's top class (``_top_class``). The seed (contract
+    ``onnxcam_seed``) weighs the logits; absent, it is the task's default (``_default_seed``:
+    the one-hot of cls for a classifier, so score = logits[:, cls]). Both inputs are optional,
+    so ``run(None, {image})`` explains the top class. A model that outputs probabilities also
+    gets its logits as ``onnxcam_logits``.
     """
     view, logits, batch = st.view, st.head.logits, st.batch
     b = NodeBuilder(view, "onnxcam/score", st.consts)
     sel = optional_input(view, contract.CLASS_INPUT, TensorProto.INT64, [batch], np.array([-1]))
-    # a binary head's tie (z = 0, p = 0.5) goes to the positive class
-    top1 = b.ArgMax(logits, axis=1, keepdims=0, select_last_index=int(st.head.binary))
     chosen = b.Less(sel, b.const(np.array(0, dtype=np.int64)))
     view.add_node(
         helper.make_node(
             "Where",
-            [chosen, top1, sel],
+            [chosen, _top_class(st, b), sel],
             [contract.CLASS_OUTPUT],
             name=contract.CLASS_OUTPUT,
         )
     )
-    picked = b.GatherElements(logits, b.Unsqueeze(contract.CLASS_OUTPUT, b.ints(1)), axis=1)
+    st.cls = contract.CLASS_OUTPUT
+    shape = view.shape(logits)
+    dtype = view.dtype(logits)
+    seed_shape = ["seed_rows", *shape[1:]]
+    st.seed = optional_input(view, contract.SEED_INPUT, dtype, seed_shape, _default_seed(st, b))
+    axes = b.ints(list(range(1, len(shape))))
+    weighted = b.Mul(st.seed, logits)
     view.add_node(
         helper.make_node(
-            "Squeeze", [picked, b.ints(1)], [contract.SCORE_OUTPUT], name=contract.SCORE_OUTPUT
+            "ReduceSum", [weighted, axes], [contract.SCORE_OUTPUT], keepdims=0,
+            name=contract.SCORE_OUTPUT,
         )
-    )
+    )  # fmt: skip
     if st.head.activation is not None:  # the model outputs probabilities: publish the logits
-        _publish(st, logits, contract.LOGITS_OUTPUT, 2)
-        _output(view, contract.LOGITS_OUTPUT, view.dtype(logits), view.shape(logits))
+        _publish(st, logits, contract.LOGITS_OUTPUT, len(shape))
+        _output(view, contract.LOGITS_OUTPUT, dtype, shape)
     _output(view, contract.CLASS_OUTPUT, TensorProto.INT64, [batch])
-    _output(view, contract.SCORE_OUTPUT, view.dtype(logits), [batch])
-    st.cls = contract.CLASS_OUTPUT
+    _output(view, contract.SCORE_OUTPUT, dtype, ["seed_rows"])
+
+
+def _top_class(st: ExportState, b: NodeBuilder) -> str:
+    """The class explained by default: the top-1 class (classify), the class of the largest
+    predicted region (segment: most pixels whose argmax it is), the class of the best anchor
+    (detect)."""
+    logits, task = st.head.logits, st.head.task
+    if task == "segment":
+        st.pixel_class = b.ArgMax(logits, axis=1, keepdims=0)  # [B, H, W]
+        hit = b.Equal(b.Unsqueeze(st.pixel_class, b.ints(1)), _class_range(st, b, [1, -1, 1, 1]))
+        counts = b.ReduceSum(b.Cast(hit, to=TensorProto.FLOAT), b.ints([2, 3]), keepdims=0)
+        return b.ArgMax(counts, axis=1, keepdims=0)
+    if task == "detect":
+        return b.ArgMax(b.reduce("ReduceMax", logits, [2], 0), axis=1, keepdims=0)
+    # a binary head's tie (z = 0, p = 0.5) goes to the positive class
+    return b.ArgMax(logits, axis=1, keepdims=0, select_last_index=int(st.head.binary))
+
+
+def _class_range(st: ExportState, b: NodeBuilder, shape: list[int]) -> str:
+    """0 … K−1 (K: the logits' axis 1 at run time), reshaped to ``shape`` (one −1)."""
+    classes = b.Range(
+        b.const(np.array(0, dtype=np.int64)),
+        b.Squeeze(b.Shape(st.head.logits, start=1, end=2), b.ints(0)),
+        b.const(np.array(1, dtype=np.int64)),
+    )
+    return b.Reshape(classes, b.ints(shape))
+
+
+def _default_seed(st: ExportState, b: NodeBuilder) -> str:
+    """The seed when none is fed: onehot(cls) over the classes (classify); times the mask of
+    the pixels predicted as cls (segment: pytorch-grad-cam's ``SemanticSegmentationTarget``
+    on the predicted region); times the one-hot of cls's best anchor (detect)."""
+    logits, dtype, task = st.head.logits, st.view.dtype(st.head.logits), st.head.task
+    if task == "classify":
+        return b.Cast(
+            b.Equal(b.Unsqueeze(st.cls, b.ints(1)), _class_range(st, b, [1, -1])), to=dtype
+        )
+    lead = [1, -1, 1] if task == "detect" else [1, -1, 1, 1]
+    cls = b.Unsqueeze(st.cls, b.ints(list(range(1, len(lead)))))  # [B, 1, 1(, 1)]
+    onehot = b.Cast(b.Equal(cls, _class_range(st, b, lead)), to=dtype)  # [B, K, 1(, 1)]
+    if task == "segment":
+        region = b.Equal(b.Unsqueeze(st.pixel_class, b.ints(1)), cls)  # [B, 1, H, W]
+        return b.Mul(onehot, b.Cast(region, to=dtype))
+    shape = b.Concat(b.Shape(logits, start=0, end=1), b.ints(1), b.Shape(logits, start=2), axis=0)
+    scores = b.GatherElements(logits, b.Expand(cls, shape), axis=1)  # [B, 1, N]
+    best = b.ArgMax(scores, axis=2, keepdims=1)  # [B, 1, 1]
+    anchors = b.Range(
+        b.const(np.array(0, dtype=np.int64)),
+        b.Squeeze(b.Shape(logits, start=2, end=3), b.ints(0)),
+        b.const(np.array(1, dtype=np.int64)),
+    )
+    return b.Mul(onehot, b.Cast(b.Equal(best, b.Reshape(anchors, b.ints([1, 1, -1]))), to=dtype))
 
 
 def add_topk(st: ExportState) -> None:
@@ -287,9 +355,11 @@ def add_topk(st: ExportState) -> None:
 
 
 def add_cam_weights(st: ExportState) -> None:
-    """The explained class's CAM weights ``onnxcam_cam_weight_k`` (GAP → Linear).
+    """The explained score's CAM weights ``onnxcam_cam_weight_k`` (GAP → Linear).
 
-    The classifier row of the class, as [batch, C]."""
+    The classifier rows weighted by the seed, as [rows, C]: the class's row W[cls] for the
+    default seed (a ``Gather``), seedᵀ·W for a fed one; a binary head's one row w times
+    (seed₁ − seed₀), the gradient of the score with respect to z."""
     view = st.view
     head = replace(st.head, logits=st.single_logit) if st.single_logit else st.head
     for k, t in enumerate(st.targets):
@@ -297,24 +367,19 @@ def add_cam_weights(st: ExportState) -> None:
         if cls is None:
             continue
         b = NodeBuilder(view, f"onnxcam/cam_weight_{k}", st.consts)
-        if st.single_logit:  # W: one row (or column) w; class 1 gets w, class 0 gets −w
+        if st.single_logit:  # W: one row (or column) w; the score is (seed₁ − seed₀)·z
             zero = b.const(np.array(0, dtype=np.int64))
             w = b.Gather(cls.weight, zero, axis=0 if cls.rows_are_classes else 1)
-            w = b.Unsqueeze(w, b.ints(0 if cls.rows_are_classes else 1))
-            w = w if cls.rows_are_classes else b.Transpose(w, perm=[1, 0])
-            sign = b.Sub(
-                b.Mul(b.Cast(st.cls, to=view.dtype(cls.weight)), b.scalar(2.0, w)), b.scalar(1.0, w)
-            )
-            w = b.Mul(w, b.Unsqueeze(sign, b.ints(1)))
-        elif cls.rows_are_classes:  # W: [K, C]
-            w = b.Gather(cls.weight, st.cls, axis=0)
-        else:  # W: [C, K]
-            w = b.Transpose(b.Gather(cls.weight, st.cls, axis=1), perm=[1, 0])
-        if cls.alpha != 1.0:
-            w = b.Mul(w, b.scalar(cls.alpha, cls.weight))
+            w = b.Unsqueeze(w, b.ints(0))  # [1, C]
+            s0, s1 = b.Split(st.seed, b.ints([1, 1]), axis=1, outputs=2)
+            w = b.Mul(w, b.Cast(b.Sub(s1, s0), to=view.dtype(cls.weight)))
+            if cls.alpha != 1.0:
+                w = b.Mul(w, b.scalar(cls.alpha, cls.weight))
+        else:
+            w = _weighted_rows(st, b, cls.weight, cls.rows_are_classes, cls.alpha)
         t.cam_weight, st.classifiers[k] = contract.cam_weight_name(k), cls
         view.add_node(_identity(w, t.cam_weight))
-        _output(view, t.cam_weight, view.dtype(cls.weight), [st.batch, t.channels])
+        _output(view, t.cam_weight, view.dtype(cls.weight), ["seed_rows", t.channels])
 
 
 def add_backward(st: ExportState) -> None:
@@ -334,26 +399,44 @@ def add_backward(st: ExportState) -> None:
         branch.output(g, t.gradient, view.dtype(t.tensor), t.shape)
 
 
-def _onehot(st: ExportState) -> str:
-    """onehot(class) over the logits' last axis: ∂score/∂logits."""
-    view, logits = st.view, st.head.logits
-    b = NodeBuilder(view, "onnxcam/score", st.consts)
-    classes = b.Range(
-        b.const(np.array(0, dtype=np.int64)),
-        b.Squeeze(b.Shape(logits, start=1, end=2), b.ints(0)),
-        b.const(np.array(1, dtype=np.int64)),
+def _weighted_rows(
+    st: ExportState, b: NodeBuilder, weight: str, rows_are_classes: bool, alpha: float
+) -> str:
+    """α · seedᵀ·W: the classifier's class rows weighted by the seed, [rows, features].
+
+    For the default seed (a one-hot) that is the explained class's row, gathered (a
+    ``Gather`` of one row instead of a product that reads the whole matrix: 5 MB for a
+    1280 → 1000 head, ~4% of EfficientNet-Lite0's batch-1 latency); a fed seed takes the
+    product. Only the taken branch of the ``If`` runs."""
+    view = st.view
+
+    def fed() -> str:  # Gemm(seed, W): W is [K, C] (rows are classes) or [C, K]
+        return b.Gemm(st.seed, weight, alpha=float(alpha), transB=0 if rows_are_classes else 1)
+
+    def default() -> str:
+        if rows_are_classes:
+            row = b.Gather(weight, st.cls, axis=0)
+        else:
+            row = b.Transpose(b.Gather(weight, st.cls, axis=1), perm=[1, 0])
+        return b.Mul(row, b.scalar(alpha, weight)) if alpha != 1.0 else row
+
+    features = view.shape(weight)[1 if rows_are_classes else 0]
+    return if_else(
+        view,
+        has_value(contract.SEED_INPUT),
+        fed,
+        default,
+        view.dtype(weight),
+        ["seed_rows", features],
+        "onnxcam/seed_rows",
     )
-    hit = b.Equal(b.Unsqueeze(st.cls, b.ints(1)), classes)
-    return b.Cast(hit, to=view.dtype(logits))
 
 
 def _score_seed(st: ExportState, wrt: list[str]) -> dict[str, str]:
-    """Where the backward pass starts: ∂score/∂logits = onehot(class), or — when the logits
-    come straight from a ``Gemm`` with constant weights (a Linear classifier) — one step
-    further down, at the Gemm's input, whose gradient is the explained class's weight row
-    α·W[class] (a ``Gather``). Exactly the same gradient, without the one-hot × W product,
-    which reads the whole classifier matrix (5 MB for a 1280 → 1000 head: about 4% of
-    EfficientNet-Lite0's batch-1 latency)."""
+    """Where the backward pass starts: ∂score/∂logits = the seed, or — when the logits come
+    straight from a ``Gemm`` with constant weights (a Linear classifier) — one step further
+    down, at the Gemm's input, whose gradient is seedᵀ·α·W (``_weighted_rows``: the class's
+    row for the default seed). Exactly the same gradient."""
     view, logits = st.view, st.head.logits
     gemm = view.producer.get(logits)
     if (
@@ -364,18 +447,13 @@ def _score_seed(st: ExportState, wrt: list[str]) -> dict[str, str]:
         or (len(gemm.input) > 2 and gemm.input[2] and not view.is_weight(gemm.input[2]))
         or any(x == logits for x in wrt)
     ):
-        return {logits: _onehot(st)}
-    w = gemm.input[1]
+        return {logits: st.seed}
     b = NodeBuilder(view, "onnxcam/score_seed", st.consts)
-    if attr(gemm, "transB", 0):  # W: [classes, features]
-        row = b.Gather(w, st.cls, axis=0)
-    else:  # W: [features, classes]
-        row = b.Transpose(b.Gather(w, st.cls, axis=1), perm=[1, 0])
-    alpha = attr(gemm, "alpha", 1.0)
-    if alpha != 1.0:
-        row = b.Mul(row, b.scalar(alpha, w))
-    view.shapes[row] = view.shape(gemm.input[0])
-    return {gemm.input[0]: row}
+    rows = _weighted_rows(
+        st, b, gemm.input[1], bool(attr(gemm, "transB", 0)), attr(gemm, "alpha", 1.0)
+    )
+    view.shapes[rows] = view.shape(gemm.input[0])
+    return {gemm.input[0]: rows}
 
 
 def add_heatmaps(st: ExportState) -> None:
@@ -418,17 +496,16 @@ def add_heads(st: ExportState) -> None:
     Each behind its own ``If(mode == 2)`` (see ``export/head.py``). A target that is not a cut
     of the graph gets no head; its metadata says why.
     """
+    if st.head.task == "detect":
+        _add_joint_head(st)
+        return
     view = st.view
     n_cls = st.head.num_classes or 0
     dtype = view.dtype(st.head.logits)
     for k, t in enumerate(st.targets):
         name_in = contract.head_input_name(k)
         first = len(view.graph.node)
-        # declared with the map's rank and symbolic sizes: a client that must feed every input
-        # (onnxruntime-node) feeds an empty [0, 1, 1, 1]; the head runs only on rows
-        empty = np.zeros(empty_shape(t.shape), view.np_dtype(t.tensor))
-        dims = ["head_batch", *(f"head{k}_dim{i}" for i in range(1, len(t.shape)))]
-        value = optional_input(view, name_in, view.dtype(t.tensor), dims, empty)
+        value = _head_input(st, k, t)
         branch = Branch(view, head_gate(k, value), st.consts)
         start = value
         if t.tokens is not None:  # the head reads tokens: the map's, after the image's prefix
@@ -449,6 +526,46 @@ def add_heads(st: ExportState) -> None:
         branch.close()
 
 
+def _head_input(st: ExportState, k: int, t: Target) -> str:
+    """Target k's optional head input (declared with the map's rank and symbolic sizes: a
+    client that must feed every input, onnxruntime-node, feeds an empty [0, 1, 1, 1])."""
+    view = st.view
+    empty = np.zeros(empty_shape(t.shape), view.np_dtype(t.tensor))
+    dims = ["head_batch", *(f"head{k}_dim{i}" for i in range(1, len(t.shape)))]
+    return optional_input(view, contract.head_input_name(k), view.dtype(t.tensor), dims, empty)
+
+
+def _add_joint_head(st: ExportState) -> None:
+    """A detector's head over every target at once, with its backward: head inputs →
+    ``onnxcam_head_logits_0`` and ``onnxcam_head_gradient_k`` = ∂(Σ seed · logits)/∂input_k.
+
+    Mode 2 with the image's activations (from a forward run) as head inputs and one seed row
+    per detection: the backbone runs once per image, the head per detection (or, with
+    ``seed_rows``, its forward once and its backward per detection)."""
+    view = st.view
+    values = [_head_input(st, k, t) for k, t in enumerate(st.targets)]
+    for v, t in zip(values, st.targets, strict=True):  # fed at the map's size (the runtime)
+        view.shapes[v] = ("head_batch", *t.shape[1:])
+    branch = Branch(view, Gate(contract.MODE_HEAD, "head", values[0]), st.consts)
+    first = len(view.graph.node)
+    inputs = dict(zip((t.tensor for t in st.targets), values, strict=True))
+    nodes, logits = build_joint_head(view, inputs, st.head.logits, "", st.consts)
+    del view.graph.node[first:]
+    view.reindex()
+    for n in nodes:
+        view.add_node(n)
+    view.shapes[logits] = view.shape(st.head.logits)
+    grads = build_backward(view, {logits: st.seed}, values, st.consts, seed_rows=True)
+    dtype = view.dtype(st.head.logits)
+    out = contract.head_output_name(0)
+    branch.output(logits, out, dtype, ["head_batch", *view.shape(st.head.logits)[1:]])
+    for k, t in enumerate(st.targets):
+        t.head_input, t.head_output = contract.head_input_name(k), out
+        t.head_gradient = contract.head_gradient_name(k)
+        branch.output(grads[values[k]], t.head_gradient, dtype, ["seed_rows", *t.shape[1:]])
+    branch.close()
+
+
 # --- after the passes -------------------------------------------------------------------------
 def write_metadata(st: ExportState, exporter: dict) -> None:
     """Record the contract in ``metadata_props`` (other existing entries are kept)."""
@@ -462,7 +579,17 @@ def write_metadata(st: ExportState, exporter: dict) -> None:
     record = Contract(
         targets=st.targets,
         input=st.spec,
-        score=ScoreSpec(h.logits, h.output, h.activation, h.num_classes, binary=h.binary),
+        score=ScoreSpec(
+            h.logits,
+            h.output,
+            h.activation,
+            h.num_classes,
+            binary=h.binary,
+            task=h.task,
+            detect=h.detect,
+            joint_head=h.task == "detect",
+            seed_rows=st.seed_rows,
+        ),
         labels=st.labels,
         classifier=classifier,
         exporter=exporter,

@@ -8,9 +8,9 @@ checks this list against ``describe()``):
 1. ``add_mode_input``: The ``onnxcam_mode`` input (int64 scalar, default 0: explain).
 2. ``expose_activations``: Each target tensor as output ``onnxcam_activation_k``.
 3. ``add_binary_logits``: A one-logit head as two classes: logits ``[−z, z]`` (class 0: negative).
-4. ``add_score``: The class selector input and the explained class and score outputs.
+4. ``add_score``: The class and seed inputs, the explained class and the score Σ seed · logits.
 5. ``add_topk``: The top-K classes with their logits and probabilities (K = min(5, classes)).
-6. ``add_cam_weights``: The explained class's CAM weights ``onnxcam_cam_weight_k`` (GAP → Linear).
+6. ``add_cam_weights``: The explained score's CAM weights ``onnxcam_cam_weight_k`` (GAP → Linear).
 7. ``add_backward`` (in If mode 0): The gradients dScore/dA_k as outputs ``onnxcam_gradient_k``.
 8. ``add_heatmaps`` (in If mode 0): The requested CAM maps as ``onnxcam_heatmap_<method>_k``.
 9. ``add_heads``: The head alone per target: ``onnxcam_head_input_k`` → ``onnxcam_head_logits_k``.

@@ -22,11 +22,14 @@ import numpy as np
 
 from .errors import ContractError
 
-VERSION = 2
+VERSION = 3
 """Contract version; bumped whenever a name or a meaning below changes.
 
 v2: the ``onnxcam_mode`` input (gradients behind an ``If``: forward-only runs skip them) and
-per-target head-only paths (``onnxcam_head_input_k`` → ``onnxcam_head_logits_k``)."""
+per-target head-only paths (``onnxcam_head_input_k`` → ``onnxcam_head_logits_k``).
+v3: the ``onnxcam_seed`` input (the explained score is Σ seed · logits: any target), tasks
+(``ScoreSpec.task``: classify, detect, segment) and the detection head's gradients
+(``onnxcam_head_gradient_k``)."""
 
 NAME_PREFIX = "onnxcam_"
 """Every input and output name the contract adds starts with this."""
@@ -34,6 +37,17 @@ NAME_PREFIX = "onnxcam_"
 # --- inputs ---------------------------------------------------------------------------------
 CLASS_INPUT = "onnxcam_target_class"
 """int64 ``[batch]``: class to explain per sample; absent (default ``[-1]``) or negative = top-1."""
+
+SEED_INPUT = "onnxcam_seed"
+"""float ``[rows, *logits.shape[1:]]``: weights w over the logits (``ScoreSpec.logits``); the
+explained score of row r is Σ w[r] · logits[r] (``onnxcam_score``), so its gradients are the
+gradients of that weighted sum — the backward pass is linear in the seed, and one graph serves
+every target: a class (one-hot), a contrast (+1/−1), a sum of classes, a region of a
+segmentation map, one detection, or ∇_z S(z) of any differentiable function S of the logits
+(the runtime's targets, ``onnxcam.targets``). Absent: the task's default (``ScoreSpec.task``):
+the one-hot of ``onnxcam_class`` (classify), that class over its predicted region (segment),
+the best anchor of that class (detect). Rows: one per image; with one image and
+``ScoreSpec.seed_rows``, any number (the head-only gradients of several targets in one run)."""
 
 MODE_INPUT = "onnxcam_mode"
 """int64 scalar, default 0. What a run computes besides the model's own outputs:
@@ -58,6 +72,12 @@ ACTIVATION_OUTPUT = "onnxcam_activation_{k}"
 """float, the target layer ``k``'s activations, in the layout recorded in the metadata."""
 GRADIENT_OUTPUT = "onnxcam_gradient_{k}"
 """float, d score / d activations of target layer ``k``, same shape as the activations."""
+HEAD_GRADIENT_OUTPUT = "onnxcam_head_gradient_{k}"
+"""float, the shape of ``onnxcam_head_input_k`` with one row per seed row: the gradient of the
+seeded score with respect to head input k, the forward of the head run on the head inputs
+(mode 2; a joint head over every target, ``ScoreSpec.joint_head``). A detector's maps: the
+image's activations from a forward run, the gradients of each detection from this head-only
+backward (the backbone runs once)."""
 HEAD_OUTPUT = "onnxcam_head_logits_{k}"
 """float ``[m, classes]``: logits of the head of target k on ``onnxcam_head_input_k`` (mode 2;
 empty otherwise). The layers before the target are not run for these."""
@@ -123,6 +143,11 @@ def head_input_name(k: int) -> str:
 def head_output_name(k: int) -> str:
     """Output name of target layer ``k``'s head-only logits."""
     return HEAD_OUTPUT.format(k=k)
+
+
+def head_gradient_name(k: int) -> str:
+    """Output name of the joint head's gradient with respect to head input ``k``."""
+    return HEAD_GRADIENT_OUTPUT.format(k=k)
 
 
 def cam_weight_name(k: int) -> str:
@@ -343,6 +368,8 @@ class TargetLayer:
     cam_weight: str | None = None
     head_input: str | None = None
     head_output: str | None = None
+    head_gradient: str | None = None
+    """The joint head's gradient output for this target's head input (``ScoreSpec.joint_head``)."""
     head_note: str | None = None
     """Why the layer has no head-only path (when it has none)."""
     note: str | None = None
@@ -358,7 +385,7 @@ class TargetLayer:
 
     _JSON_KEYS = {"head_output": "head_logits"}  # noqa: RUF012 (a class constant)
     """Field → JSON key where they differ (the key is the name graphs have carried since v2)."""
-    _OMIT_EMPTY = ("note", "head_note", "tokens")
+    _OMIT_EMPTY = ("note", "head_note", "tokens", "head_gradient")
 
     def __post_init__(self) -> None:
         self.layout = layout_of(self.layout)
@@ -399,6 +426,46 @@ class TargetLayer:
         return cls(**_known(cls, d))
 
 
+TASKS = ("classify", "detect", "segment")
+DETECT_FORMATS = ("yolov8", "yolov5", "anchors")
+"""Detector output layouts: ``yolov8`` ``[B, 4 + K, N]`` (box xywh rows, then K class
+scores: YOLOv8/11), ``yolov5`` ``[B, N, 5 + K]`` (xywh, objectness, K class scores) and
+``anchors`` ``[B, N, 4 + K]`` (xywh, K class scores: SSD-style); boxes in input pixels."""
+
+
+@dataclass(frozen=True)
+class DetectSpec:
+    """Where a detector's boxes and scores are in its output."""
+
+    output: str
+    """The model output holding boxes and scores."""
+    format: str
+    """One of ``DETECT_FORMATS``."""
+    num_classes: int
+    box: str = "xywh"
+    """Box encoding: centre x, centre y, width, height (input pixels)."""
+
+    def __post_init__(self) -> None:
+        if self.format not in DETECT_FORMATS:
+            raise ContractError(f"unknown detection format {self.format!r}: {DETECT_FORMATS}")
+
+    @property
+    def objectness(self) -> bool:
+        return self.format == "yolov5"
+
+    @property
+    def anchors_first(self) -> bool:
+        """Anchors on axis 1 (``[B, N, C]``), else on axis 2 (``[B, C, N]``)."""
+        return self.format != "yolov8"
+
+    def to_json(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_json(cls, d: dict) -> DetectSpec:
+        return cls(**_known(cls, d))
+
+
 @dataclass(frozen=True)
 class ScoreSpec:
     """Which tensor is differentiated (the logits), the model output it feeds, and how the
@@ -417,14 +484,32 @@ class ScoreSpec:
     class_input: str = CLASS_INPUT
     class_output: str = CLASS_OUTPUT
     score_output: str = SCORE_OUTPUT
+    task: str = "classify"
+    """classify (logits ``[B, K]``), segment (``[B, K, H, W]``) or detect (class logits
+    ``[B, K, N]`` over N anchors; ``detect`` says where the boxes are)."""
+    seed_input: str = SEED_INPUT
+    seed_rows: bool = False
+    """With one image, the seed (and the joint head) may have any number of rows: the
+    exporter checked that the head's gradients of several seed rows on one image equal those
+    of separate runs."""
+    detect: DetectSpec | None = None
+    joint_head: bool = False
+    """The head-only path takes every target at once (``onnxcam_head_input_k`` for each k) and
+    returns the logits and each input's gradient (``onnxcam_head_gradient_k``)."""
 
     def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ContractError(f"unknown task {self.task!r}; this onnxcam reads {TASKS}")
+        if isinstance(self.detect, dict):
+            object.__setattr__(self, "detect", DetectSpec.from_json(self.detect))
         if not self.logits_output:
             logits_output = LOGITS_OUTPUT if self.activation is not None else self.output
             object.__setattr__(self, "logits_output", logits_output)
 
     def to_json(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["detect"] = self.detect.to_json() if self.detect else None
+        return d
 
     @classmethod
     def from_json(cls, d: dict) -> ScoreSpec:

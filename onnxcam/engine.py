@@ -17,7 +17,7 @@ import numpy as np
 
 from . import contract, postprocess
 from .devices import DEVICE_NAMES
-from .errors import ContractError, ImageError, OnnxcamError
+from .errors import ContractError, ImageError, MethodError, OnnxcamError
 from .image import as_rgb_array, preprocess, read_image
 from .model import ModelInfo, TargetLayer, open_session, parse_contract
 from .perturbation import PerturbationInputs, PerturbationOptions
@@ -32,6 +32,7 @@ from .plan import (
 )
 from .results import CamMap, Explanation, Failure, Prediction
 from .scoring import Progress, Scorer, image_rng
+from .targets import ClassLogit, Target
 from .terms import Terms
 
 ImageSource = str | os.PathLike | np.ndarray
@@ -71,6 +72,10 @@ class Explainer:
         """The outputs predictions are read from: the logits, and the graph's top-k if any."""
         if all(n in self._outputs for n in topk):
             self._predicting += topk
+        seed_in = next(
+            (i for i in self.session.get_inputs() if i.name == contract.SEED_INPUT), None
+        )
+        self._seed_dtype = np.float16 if seed_in and "float16" in seed_in.type else np.float32
         self._plans: dict[tuple, Plan] = {}
         """Plans by (methods, options), see ``plan``."""
 
@@ -141,11 +146,16 @@ class Explainer:
         cls: np.ndarray | None,
         fetch: Sequence[str],
         mode: int = contract.MODE_EXPLAIN,
+        seed: np.ndarray | None = None,
+        extra: dict[str, np.ndarray] | None = None,
     ) -> dict[str, np.ndarray]:
-        """One ``session.run`` of ``fetch`` (distinct names) on input batch ``x``."""
-        feeds = {self.info.input.name: self.info.input.feed(x)}
+        """One ``session.run`` of ``fetch`` (distinct names) on input batch ``x``, with the
+        class input, the seed (``onnxcam.targets``) and ``extra`` inputs when given."""
+        feeds = {self.info.input.name: self.info.input.feed(x), **(extra or {})}
         if cls is not None:
             feeds[contract.CLASS_INPUT] = cls.astype(np.int64)
+        if seed is not None:
+            feeds[contract.SEED_INPUT] = seed.astype(self._seed_dtype)
         if mode != contract.MODE_EXPLAIN:
             feeds[contract.MODE_INPUT] = np.array(mode, dtype=np.int64)
         names = list(fetch)
@@ -156,6 +166,8 @@ class Explainer:
         within them), else ranked here from the logits."""
         index = out.get(contract.TOPK_INDEX_OUTPUT)
         logits = out[self.info.logits_output]
+        if self.info.task == "segment":
+            return self._region_predictions(logits)
         if index is not None and (k <= index.shape[1] or index.shape[1] == logits.shape[1]):
             label = self.info.label
             rows = zip(
@@ -169,6 +181,23 @@ class Explainer:
                 for r in rows
             ]
         return self._rank(logits, k)
+
+    def _region_predictions(self, logits: np.ndarray) -> list[list[Prediction]]:
+        """A segmenter's classes by area: probability = the fraction of pixels predicted as
+        the class, logit = its mean logit over those pixels (every class present, largest
+        first)."""
+        result = []
+        for z in logits:
+            pix = np.argmax(z, axis=0)
+            counts = np.bincount(pix.ravel(), minlength=z.shape[0])
+            order = np.argsort(-counts, kind="stable")
+            row = []
+            for j in order:
+                mask = pix == j
+                mean = float(z[j][mask].mean()) if counts[j] else float(z[j].mean())
+                row.append(Prediction(int(j), self.info.label(int(j)), counts[j] / pix.size, mean))
+            result.append(row)
+        return result
 
     def _rank(self, logits: np.ndarray, k: int) -> list[list[Prediction]]:
         """Top-k of each row of the logits (probabilities are monotone in them: a partial
@@ -217,6 +246,7 @@ class Explainer:
         methods: str | Sequence[str] = "gradcam",
         *,
         classes: int | str | Sequence[int | str] | None = None,
+        targets: Target | Sequence[Target] | None = None,
         topk: int = _DEFAULT.topk,
         layers: LayerChoice = _DEFAULT.layers,
         fuse: bool = _DEFAULT.fuse,
@@ -238,6 +268,7 @@ class Explainer:
         given = locals()  # the keyword arguments are ExplainOptions' fields, one for one
         options = ExplainOptions(**{f.name: given[f.name] for f in fields(ExplainOptions)})
         plan = self.plan(methods, options)
+        per_target = self._targets(targets, classes, topk)
         per_image = None if classes is None or isinstance(classes, (int, str)) else list(classes)
         fixed = None if per_image is not None or classes is None else self.info.class_index(classes)
         batch: list[BatchInput] = []
@@ -245,12 +276,13 @@ class Explainer:
             try:
                 name, img = self.load(src)
                 cls = fixed if per_image is None else self.info.class_index(per_image[i])
+                target = per_target(i)
             except (OnnxcamError, IndexError) as e:
                 if progress:
                     progress(1)
                 yield Failure(str(src) if not isinstance(src, np.ndarray) else "<array>", str(e))
                 continue
-            batch.append(BatchInput(name, img, cls, img.shape[:2]))
+            batch.append(BatchInput(name, img, cls, img.shape[:2], target))
             if len(batch) == batch_size:
                 yield from self._explain_batch(
                     self._preprocess(batch), batch, plan, method_progress
@@ -285,6 +317,56 @@ class Explainer:
         progress = kw.pop("method_progress", None)
         return self._explain_batch(x, items, self.plan(methods, ExplainOptions(**kw)), progress)
 
+    def _targets(
+        self, targets: Target | Sequence[Target] | None, classes: object, topk: int
+    ) -> Callable[[int], Target | None]:
+        """Image i's target: one for all, one per image, or None (the class or top-1)."""
+        if targets is None:
+            return lambda i: None
+        if classes is not None or topk > 1:
+            raise MethodError("give targets, or classes/topk, not both")
+        if isinstance(targets, Target):
+            targets.check(self.info.num_classes)
+            return lambda i: targets
+        listed = list(targets)
+        for t in listed:
+            t.check(self.info.num_classes)
+
+        def pick(i: int) -> Target:
+            if i >= len(listed):
+                raise MethodError(f"{len(listed)} targets given for more images")
+            return listed[i]
+
+        return pick
+
+    def _seeds(self, x: np.ndarray, batch: list[BatchInput]) -> tuple[np.ndarray, np.ndarray]:
+        """The seed rows and reported classes of a batch with targets; images without one
+        are explained for their class (or top-1). A forward run first when a seed depends
+        on the logits."""
+        chosen = [it.target or ClassLogit(it.cls) for it in batch]
+        z = None
+        if any(t.needs_logits for t in chosen):
+            name = self.info.logits_output
+            z = self._run(x, None, [name], contract.MODE_FORWARD)[name].astype(np.float64)
+        shape = self._seed_shape(len(batch))
+        rows, classes = [], []
+        for i, t in enumerate(chosen):
+            zi = z[i] if z is not None else np.zeros(shape[1:])
+            w = np.asarray(t.weights(zi), dtype=np.float64)
+            if w.shape != tuple(shape[1:]):
+                raise MethodError(f"a seed of shape {w.shape}; the model takes {shape[1:]}")
+            rows.append(w)
+            classes.append(t.cls(zi))
+        seed = np.stack(rows)
+        if not np.all(np.isfinite(seed)):
+            raise MethodError("the target's seed is not finite (NaN or inf logits?)")
+        return seed, np.array(classes, dtype=np.int64)
+
+    def _seed_shape(self, rows: int) -> list[int]:
+        """[rows, *logits.shape[1:]] from the seed input's declared shape."""
+        seed_in = next(i for i in self.session.get_inputs() if i.name == contract.SEED_INPUT)
+        return [rows, *seed_in.shape[1:]]
+
     def _preprocess(self, batch: list[BatchInput]) -> np.ndarray:
         return preprocess([it.image for it in batch], self.info.input)
 
@@ -303,7 +385,16 @@ class Explainer:
             else np.array([-1 if c is None else c for c in given])
         )
         t0 = time.perf_counter()
-        out = self._run(x, cls, plan.fetch, plan.mode)
+        seed = None
+        if any(it.target is not None for it in batch):
+            seed, cls = self._seeds(x, batch)
+            scored = [c.name for c in plan.calls if c.scored]
+            if scored and not all(isinstance(it.target, (ClassLogit, type(None))) for it in batch):
+                raise MethodError(
+                    f"{scored[0]} scores class logits; explain this target with a gradient "
+                    "method (gradcam, layercam, …)"
+                )
+        out = self._run(x, cls, plan.fetch, plan.mode, seed)
         seconds = time.perf_counter() - t0
         k = max(opts.topk, 5)
         preds = self._predictions(out, k)
@@ -319,7 +410,7 @@ class Explainer:
                 rounds.append((sel, reps[:, r], dt / (opts.topk - 1)))
         results = []
         for arrays, explained, secs in rounds:
-            noisy = self._noisy_gradients(x, explained, plan) if plan.noisy else None
+            noisy = self._noisy_gradients(x, explained, plan, seed) if plan.noisy else None
             maps = self._maps(arrays, noisy, plan, batch, x, explained, progress)
             for i, it in enumerate(batch):
                 c = int(explained[i])
@@ -348,7 +439,9 @@ class Explainer:
         n = len(batch)
         return [results[r * n + i] for i in range(n) for r in range(len(rounds))]
 
-    def _noisy_gradients(self, x: np.ndarray, cls: np.ndarray, plan: Plan) -> dict:
+    def _noisy_gradients(
+        self, x: np.ndarray, cls: np.ndarray, plan: Plan, seed: np.ndarray | None = None
+    ) -> dict:
         """Gradients of n noisy copies per image in one batched run: {name: [B, n, ...]}."""
         opts = plan.options
         n = opts.smooth_samples
@@ -358,7 +451,8 @@ class Explainer:
             for xi in x
         ]
         xs = np.repeat(x, n, axis=0) + np.concatenate(noise)
-        out = self._run(xs, np.repeat(cls, n), plan.noisy)
+        seeds = None if seed is None else np.repeat(seed, n, axis=0)
+        out = self._run(xs, np.repeat(cls, n), plan.noisy, contract.MODE_EXPLAIN, seeds)
         return {k: v.reshape(len(x), n, *v.shape[1:]) for k, v in out.items()}
 
     def _maps(
@@ -458,6 +552,7 @@ class BatchInput:
     image: np.ndarray | None
     cls: int | None
     size: tuple[int, int]
+    target: Target | None = None
 
 
 __all__ = [  # the result types live in onnxcam.results (re-exported here)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .contract import Contract, InputSpec, TargetLayer
+from .contract import Contract, InputSpec, ScoreSpec, TargetLayer
 from .devices import DEVICES, PROVIDERS
 from .errors import ContractError, DeviceError, ModelLoadError
 
@@ -28,6 +28,12 @@ class ModelInfo:
     labels: list[str] | None
     has_cam_weights: bool
     extra: dict = field(default_factory=dict)
+    score: ScoreSpec | None = None
+    """The contract's score record (task, detector layout, seed rows)."""
+
+    @property
+    def task(self) -> str:
+        return self.score.task if self.score else "classify"
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
         """Class probabilities from logits [n, K], as the model's own output activation
@@ -79,6 +85,7 @@ def parse_contract(meta: dict[str, str]) -> ModelInfo:
         num_classes=c.score.num_classes,
         labels=c.labels,
         has_cam_weights=any(t.cam_weight for t in c.targets),
+        score=c.score,
     )
 
 

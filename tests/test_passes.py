@@ -187,7 +187,7 @@ def test_expose_activations() -> None:
 
 def test_add_score() -> None:
     inputs, outputs, _, st = _added("add_score")
-    assert inputs == [contract.CLASS_INPUT]
+    assert inputs == [contract.CLASS_INPUT, contract.SEED_INPUT]
     # the model ends in Softmax: its logits are published too
     assert outputs == [contract.LOGITS_OUTPUT, contract.CLASS_OUTPUT, contract.SCORE_OUTPUT]
     assert _default(st, contract.CLASS_INPUT).tolist() == [-1]
@@ -203,6 +203,10 @@ def test_add_score() -> None:
     want = np.where(chosen < 0, ref["logits"].argmax(1), chosen)
     np.testing.assert_array_equal(out[contract.CLASS_OUTPUT], want)
     np.testing.assert_array_equal(out[contract.SCORE_OUTPUT], ref["logits"][np.arange(3), want])
+    # a fed seed weighs the logits: score = Σ w · z per row
+    w = np.random.default_rng(1).normal(size=ref["logits"].shape).astype(np.float32)
+    out = _run(st.view.model, {"image": x, contract.SEED_INPUT: w})
+    np.testing.assert_allclose(out[contract.SCORE_OUTPUT], (w * ref["logits"]).sum(1), rtol=1e-5)
 
 
 def test_add_topk() -> None:
