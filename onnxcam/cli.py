@@ -159,6 +159,8 @@ def cli() -> None:
     help="Class names: text file (one per line) or JSON list.",
 )
 @o.model_output_option
+@o.task_option
+@o.detect_format_option
 @click.option(
     "--heatmaps",
     default=None,
@@ -175,7 +177,7 @@ def cli() -> None:
     help="Resolution of the in-graph heatmaps.",
 )
 def export_cmd(model: Path, output: Path, layers: tuple[str, ...], **kw: Any) -> None:
-    """Write MODEL with activations and gradient outputs (graph contract v2) to -o OUTPUT."""
+    """Write MODEL with activations and gradient outputs (graph contract v3) to -o OUTPUT."""
     res = _exporter().export_onnx(model, output, layers=list(layers) or None, **kw)
     from onnxcam.export import storage  # (onnx is imported by the exporter anyway)
 
@@ -196,13 +198,14 @@ def export_cmd(model: Path, output: Path, layers: tuple[str, ...], **kw: Any) ->
 @cli.command("layers")
 @o.model_argument
 @o.model_output_option
+@o.task_option
 @o.json_option("Machine-readable output.")
-def layers_cmd(model, model_output, as_json) -> None:
+def layers_cmd(model, model_output, task, as_json) -> None:
     """List candidate target layers (tensor, producing op, shape, layout); * marks the
     default; "dead" marks layers whose positions no longer reach the score (only a class
     token is read after them), which cannot be explained."""
     ex = _exporter()
-    found = ex.list_layers(model, model_output)
+    found = ex.list_layers(model, model_output, task)
     if as_json:
         click.echo(
             json.dumps(
@@ -235,7 +238,7 @@ def layers_cmd(model, model_output, as_json) -> None:
 @o.model_argument
 @o.images_argument
 @o.methods_option("gradcam")
-@o.class_option
+@o.target_options()
 @o.topk_option
 @o.output_option(file=False, default=Path("onnxcam-out"), help="Where overlays are written.")
 @o.device_option
@@ -266,6 +269,7 @@ def layers_cmd(model, model_output, as_json) -> None:
     metavar="[FRACTION]",
     help="Draw the box around each map's largest region ≥ FRACTION·max (default 0.5).",
 )
+@o.detect_options
 @o.recursive_option
 @o.json_option("Print results as JSON (for machines).")
 @o.perturbation_options()

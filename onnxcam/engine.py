@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import contract, postprocess
+from . import contract, detection, postprocess
+from .detection import DetectionResult
 from .devices import DEVICE_NAMES
 from .errors import ContractError, ImageError, MethodError, OnnxcamError
 from .image import as_rgb_array, preprocess, read_image
@@ -30,6 +31,7 @@ from .plan import (
     make_plan,
     select_layers,
 )
+from .registry import METHODS, resolve_methods
 from .results import CamMap, Explanation, Failure, Prediction
 from .scoring import Progress, Scorer, image_rng
 from .targets import ClassLogit, Target
@@ -76,6 +78,9 @@ class Explainer:
             (i for i in self.session.get_inputs() if i.name == contract.SEED_INPUT), None
         )
         self._seed_dtype = np.float16 if seed_in and "float16" in seed_in.type else np.float32
+        image = next(i for i in self.session.get_inputs() if i.name == self.info.input.name)
+        self._fixed_batch = image.shape[0] if isinstance(image.shape[0], int) else None
+        """The image input's static batch size (None: any)."""
         self._plans: dict[tuple, Plan] = {}
         """Plans by (methods, options), see ``plan``."""
 
@@ -150,7 +155,22 @@ class Explainer:
         extra: dict[str, np.ndarray] | None = None,
     ) -> dict[str, np.ndarray]:
         """One ``session.run`` of ``fetch`` (distinct names) on input batch ``x``, with the
-        class input, the seed (``onnxcam.targets``) and ``extra`` inputs when given."""
+        class input, the seed (``onnxcam.targets``) and ``extra`` inputs when given. A model
+        whose batch is fixed (n, often 1: a detector exported as it came) runs in chunks of n
+        rows."""
+        n = self._fixed_batch
+        if n is not None and len(x) > n and len(x) % n == 0 and not extra:
+            parts = [
+                self._run(
+                    x[i : i + n],
+                    None if cls is None else cls[i : i + n],
+                    fetch,
+                    mode,
+                    None if seed is None else seed[i : i + n],
+                )
+                for i in range(0, len(x), n)
+            ]
+            return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         feeds = {self.info.input.name: self.info.input.feed(x), **(extra or {})}
         if cls is not None:
             feeds[contract.CLASS_INPUT] = cls.astype(np.int64)
@@ -219,6 +239,13 @@ class Explainer:
         arrays = [self.load(s)[1] for s in images]
         x = preprocess(arrays, self.info.input)
         return self._predictions(self._run(x, None, self._predicting), topk)
+
+    def embed(self, images: Iterable[ImageSource]) -> np.ndarray:
+        """The model's logits (an embedding model's vectors) for each image, [n, ...]."""
+        arrays = [self.load(s)[1] for s in images]
+        x = preprocess(arrays, self.info.input)
+        name = self.info.logits_output
+        return self._run(x, None, [name], contract.MODE_FORWARD)[name].astype(np.float64)
 
     def explain(
         self, images: ImageSource | Iterable[ImageSource], methods="gradcam", **kw
@@ -294,6 +321,177 @@ class Explainer:
             yield from self._explain_batch(self._preprocess(batch), batch, plan, method_progress)
             if progress:
                 progress(len(batch))
+
+    # -- detectors ------------------------------------------------------------------------------
+    def detect(
+        self, images: ImageSource | Iterable[ImageSource], methods="gradcam", **kw
+    ) -> list[DetectionResult]:
+        """Detect and explain: each image's kept detections, each with its own map (fused
+        over the head's scales), in one batched head-only backward per image. Raises
+        ``ImageError`` on an unreadable image; options as ``iter_detect``."""
+        if isinstance(images, (str, os.PathLike, np.ndarray)):
+            images = [images]
+        results = []
+        for r in self.iter_detect(images, methods, **kw):
+            if isinstance(r, Failure):
+                raise ImageError(r.error)
+            results.append(r)
+        return results
+
+    def iter_detect(
+        self,
+        sources: Iterable[ImageSource],
+        methods: str | Sequence[str] = "gradcam",
+        *,
+        top: int = 10,
+        conf: float = 0.25,
+        iou: float = 0.45,
+        classes: Sequence[int | str] | None = None,
+        fuse: str = "max",
+        relu: bool = True,
+        batch_size: int = 8,
+        progress: Callable[[int], None] | None = None,
+    ) -> Iterator[DetectionResult | Failure]:
+        """Like ``detect``, yielding a ``Failure`` for a bad input and going on.
+
+        A forward run per batch gives the outputs and the feature maps entering the head;
+        the boxes are decoded and the ``top`` best kept (each anchor's best class ≥ ``conf``,
+        only ``classes`` if given, class-wise NMS at ``iou``: OpenCV's); then one head-only
+        run per image seeds one backward row per detection (``detection.seed_row``). Each
+        method's maps at the head's scales are rectified (``relu``), brought to input size and
+        fused (``fuse``: ``detection.FUSIONS``); the image's map fuses its detections (max).
+        An image where nothing is kept gets a result with no detections and a ``note``."""
+        if self.info.task != "detect" or self.info.score is None or not self.info.score.detect:
+            raise MethodError(
+                f"this model was exported as a {self.info.task} model; detections need a "
+                "detector exported with --task detect"
+            )
+        if top < 1 or not 0 <= conf <= 1 or not 0 <= iou <= 1:
+            raise MethodError("top must be ≥ 1 and conf, iou within [0, 1]")
+        if fuse not in detection.FUSIONS:
+            raise MethodError(f"unknown fusion {fuse!r}; choose {', '.join(detection.FUSIONS)}")
+        names = resolve_methods(methods, False)
+        other = [m for m in names if set(METHODS[m].needs) - {"activations", "gradients"}]
+        if other:
+            raise MethodError(
+                f"{other[0]} cannot explain a detection (it needs "
+                f"{', '.join(METHODS[other[0]].needs)}); use the gradient methods or eigencam"
+            )
+        wanted = None if classes is None else {self.info.class_index(c) for c in classes}
+        batch: list[BatchInput] = []
+        for src in sources:
+            try:
+                name, img = self.load(src)
+            except OnnxcamError as e:
+                if progress:
+                    progress(1)
+                yield Failure(str(src) if not isinstance(src, np.ndarray) else "<array>", str(e))
+                continue
+            batch.append(BatchInput(name, img, None, img.shape[:2]))
+            if len(batch) == batch_size:
+                yield from self._detect_batch(batch, names, top, conf, iou, wanted, fuse, relu)
+                if progress:
+                    progress(len(batch))
+                batch = []
+        if batch:
+            yield from self._detect_batch(batch, names, top, conf, iou, wanted, fuse, relu)
+            if progress:
+                progress(len(batch))
+
+    def _detect_batch(
+        self,
+        batch: list[BatchInput],
+        names: list[str],
+        top: int,
+        conf: float,
+        iou: float,
+        wanted: set[int] | None,
+        fuse: str,
+        relu: bool,
+    ) -> list[DetectionResult]:
+        spec = self.info.score.detect
+        targets = self.info.targets
+        x = self._preprocess(batch)
+        acts = [t.activation for t in targets]
+        t0 = time.perf_counter()
+        out = self._run(x, None, [spec.output, *acts], contract.MODE_FORWARD)
+        forward = (time.perf_counter() - t0) / len(batch)
+        results = []
+        for i, it in enumerate(batch):
+            t0 = time.perf_counter()
+            row = out[spec.output][i]
+            boxes, scores = detection.decode(row, spec)
+            if wanted is not None:
+                scores = np.where(np.isin(np.arange(scores.shape[1]), list(wanted)), scores, 0.0)
+            kept = detection.keep(boxes, scores, conf, iou, top)
+            if not kept:
+                note = f"no detection kept (conf {conf}, iou {iou}); lower --conf to see more"
+                results.append(DetectionResult(it.name, it.image, [], {}, forward, note))
+                continue
+            results.append(
+                self._explain_detections(
+                    it, x[i : i + 1], {a: out[a][i : i + 1] for a in acts}, row, boxes,
+                    kept, names, fuse, relu, forward + time.perf_counter() - t0,
+                )
+            )  # fmt: skip
+        return results
+
+    def _explain_detections(
+        self,
+        it: BatchInput,
+        x: np.ndarray,
+        acts: dict[str, np.ndarray],
+        row: np.ndarray,
+        boxes: np.ndarray,
+        kept: list[tuple[int, int, float]],
+        names: list[str],
+        fuse: str,
+        relu: bool,
+        seconds: float,
+    ) -> DetectionResult:
+        """One image's detections: their seed rows through the joint head in one run, each
+        method's maps per scale, fused."""
+        spec, info = self.info.score.detect, self.info
+        targets = info.targets
+        t0 = time.perf_counter()
+        shape = self._seed_shape(len(kept))
+        seed = np.stack([detection.seed_row(spec, tuple(shape[1:]), row, a, c) for a, c, _ in kept])
+        rows = 1 if info.score.seed_rows else len(kept)
+        feeds = {t.head_input: np.repeat(acts[t.activation], rows, 0) for t in targets}
+        grads = self._run(
+            x, None, [t.head_gradient for t in targets], contract.MODE_HEAD, seed, feeds
+        )
+        size = (info.input.height, info.input.width)
+        per_method: dict[str, np.ndarray] = {}
+        for m in names:
+            levels = []
+            for t in targets:
+                A = t.layout.to_nchw(acts[t.activation])
+                G = t.layout.to_nchw(grads[t.head_gradient])
+                if "gradients" in METHODS[m].needs:
+                    terms = Terms(np.broadcast_to(A, G.shape), G)
+                else:  # the same map for every detection (Eigen-CAM): computed once
+                    terms = Terms(A)
+                raw = np.asarray(METHODS[m].formula(terms), dtype=np.float32)
+                raw = np.broadcast_to(raw, (len(kept), *raw.shape[1:]))
+                levels.append(postprocess.resize(postprocess.relu(raw) if relu else raw, *size))
+            per_method[m] = detection.fuse(levels, fuse)
+        dt = time.perf_counter() - t0
+        sy, sx = it.size[0] / size[0], it.size[1] / size[1]
+        found = []
+        for j, (a, c, score) in enumerate(kept):
+            x1, y1, x2, y2 = np.clip(boxes[a], 0, [size[1], size[0], size[1], size[0]])
+            box = (float(x1 * sx), float(y1 * sy), float(x2 * sx), float(y2 * sy))
+            maps = {
+                m: CamMap(m, "fused", v[j], v[j], size, it.size, dt / len(kept))
+                for m, v in per_method.items()
+            }
+            found.append(detection.Detection(box, c, info.label(c), score, a, maps))
+        overall = {
+            m: CamMap(m, "fused", v.max(axis=0), v.max(axis=0), size, it.size, dt)
+            for m, v in per_method.items()
+        }
+        return DetectionResult(it.name, it.image, found, overall, seconds)
 
     def explain_tensor(
         self, x: np.ndarray, methods: str | Sequence[str] = "gradcam", **kw

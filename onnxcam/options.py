@@ -202,6 +202,21 @@ layer_option = click.option(
     metavar="K|NAME|all",
     help="Exported target layer to use (default: the first).",
 )
+task_option = click.option(
+    "--task",
+    type=click.Choice(["classify", "detect", "segment"]),
+    default=None,
+    help="What the model's output is (default: from its rank — [B,K] classify, [B,4+K,N] "
+    "detect, [B,K,H,W] segment).",
+)
+detect_format_option = click.option(
+    "--detect-format",
+    type=click.Choice(["yolov8", "yolov5", "anchors"]),
+    default=None,
+    help="A detector's output layout: yolov8 [B,4+K,N] (YOLOv8/11), yolov5 [B,N,5+K] "
+    "(objectness), anchors [B,N,4+K] (default: from the shape and --labels; refused when "
+    "ambiguous).",
+)
 model_output_option = click.option(
     "--model-output",
     default=None,
@@ -333,3 +348,139 @@ def perturbation_options(help: Mapping[str, str] | None = None) -> Callable[[F],
         return typing.cast(F, wrapper)
 
     return decorate
+
+
+# --- what to explain (onnxcam.targets.TargetRequest) ------------------------------------------
+_TARGET = "target__"
+
+
+def target_options() -> Callable[[F], F]:
+    """``--class`` and the target flags (``--probability``, ``--finer``, ``--contrast``,
+    ``--sum``, ``--similar-to``, ``--mask``); the command receives one ``target=``
+    ``TargetRequest`` (resolved against the model by ``TargetRequest.build``)."""
+    flags = [
+        click.option(
+            "--class",
+            _TARGET + "cls",
+            default=None,
+            metavar="K|NAME",
+            help="Class to explain: an index or a label name (default: top-1; a segmenter: "
+            "the largest predicted region).",
+        ),
+        click.option(
+            "--probability",
+            _TARGET + "probability",
+            is_flag=True,
+            help="Explain the class's probability (softmax, or sigmoid) instead of its logit.",
+        ),
+        click.option(
+            "--finer",
+            _TARGET + "finer",
+            default=None,
+            is_flag=False,
+            flag_value="",
+            metavar="[K,K,...]",
+            help="FinerCAM: the class against similar classes (these, or the closest by logit).",
+        ),
+        click.option(
+            "--finer-alpha",
+            _TARGET + "finer_alpha",
+            type=float,
+            default=0.6,
+            show_default=True,
+            help="FinerCAM's comparison strength.",
+        ),
+        click.option(
+            "--finer-weighting",
+            _TARGET + "finer_weighting",
+            type=click.Choice(["mean", "softmax"]),
+            default="mean",
+            show_default=True,
+            help="mean: torchcam's FinerCAM; softmax: pytorch-grad-cam's.",
+        ),
+        click.option(
+            "--contrast",
+            _TARGET + "contrast",
+            default=None,
+            metavar="K|NAME",
+            help="Explain --class against this class (logit difference).",
+        ),
+        click.option(
+            "--sum",
+            _TARGET + "classes",
+            default=None,
+            metavar="K,K,...",
+            help="Explain the sum of these classes' logits.",
+        ),
+        click.option(
+            "--similar-to",
+            _TARGET + "similar_to",
+            default=None,
+            metavar="IMAGE|FILE.npy",
+            help="Embedding models: explain the cosine similarity of the output to this image's "
+            "output or to a saved vector.",
+        ),
+        click.option(
+            "--mask",
+            _TARGET + "mask",
+            default=None,
+            metavar="IMAGE",
+            help="Segmenters: explain --class summed over this mask (non-zero pixels).",
+        ),
+    ]
+
+    def decorate(f: F) -> F:
+        @functools.wraps(f)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            from .targets import TargetRequest
+
+            given = {
+                k[len(_TARGET) :]: kwargs.pop(k) for k in list(kwargs) if k.startswith(_TARGET)
+            }
+            return f(*args, target=TargetRequest(**given), **kwargs)
+
+        for flag in reversed(flags):
+            wrapper = flag(wrapper)
+        return typing.cast(F, wrapper)
+
+    return decorate
+
+
+detection_options = [
+    click.option(
+        "--top",
+        type=click.IntRange(1, 300),
+        default=10,
+        show_default=True,
+        help="Detectors: explain the best N detections.",
+    ),
+    click.option(
+        "--conf",
+        type=click.FloatRange(0, 1),
+        default=0.25,
+        show_default=True,
+        help="Detectors: the class score a box must reach.",
+    ),
+    click.option(
+        "--iou",
+        type=click.FloatRange(0, 1),
+        default=0.45,
+        show_default=True,
+        help="Detectors: the IoU above which NMS drops the weaker box.",
+    ),
+    click.option(
+        "--scales",
+        "scale_fusion",
+        type=click.Choice(["max", "mean"]),
+        default="max",
+        show_default=True,
+        help="Detectors: how the maps of the head's scales are fused (max: ultralytics').",
+    ),
+]
+
+
+def detect_options(f: F) -> F:
+    """``--top``, ``--conf``, ``--iou``, ``--scales`` (used when the model is a detector)."""
+    for flag in reversed(detection_options):
+        f = flag(f)
+    return f

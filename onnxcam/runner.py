@@ -18,12 +18,14 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import cv2
 import numpy as np
 
+from .detection import DetectionResult
 from .engine import Explainer, Explanation, Failure
 from .errors import OnnxcamError
 from .image import list_images
 from .localize import boxes_from_map, draw_boxes
 from .perturbation import PerturbationOptions
-from .postprocess import COLORMAPS
+from .postprocess import COLORMAPS, overlay
+from .targets import TargetRequest
 
 if TYPE_CHECKING:
     from .evaluate import EvalOptions, EvalResult
@@ -104,7 +106,7 @@ def run_images(
     images: Sequence[str | os.PathLike],
     *,
     methods: str | Sequence[str] = "gradcam",
-    target: int | str | None = None,
+    target: TargetRequest | int | str | None = None,
     topk: int = 1,
     out_dir: Path = Path("out"),
     device: str = "auto",
@@ -117,12 +119,21 @@ def run_images(
     perturbation: PerturbationOptions | None = None,
     box_threshold: float | None = None,
     save_tensors: bool = False,
+    top: int = 10,
+    conf: float = 0.25,
+    iou: float = 0.45,
+    scale_fusion: str = "max",
     note: Note = _ignore,
     on_failure: Callable[[Failure], None] = _ignore,
     progress: ImagesProgress = _ignore,
     method_progress: MethodProgress | None = None,
 ) -> RunResult:
     """Explain every image; write ``<stem>[_<class>]_<method>.png`` to ``out_dir``.
+
+    ``target``: a class (index or name), or a ``TargetRequest`` (``onnxcam run``'s target
+    flags). A detector's images get ``<stem>_detections_<method>.png`` (every kept box over
+    the fusion of their maps) and ``<stem>_det<j>-<label>_<method>.png`` per detection
+    (``top``, ``conf``, ``iou``, ``scale_fusion``: ``Explainer.iter_detect``).
 
     The batch size is ``perturbation.batch_size``. Ctrl-C stops after the files already written
     (they stay): the result comes back with ``interrupted`` set.
@@ -143,12 +154,20 @@ def run_images(
         note(text)
     res = RunResult(str(model), explainer.provider, out_dir, len(files))
     stems: dict = {}
+    request = target if isinstance(target, TargetRequest) else TargetRequest(cls=target)
+    if explainer.info.task == "detect":
+        return _run_detections(
+            explainer, files, methods, res, request, top, conf, iou, scale_fusion, alpha,
+            colormap, perturbation.batch_size, on_failure, progress, t_start,
+        )  # fmt: skip
+    chosen = request.build(explainer)
     try:
         progress(0, len(files))
         stream = explainer.iter_explain(
             files,
             methods,
-            classes=target,
+            classes=None if chosen is not None else request.cls,
+            targets=chosen,
             topk=topk,
             layers=_layer_selection(layer),
             fuse=fuse,
@@ -170,6 +189,88 @@ def run_images(
         res.interrupted = True
     res.seconds = time.perf_counter() - t_start
     return res
+
+
+def _run_detections(
+    explainer: Explainer,
+    files: list[Path],
+    methods: str | Sequence[str],
+    res: RunResult,
+    request: TargetRequest,
+    top: int,
+    conf: float,
+    iou: float,
+    fusion: str,
+    alpha: float,
+    colormap: str,
+    batch_size: int,
+    on_failure: Callable[[Failure], None],
+    progress: ImagesProgress,
+    t_start: float,
+) -> RunResult:
+    """``run_images`` for a detector: every image's kept detections, explained and drawn."""
+    if request.given():
+        raise OnnxcamError("a detector explains its detections: the target flags do not apply")
+    classes = None if request.cls is None else [request.cls]
+    try:
+        progress(0, len(files))
+        stream = explainer.iter_detect(
+            files, methods, top=top, conf=conf, iou=iou, classes=classes, fuse=fusion,
+            batch_size=batch_size, progress=lambda n: progress(n, len(files)),
+        )  # fmt: skip
+        for r in stream:
+            if isinstance(r, Failure):
+                res.failures.append(r)
+                on_failure(r)
+                continue
+            if not r.detections:
+                f = Failure(r.source, r.note or "no detection kept")
+                res.failures.append(f)
+                on_failure(f)
+                continue
+            res.rows.append(_save_detections(r, res.out_dir, alpha, colormap))
+    except KeyboardInterrupt:
+        res.interrupted = True
+    res.seconds = time.perf_counter() - t_start
+    return res
+
+
+def _save_detections(r: DetectionResult, out_dir: Path, alpha: float, colormap: str) -> dict:
+    """Write a detector image's overlays; its row of the results."""
+    from .detection import draw
+
+    base = _slug(Path(r.source).stem)
+    rgb = np.clip(r.image, 0, 255).astype(np.uint8) if r.image is not None else None
+    files: dict[str, str] = {}
+    for m, cam in r.maps.items():
+        png = draw(overlay(rgb, cam.original, alpha=alpha, colormap=colormap), r.detections)
+        path = out_dir / f"{base}_detections_{_slug(m)}.png"
+        _write_png(path, png)
+        files[m] = str(path)
+    rows = []
+    for j, d in enumerate(r.detections):
+        det_files = {}
+        for m, cam in d.maps.items():
+            png = draw(overlay(rgb, cam.original, alpha=alpha, colormap=colormap), [d])
+            path = out_dir / f"{base}_det{j + 1}-{_slug(d.label)}_{_slug(m)}.png"
+            _write_png(path, png)
+            det_files[m] = str(path)
+        rows.append(
+            {
+                "class": d.index,
+                "label": d.label,
+                "score": round(d.score, 5),
+                "box": [round(v, 1) for v in d.box],
+                "anchor": d.anchor,
+                "overlays": det_files,
+            }
+        )
+    return {
+        "image": r.source,
+        "detections": rows,
+        "inference_ms": round(1000 * r.inference_seconds, 3),
+        "overlays": files,
+    }
 
 
 def _save(
@@ -227,6 +328,13 @@ def table(rows: list[dict]) -> str:
     """The plain-text table of ``run_images`` rows ('' for none)."""
     if not rows:
         return ""
+    if "detections" in rows[0]:  # a detector: one line per image, its detections
+        return "\n".join(
+            f"{Path(r['image']).name}  {len(r['detections'])} detection(s): "
+            + ", ".join(f"{d['label']} {d['score']:.2f}" for d in r["detections"][:8])
+            + ("…" if len(r["detections"]) > 8 else "")
+            for r in rows
+        )
     w_img = min(max(len(Path(r["image"]).name) for r in rows), 40)
     w_cls = min(max(len(f"{r['class']} {r['label']}") for r in rows), 32)
     lines = [f"{'image':<{w_img}}  {'class':<{w_cls}}  {'prob':>6}  {'time ms':>8}  methods"]

@@ -258,10 +258,15 @@ class Region(Target):
 
     def region(self, z: np.ndarray) -> np.ndarray:
         if self.mask is not None:
-            m = np.asarray(self.mask, dtype=np.float64)
-            if m.shape != z.shape[1:]:
-                raise MethodError(f"mask of shape {m.shape}; the model's map is {z.shape[1:]}")
-            return m
+            m = np.asarray(self.mask, dtype=np.float32)
+            if m.ndim != 2:
+                raise MethodError(f"a mask must be 2-D (H, W), got shape {m.shape}")
+            if m.shape != z.shape[1:]:  # an image-sized mask on the model's map: nearest
+                import cv2
+
+                size = (z.shape[2], z.shape[1])
+                m = cv2.resize(m, size, interpolation=cv2.INTER_NEAREST)
+            return m.astype(np.float64)
         return (np.argmax(z, axis=0) == self.cls(z)).astype(np.float64)
 
     def weights(self, z: np.ndarray) -> np.ndarray:
@@ -312,4 +317,102 @@ __all__ = [
     "Region",
     "Similarity",
     "Target",
+    "TargetRequest",
 ]
+
+
+@dataclass(frozen=True)
+class TargetRequest:
+    """A target as the command line states it (``onnxcam run`` / ``report`` options, declared
+    once in ``onnxcam.options``), resolved against a model by ``build``."""
+
+    cls: int | str | None = None
+    """``--class``: the class (index or label name); the top class when None."""
+    probability: bool = False
+    """``--probability``: explain the class's probability instead of its logit."""
+    finer: str | None = None
+    """``--finer [K,K,…]``: FinerCAM against these classes ("" = the closest by logit)."""
+    finer_alpha: float = 0.6
+    finer_weighting: str = "mean"
+    contrast: int | str | None = None
+    """``--contrast B``: the class against class B."""
+    classes: str | None = None
+    """``--sum A,B,…``: the sum of these classes' logits."""
+    similar_to: str | None = None
+    """``--similar-to FILE``: an image or a ``.npy`` vector; cosine of the output to it."""
+    mask: str | None = None
+    """``--mask FILE``: a segmenter's region (a mask image, non-zero = inside)."""
+
+    def given(self) -> bool:
+        """Whether anything beyond ``--class`` was asked (else the classic class path)."""
+        return any(
+            v not in (None, False)
+            for v in (
+                self.probability,
+                self.finer,
+                self.contrast,
+                self.classes,
+                self.similar_to,
+                self.mask,
+            )
+        )
+
+    def build(self, explainer) -> Target | None:
+        """The ``Target`` for ``explainer``'s model (None: the class path, ``--class``)."""
+        info = explainer.info
+        chosen = [
+            n
+            for n, v in (
+                ("--probability", self.probability),
+                ("--finer", self.finer is not None),
+                ("--contrast", self.contrast is not None),
+                ("--sum", self.classes is not None),
+                ("--similar-to", self.similar_to is not None),
+            )
+            if v
+        ]
+        if len(chosen) > 1:
+            raise MethodError(f"choose one target: {' and '.join(chosen)} were both given")
+        c = None if self.cls is None else info.class_index(self.cls)
+        if info.task == "segment":
+            if chosen:
+                raise MethodError(
+                    f"{chosen[0]} explains a classifier; a segmenter takes --class/--mask"
+                )
+            return Region(c, None if self.mask is None else _read_mask(self.mask))
+        if self.mask is not None:
+            raise MethodError("--mask explains a segmenter's region; this model is a " + info.task)
+        if not chosen:
+            return None
+        if self.probability:
+            return Probability(c, sigmoid=info.activation == "sigmoid")
+        if self.finer is not None:
+            similar = tuple(info.class_index(v) for v in self.finer.split(",") if v.strip())
+            return Finer(c, similar or None, self.finer_alpha, weighting=self.finer_weighting)
+        if self.contrast is not None:
+            if c is None:
+                raise MethodError("--contrast B explains --class A against B: give --class too")
+            return Contrast(c, info.class_index(self.contrast))
+        if self.classes is not None:
+            members = tuple(info.class_index(v) for v in self.classes.split(",") if v.strip())
+            if not members:
+                raise MethodError("--sum needs at least one class")
+            return ClassSum(members)
+        return Similarity.of(_reference(explainer, self.similar_to))
+
+
+def _read_mask(path: str) -> np.ndarray:
+    from .image import read_image
+
+    return (read_image(path).max(axis=2) > 0).astype(np.float64)
+
+
+def _reference(explainer, path: str) -> np.ndarray:
+    """A reference embedding: a ``.npy`` vector, or the model's output for an image."""
+    if str(path).lower().endswith(".npy"):
+        try:
+            return np.load(path).astype(np.float64).ravel()
+        except (OSError, ValueError) as e:
+            raise MethodError(f"cannot read reference vector {path}: {e}") from None
+    (z,) = explainer.embed([path])
+    return z

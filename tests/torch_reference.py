@@ -157,3 +157,46 @@ def pytorch_grad_cam_methods() -> tuple[dict, dict]:
         "gradcam-elementwise": pgc.GradCAMElementWise,
     }
     return gradient, {"eigencam": pgc.EigenCAM, "eigengradcam": pgc.EigenGradCAM}
+
+
+def torchvision_classifier(name: str, num_classes: int, seed: int = 0) -> torch.nn.Module:
+    """``torchvision_model`` with ``num_classes`` outputs (small heads for fast tests)."""
+    import torchvision
+
+    torch.manual_seed(seed)
+    model = getattr(torchvision.models, name)(weights=None, num_classes=num_classes).eval()
+    for m in model.modules():
+        if hasattr(m, "inplace"):
+            m.inplace = False
+    with torch.no_grad():  # the same spread of BN statistics as torchvision_model
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.1, 0.1)
+    return model
+
+
+def torch_score_gradients(
+    model: torch.nn.Module, x: np.ndarray, layers: list[str], score
+) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """Logits, per-row scores and d(Σ rows' scores)/d(activation) per layer, where
+    ``score(logits)`` maps the [B, K] logits tensor to the [B] scores (any differentiable
+    function of the logits; a float64 model gives a float64 reference)."""
+    captured: dict[str, torch.Tensor] = {}
+    hooks = [
+        model.get_submodule(name).register_forward_hook(
+            lambda _m, _i, out, name=name: captured.__setitem__(name, out)
+        )
+        for name in layers
+    ]
+    try:
+        param = next(model.parameters())
+        logits = model(torch.from_numpy(x).to(param.dtype))
+    finally:
+        for h in hooks:
+            h.remove()
+    s = score(logits)
+    grads = torch.autograd.grad(s.sum(), [captured[n] for n in layers])
+    return logits.detach().numpy(), s.detach().numpy(), [g.numpy() for g in grads]

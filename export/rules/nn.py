@@ -114,6 +114,9 @@ def _conv(b, n, gy, need):
     w = n.input[1]
     win = _window(b, n, _kernel(b, n))
     pads, out_pad = win.transpose_padding()
+    flipped = _as_conv(b, n, gy[0], win, pads, out_pad)
+    if flipped is not None:
+        return [flipped, None, None]
     dx = b.ConvTranspose(
         gy[0],
         w,
@@ -125,6 +128,34 @@ def _conv(b, n, gy, need):
         output_padding=out_pad,
     )
     return [dx, None, None]
+
+
+def _as_conv(b, n, g: str, win, pads: list[int], out_pad: list[int]) -> str | None:
+    """The adjoint of a stride-1 Conv with constant weights as a Conv: the kernel flipped in
+    space with its in/out channels swapped per group, padded by d·(k−1) − pad. The same sums
+    as the ``ConvTranspose``, which onnxruntime's CPU provider runs several times slower
+    (depthwise and 1×1 kernels above all: a YOLO head's backward). None when not applicable."""
+    weight = b.view.const(n.input[1])
+    if weight is None or any(s != 1 for s in win.strides) or any(out_pad):
+        return None
+    r = len(win.kernel)
+    reach = [d * (k - 1) for d, k in zip(win.dilations, win.kernel, strict=True)]
+    new_pads = [reach[i % r] - p for i, p in enumerate(pads)]
+    if any(p < 0 for p in new_pads):
+        return None
+    group = attr(n, "group", 1)
+    cout, cin_g = weight.shape[:2]
+    w = weight.reshape(group, cout // group, cin_g, *weight.shape[2:])
+    w = np.swapaxes(w, 1, 2).reshape(group * cin_g, cout // group, *weight.shape[2:])
+    w = np.ascontiguousarray(np.flip(w, axis=tuple(range(2, 2 + r))))
+    return b.Conv(
+        g,
+        b.const(w),
+        dilations=list(win.dilations),
+        group=group,
+        kernel_shape=list(win.kernel),
+        pads=new_pads,
+    )
 
 
 def _conv_transpose_pads(n, r: int) -> list[int]:

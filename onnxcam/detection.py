@@ -1,0 +1,150 @@
+"""Detections: decode a detector's output, keep the best boxes (OpenCV's NMS), seed one
+backward row per detection, fuse the per-scale maps, draw the result.
+
+The exporter records where the boxes and scores are (``contract.DetectSpec``); nothing here
+guesses a layout. Boxes are in model-input pixels until ``Detection`` scales them to the
+original image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .contract import DetectSpec
+from .errors import MethodError
+from .results import CamMap
+
+FUSIONS = ("max", "mean")
+"""How a detection's maps at the head's scales become one: ``max`` of the per-scale maps,
+each divided by its own maximum first (ultralytics' LayerCAM fusion: a weak scale is not
+drowned by the scale the object was detected on; ultralytics clamps that maximum at 1e-7,
+onnxcam divides by any positive maximum, so a random-init model's tiny maps still show), or
+their ``mean``, min-max normalised (pytorch-grad-cam's multi-layer aggregation)."""
+
+
+@dataclass
+class Detection:
+    """One kept detection: its box (x1, y1, x2, y2 in original-image pixels), class, score
+    (the class probability, times objectness for YOLOv5), the anchor it came from and its
+    maps (fused over the head's scales, per method)."""
+
+    box: tuple[float, float, float, float]
+    index: int
+    label: str
+    score: float
+    anchor: int
+    maps: dict[str, CamMap] = field(default_factory=dict)
+
+
+@dataclass
+class DetectionResult:
+    """One image's detections and, per method, the fusion of all its detections' maps."""
+
+    source: str
+    image: np.ndarray | None
+    detections: list[Detection]
+    maps: dict[str, CamMap] = field(default_factory=dict)
+    inference_seconds: float = 0.0
+    note: str | None = None
+    """Why nothing was explained (no box kept)."""
+
+
+def decode(row: np.ndarray, spec: DetectSpec) -> tuple[np.ndarray, np.ndarray]:
+    """One image's output → (boxes xyxy [N, 4] in input pixels, class scores [N, K])."""
+    out = row.T if not spec.anchors_first else row  # [N, C]
+    xywh = out[:, :4].astype(np.float64)
+    scores = out[:, 4:].astype(np.float64)
+    if spec.objectness:
+        scores = scores[:, 1:] * scores[:, :1]
+    half = xywh[:, 2:] / 2
+    return np.concatenate([xywh[:, :2] - half, xywh[:, :2] + half], axis=1), scores
+
+
+def keep(
+    boxes: np.ndarray, scores: np.ndarray, conf: float, iou: float, top: int
+) -> list[tuple[int, int, float]]:
+    """(anchor, class, score) of the detections kept: each anchor's best class above ``conf``,
+    class-wise NMS at ``iou`` (OpenCV's ``NMSBoxesBatched``), the ``top`` best."""
+    import cv2
+
+    cls = scores.argmax(axis=1)
+    best = scores[np.arange(len(scores)), cls]
+    idx = np.flatnonzero(best >= conf)
+    if not len(idx):
+        return []
+    xywh = np.concatenate([boxes[idx, :2], boxes[idx, 2:] - boxes[idx, :2]], axis=1)
+    kept = cv2.dnn.NMSBoxesBatched(
+        xywh.tolist(), best[idx].tolist(), cls[idx].tolist(), float(conf), float(iou)
+    )
+    kept = sorted((int(idx[k]) for k in np.asarray(kept).ravel()), key=lambda a: -best[a])
+    return [(a, int(cls[a]), float(best[a])) for a in kept[:top]]
+
+
+def seed_row(
+    spec: DetectSpec, logits_shape: tuple, row: np.ndarray, anchor: int, c: int
+) -> np.ndarray:
+    """The seed of one detection over the differentiated tensor (``ScoreSpec.logits``):
+    the class logit (YOLOv8/11 class logits ``[K, N]``), the class score where the output
+    itself is differentiated, or ∇(objectness · p[c]) for YOLOv5."""
+    w = np.zeros(logits_shape, dtype=np.float64)
+    if not 0 <= anchor < (logits_shape[0] if spec.anchors_first else logits_shape[-1]):
+        raise MethodError(f"anchor {anchor} is out of range")
+    if not 0 <= c < spec.num_classes:
+        raise MethodError(f"class {c} is out of range (0..{spec.num_classes - 1})")
+    if not spec.anchors_first:
+        offset = logits_shape[0] - spec.num_classes  # 0 for the class logits, 4 for the output
+        w[offset + c, anchor] = 1.0
+    elif spec.objectness:  # ∂(obj · p)/∂obj = p, ∂(obj · p)/∂p = obj
+        w[anchor, 4] = row[anchor, 5 + c]
+        w[anchor, 5 + c] = row[anchor, 4]
+    else:
+        w[anchor, 4 + c] = 1.0
+    return w
+
+
+def fuse(maps: list[np.ndarray], how: str) -> np.ndarray:
+    """Per-scale maps at one resolution ``[n, H, W]`` each → one map ``[n, H, W]`` in [0, 1]:
+    see ``FUSIONS``."""
+    if how not in FUSIONS:
+        raise MethodError(f"unknown fusion {how!r}; choose {', '.join(FUSIONS)}")
+    if how == "max":  # each level over its own max (an empty level stays 0), then the max
+        out = None
+        for m in maps:
+            top = m.max(axis=(1, 2), keepdims=True)
+            level = np.divide(m, top, out=np.zeros(m.shape, np.float32), where=top > 0)
+            out = level if out is None else np.maximum(out, level, out=out)
+        return out
+    mean = np.mean(np.stack(maps), axis=0, dtype=np.float32)
+    lo = mean.min(axis=(1, 2), keepdims=True)
+    span = mean.max(axis=(1, 2), keepdims=True) - lo
+    return np.divide(mean - lo, span, out=np.zeros(mean.shape, np.float32), where=span > 0)
+
+
+def draw(rgb: np.ndarray, detections: list[Detection]) -> np.ndarray:
+    """``rgb`` (uint8 H×W×3) with each detection's box and "label score" drawn on it."""
+    import cv2
+
+    out = np.ascontiguousarray(rgb.copy())
+    thick = max(2, round(max(out.shape[:2]) / 300))
+    for j, d in enumerate(detections):
+        color = tuple(int(v) for v in _PALETTE[d.index % len(_PALETTE)])
+        x1, y1, x2, y2 = (round(v) for v in d.box)
+        cv2.rectangle(out, (x1, y1), (x2, y2), color, thick)
+        text = f"{j + 1}: {d.label} {d.score:.2f}"
+        scale = thick / 3
+        (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+        top = max(y1 - th - 4, 0)
+        cv2.rectangle(out, (x1, top), (x1 + tw + 4, top + th + 4), color, -1)
+        cv2.putText(
+            out, text, (x1 + 2, top + th + 1), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1
+        )
+    return out
+
+
+_PALETTE = np.array(
+    [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+     (70, 240, 240), (240, 50, 230), (210, 245, 60), (0, 128, 128), (170, 110, 40)],
+    dtype=np.uint8,
+)  # fmt: skip
