@@ -499,6 +499,10 @@ def add_heads(st: ExportState) -> None:
     if st.head.task == "detect":
         _add_joint_head(st)
         return
+    if st.head.task == "segment":  # perturbation methods score classes, not regions
+        for t in st.targets:
+            t.head_note = "a segmenter's layers have no head-only path (gradient methods only)"
+        return
     view = st.view
     n_cls = st.head.num_classes or 0
     dtype = view.dtype(st.head.logits)

@@ -34,7 +34,7 @@ from .plan import (
 from .registry import METHODS, resolve_methods
 from .results import CamMap, Explanation, Failure, Prediction
 from .scoring import Progress, Scorer, image_rng
-from .targets import ClassLogit, Target
+from .targets import ClassLogit, Region, Target
 from .terms import Terms
 
 ImageSource = str | os.PathLike | np.ndarray
@@ -295,6 +295,11 @@ class Explainer:
         given = locals()  # the keyword arguments are ExplainOptions' fields, one for one
         options = ExplainOptions(**{f.name: given[f.name] for f in fields(ExplainOptions)})
         plan = self.plan(methods, options)
+        if self.info.task == "segment" and targets is None and classes is not None:
+            # a chosen class's predicted region may be empty: checked on the host (Region)
+            pick = [classes] if isinstance(classes, (int, str)) else list(classes)
+            targets = [Region(self.info.class_index(c)) for c in pick]
+            targets, classes = (targets[0] if isinstance(classes, (int, str)) else targets), None
         per_target = self._targets(targets, classes, topk)
         per_image = None if classes is None or isinstance(classes, (int, str)) else list(classes)
         fixed = None if per_image is not None or classes is None else self.info.class_index(classes)
@@ -537,28 +542,33 @@ class Explainer:
 
         return pick
 
-    def _seeds(self, x: np.ndarray, batch: list[BatchInput]) -> tuple[np.ndarray, np.ndarray]:
-        """The seed rows and reported classes of a batch with targets; images without one
-        are explained for their class (or top-1). A forward run first when a seed depends
-        on the logits."""
+    def _seeds(
+        self, x: np.ndarray, batch: list[BatchInput]
+    ) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
+        """The seed rows and reported classes of a batch with targets, and the images whose
+        target cannot be explained (index → why); images without a target are explained for
+        their class (or top-1). A forward run first when a seed depends on the logits."""
         chosen = [it.target or ClassLogit(it.cls) for it in batch]
         z = None
         if any(t.needs_logits for t in chosen):
             name = self.info.logits_output
             z = self._run(x, None, [name], contract.MODE_FORWARD)[name].astype(np.float64)
         shape = self._seed_shape(len(batch))
-        rows, classes = [], []
+        rows, classes, failed = [], [], {}
         for i, t in enumerate(chosen):
             zi = z[i] if z is not None else np.zeros(shape[1:])
-            w = np.asarray(t.weights(zi), dtype=np.float64)
-            if w.shape != tuple(shape[1:]):
-                raise MethodError(f"a seed of shape {w.shape}; the model takes {shape[1:]}")
+            try:
+                w = np.asarray(t.weights(zi), dtype=np.float64)
+                if w.shape != tuple(shape[1:]):
+                    raise MethodError(f"a seed of shape {w.shape}; the model takes {shape[1:]}")
+                if not np.all(np.isfinite(w)):
+                    raise MethodError("the target's seed is not finite (NaN or inf logits)")
+            except MethodError as e:
+                failed[i] = str(e)
+                w = np.zeros(shape[1:])
             rows.append(w)
-            classes.append(t.cls(zi))
-        seed = np.stack(rows)
-        if not np.all(np.isfinite(seed)):
-            raise MethodError("the target's seed is not finite (NaN or inf logits?)")
-        return seed, np.array(classes, dtype=np.int64)
+            classes.append(t.cls(zi) if i not in failed else 0)
+        return np.stack(rows), np.array(classes, dtype=np.int64), failed
 
     def _seed_shape(self, rows: int) -> list[int]:
         """[rows, *logits.shape[1:]] from the seed input's declared shape."""
@@ -574,7 +584,7 @@ class Explainer:
         batch: list[BatchInput],
         plan: Plan,
         progress: Progress | None = None,
-    ) -> list[Explanation]:
+    ) -> list[Explanation | Failure]:
         info, opts = self.info, plan.options
         given = [it.cls for it in batch]
         cls = (
@@ -585,7 +595,13 @@ class Explainer:
         t0 = time.perf_counter()
         seed = None
         if any(it.target is not None for it in batch):
-            seed, cls = self._seeds(x, batch)
+            seed, cls, failed = self._seeds(x, batch)
+            if failed:  # those images are reported; the others explained
+                kept = [i for i in range(len(batch)) if i not in failed]
+                done: list = [Failure(batch[i].name, why) for i, why in failed.items()]
+                if kept:
+                    done += self._explain_batch(x[kept], [batch[i] for i in kept], plan, progress)
+                return done
             scored = [c.name for c in plan.calls if c.scored]
             if scored and not all(isinstance(it.target, (ClassLogit, type(None))) for it in batch):
                 raise MethodError(
@@ -612,16 +628,11 @@ class Explainer:
             maps = self._maps(arrays, noisy, plan, batch, x, explained, progress)
             for i, it in enumerate(batch):
                 c = int(explained[i])
-                logits = out[info.logits_output][i]
-                target = next(
-                    (p for p in preds[i] if p.index == c),
-                    Prediction(
-                        c,
-                        info.label(c),
-                        float(info.probabilities(logits[None])[0, c]),
-                        float(logits[c]),
-                    ),
-                )
+                target = next((p for p in preds[i] if p.index == c), None)
+                if target is None:  # not among the top-k: its own probability
+                    logits = out[info.logits_output][i]
+                    p = float(info.probabilities(logits[None])[0, c])
+                    target = Prediction(c, info.label(c), p, float(logits[c]))
                 results.append(
                     Explanation(
                         it.name,

@@ -270,8 +270,14 @@ class Region(Target):
         return (np.argmax(z, axis=0) == self.cls(z)).astype(np.float64)
 
     def weights(self, z: np.ndarray) -> np.ndarray:
+        region = self.region(z)
+        if not region.any():
+            raise MethodError(
+                f"class {self.cls(z)} has no pixel in the region (none predicted as it): "
+                "give a --mask, or another --class"
+            )
         w = np.zeros(z.shape)
-        w[self.cls(z)] = self.region(z)
+        w[self.cls(z)] = region
         return w
 
     def cls(self, z: np.ndarray) -> int:

@@ -297,14 +297,20 @@ def test_target_gradients_match_torch_autograd(resnet: Case, name: str) -> None:
         np.testing.assert_allclose(e.maps["gradcam@layer4"].raw, raw, rtol=1e-4, atol=1e-6)
 
 
-def test_one_target_per_image(resnet: Case) -> None:
-    """A list of targets: image i is explained for targets[i] (one batch, one run)."""
+@pytest.mark.parametrize("batch_size", [8, 2])
+def test_one_target_per_image(resnet: Case, batch_size: int) -> None:
+    """A list of targets: image i is explained for targets[i], in one batch or across two."""
     names = ["contrast", "finer-softmax", "probability"]
     images = resnet.images(8, 3)
     x = resnet.tensor(images)
     exps = resnet.explainer.explain(
-        images, "gradcam", targets=[TARGETS[n][0] for n in names], keep_tensors=True
+        images,
+        "gradcam",
+        targets=[TARGETS[n][0] for n in names],
+        keep_tensors=True,
+        batch_size=batch_size,
     )
+    assert [e.target.index for e in exps][::2] == [2, 3]  # Contrast(2, 7), Probability(3)
     for i, n in enumerate(names):
         _, _, grads = resnet.reference(x[i : i + 1], TARGETS[n][1])
         assert_gradients_close(_gradients(exps[i : i + 1], 0), grads[0], TOL, f"image {i} {n}")
@@ -455,12 +461,9 @@ def binary() -> Case:
     model = OneLogit().eval()
     model64 = OneLogit().double().eval()
     model64.load_state_dict(model.state_dict())
-    return Case(model, model64, _export(model, ["features.3"], BINARY_SIZE), ["features.3"], 32)
-
-
-def _logit(model: OneLogit) -> Callable:
-    """The pre-sigmoid logit z of the one-logit model, from its float64 copy."""
-    return lambda x: model.fc(model.features(x).mean((2, 3)))[:, 0]
+    return Case(
+        model, model64, _export(model, ["features.3"], BINARY_SIZE), ["features.3"], BINARY_SIZE
+    )
 
 
 def test_negative_class_of_a_binary_head(binary: Case) -> None:
@@ -488,6 +491,22 @@ def test_negative_class_of_a_binary_head(binary: Case) -> None:
         assert_gradients_close(_gradients(exps, 0), sign * dz, TOL, f"ClassLogit({c})")
 
 
+def test_probability_of_a_binary_head(binary: Case) -> None:
+    """p = σ(z) for class 1 and 1 − p = σ(−z) for class 0 (``sigmoid=True``)."""
+    images = binary.images(17, 2)
+    x64 = torch.from_numpy(binary.tensor(images).astype(np.float64))
+    acts = binary.model64.features(x64)
+    z = binary.model64.fc(acts.mean((2, 3)))[:, 0]
+    for c in (0, 1):
+        p = torch.sigmoid(z if c else -z)
+        (ref,) = torch.autograd.grad(p.sum(), acts, retain_graph=True)
+        exps = binary.explainer.explain(
+            images, "gradcam", targets=Probability(c, sigmoid=True), keep_tensors=True
+        )
+        assert [e.target.index for e in exps] == [c, c]
+        assert_gradients_close(_gradients(exps, 0), ref.numpy(), TOL, f"σ class {c}")
+
+
 # --- 6b. out-of-range classes in a target: one onnxcam error line ---------------------------
 @pytest.mark.parametrize(
     "target",
@@ -509,6 +528,18 @@ def test_out_of_range_class_is_one_onnxcam_error(resnet: Case, target: Target) -
             resnet.explainer.explain(images, "gradcam", targets=targets)
         msg = str(e.value)
         assert msg and "\n" not in msg and "out of range" in msg, msg
+
+
+def test_fewer_targets_than_images_is_one_onnxcam_error(resnet: Case) -> None:
+    with pytest.raises(OnnxcamError) as e:
+        resnet.explainer.explain(resnet.images(15, 3), targets=[ClassLogit(0), ClassLogit(1)])
+    assert "\n" not in str(e.value), str(e.value)
+
+
+def test_a_binary_head_has_two_classes(binary: Case) -> None:
+    with pytest.raises(OnnxcamError, match="out of range") as e:
+        binary.explainer.explain(binary.images(16, 1), targets=Contrast(1, 2))
+    assert "\n" not in str(e.value), str(e.value)
 
 
 def test_similarity_of_a_vector_of_the_wrong_length_is_one_onnxcam_error(embedder: Case) -> None:
