@@ -513,12 +513,23 @@ class Explainer:
         per = [None] * len(x) if classes is None else classes
         if isinstance(per, (int, str)):
             per = [per] * len(x)
+        pick = self._targets(kw.pop("targets", None), classes, kw.get("topk", 1))
         items = [
-            BatchInput(f"<tensor {i}>", None, None if c is None else self.info.class_index(c), size)
+            BatchInput(
+                f"<tensor {i}>",
+                None,
+                None if c is None else self.info.class_index(c),
+                size,
+                pick(i),
+            )
             for i, c in zip(range(len(x)), per, strict=True)
         ]
         progress = kw.pop("method_progress", None)
-        return self._explain_batch(x, items, self.plan(methods, ExplainOptions(**kw)), progress)
+        done = self._explain_batch(x, items, self.plan(methods, ExplainOptions(**kw)), progress)
+        failed = [r for r in done if isinstance(r, Failure)]
+        if failed:
+            raise MethodError(failed[0].error)
+        return done
 
     def _targets(
         self, targets: Target | Sequence[Target] | None, classes: object, topk: int
@@ -548,7 +559,8 @@ class Explainer:
         """The seed rows and reported classes of a batch with targets, and the images whose
         target cannot be explained (index → why); images without a target are explained for
         their class (or top-1). A forward run first when a seed depends on the logits."""
-        chosen = [it.target or ClassLogit(it.cls) for it in batch]
+        act = self.info.activation
+        chosen = [(it.target or ClassLogit(it.cls)).for_model(act) for it in batch]
         z = None
         if any(t.needs_logits for t in chosen):
             name = self.info.logits_output

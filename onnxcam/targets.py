@@ -50,6 +50,11 @@ class Target:
     def classes(self) -> list[int]:
         return []
 
+    def for_model(self, activation: str | None) -> Target:
+        """This target for a model whose output applies ``activation`` (it may settle a
+        choice left open: ``Probability``'s sigmoid)."""
+        return self
+
 
 def _onehot(z: np.ndarray, c: int) -> np.ndarray:
     w = np.zeros(z.shape, dtype=np.float64)
@@ -86,11 +91,17 @@ class ClassLogit(Target):
 @dataclass(frozen=True)
 class Probability(Target):
     """S = softmax(z)[c] (``ClassifierOutputSoftmaxTarget``); with ``sigmoid`` (multi-label
-    heads) S = σ(z[c])."""
+    and binary heads) S = σ(z[c]). ``sigmoid=None``: as the model's own output does (a binary
+    head's two logits [−z, z] then give σ(±z), the probabilities its predictions report)."""
 
     c: int | None = None
-    sigmoid: bool = False
+    sigmoid: bool | None = None
     needs_logits = True
+
+    def for_model(self, activation: str | None) -> Probability:
+        if self.sigmoid is not None:
+            return self
+        return Probability(self.c, activation == "sigmoid")
 
     def weights(self, z: np.ndarray) -> np.ndarray:
         c = self.cls(z)
@@ -135,6 +146,7 @@ class ClassSum(Target):
     """S = Σ_c z[c] over ``classes`` (a group of classes: "any dog")."""
 
     members: tuple[int, ...]
+    needs_logits = True  # the reported class is the member with the highest logit
 
     def weights(self, z: np.ndarray) -> np.ndarray:
         return sum((_onehot(z, c) for c in self.members), np.zeros(z.shape))
@@ -221,9 +233,15 @@ class Similarity(Target):
     reference: tuple[float, ...]
     needs_logits = True
 
+    def _ref(self, z: np.ndarray) -> np.ndarray:
+        r = np.asarray(self.reference, dtype=np.float64)
+        if r.size != z.size:
+            raise MethodError(f"a reference vector of {r.size} values; the output has {z.size}")
+        return r.reshape(z.shape)
+
     def weights(self, z: np.ndarray) -> np.ndarray:
         z = z.astype(np.float64)
-        r = np.asarray(self.reference, dtype=np.float64).reshape(z.shape)
+        r = self._ref(z)
         nz, nr = np.linalg.norm(z), np.linalg.norm(r)
         if nz == 0 or nr == 0:
             raise MethodError("similarity to a zero vector is undefined")
@@ -232,7 +250,7 @@ class Similarity(Target):
 
     def score(self, z: np.ndarray) -> float:
         z = z.astype(np.float64)
-        r = np.asarray(self.reference, dtype=np.float64).reshape(z.shape)
+        r = self._ref(z)
         return float(z @ r / (np.linalg.norm(z) * np.linalg.norm(r)))
 
     def cls(self, z: np.ndarray) -> int:
@@ -391,7 +409,7 @@ class TargetRequest:
         if not chosen:
             return None
         if self.probability:
-            return Probability(c, sigmoid=info.activation == "sigmoid")
+            return Probability(c)
         if self.finer is not None:
             similar = tuple(info.class_index(v) for v in self.finer.split(",") if v.strip())
             return Finer(c, similar or None, self.finer_alpha, weighting=self.finer_weighting)
