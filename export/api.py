@@ -252,10 +252,13 @@ def export_onnx(
                 if verify
                 else 0.0
             )
-            if st.head.task == "detect":
-                shape = st.view.shape(st.head.logits)
-                ks = list(range(len(st.targets)))
-                st.seed_rows = seed_rows_hold(m, new, st.spec, ks, shape)
+            if st.head.task == "detect":  # one run per image needs several rows per image
+                st.seed_rows = seed_rows_hold(m, new, st.spec, len(st.targets))
+                if not st.seed_rows:
+                    raise ExportError(
+                        "this detector's backward does not keep the rows of several detections "
+                        "of one image apart (checked numerically); report the model"
+                    )
                 write_metadata(st, _exporter_info(st.view, source.opset, time.perf_counter() - t0))
     finally:
         if source.scratch is not None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import helper
+from onnx import helper, numpy_helper
 
 from onnxcam import contract
 from onnxcam.errors import ExportError
@@ -196,3 +196,48 @@ class Branch:
         )
         view.reindex()
         return node
+
+
+def declare_output(view: GraphView, name: str, dtype: int, shape) -> None:
+    view.graph.output.append(
+        helper.make_tensor_value_info(name, dtype, None if shape is None else list(shape))
+    )
+
+
+def optional_input(view: GraphView, name: str, elem: int, shape, default: np.ndarray | str) -> str:
+    """Graph input ``name`` of type ``optional(tensor)``: a caller may leave it out, and the
+    graph then uses ``default`` (a constant, or a tensor the graph computes). Returns the
+    tensor with the value (``gating.value_of``); ``gating.has_value`` says whether it was fed.
+
+    Not an input with an initializer as its default: onnxruntime logs a warning for each of
+    those on every load ("Initializer … appears in graph inputs"), in every client. An optional
+    input is fed like any tensor (or omitted); an ``If`` on ``OptionalHasElement`` picks the
+    value or the default (microseconds per run).
+    """
+    dims = None if shape is None else list(shape)  # a known rank (OpenVINO needs one)
+    tensor = helper.make_tensor_type_proto(elem, dims)
+    view.graph.input.append(helper.make_value_info(name, helper.make_optional_type_proto(tensor)))
+    value, fed, dflt = value_of(name), f"{name}/fed", f"{name}/default"
+    then = helper.make_graph(
+        [helper.make_node("OptionalGetElement", [name], [fed], name=fed)],
+        f"{name}/given",
+        [],
+        [helper.make_tensor_value_info(fed, elem, dims)],
+    )
+    if isinstance(default, str):  # computed by the graph: the else branch returns it
+        const = helper.make_node("Identity", [default], [dflt], name=dflt)
+    else:
+        const = helper.make_node(
+            "Constant", [], [dflt], name=dflt, value=numpy_helper.from_array(default, dflt)
+        )
+    orelse = helper.make_graph(
+        [const], f"{name}/absent", [], [helper.make_tensor_value_info(dflt, elem, dims)]
+    )
+    has = has_value(name)
+    view.add_node(helper.make_node("OptionalHasElement", [name], [has], name=has))
+    view.add_node(
+        helper.make_node("If", [has], [value], name=value, then_branch=then, else_branch=orelse)
+    )
+    view.shapes[value] = None if shape is None else tuple(shape)
+    view.dtypes[value] = elem
+    return value

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from onnxcam import contract
 from onnxcam.contract import (
@@ -30,9 +30,11 @@ from onnxcam.errors import ExportError
 
 from .autodiff import build_backward, spatially_constant_source
 from .builder import NodeBuilder
-from .gating import Branch, Gate, empty_shape, has_value, head_gate, if_else, value_of
+from .detect_graph import add_detections
+from .gating import Branch, empty_shape, has_value, head_gate, if_else, optional_input
+from .gating import declare_output as _output
 from .graph import GraphView, attr
-from .head import build_head, build_joint_head
+from .head import build_head
 from .heatmaps import layer_facts
 from .heatmaps import postprocess as postprocess_heatmaps
 from .heatmaps import raw_maps as raw_heatmaps
@@ -110,12 +112,6 @@ def _identity(src: str, dst: str) -> onnx.NodeProto:
     return helper.make_node("Identity", [src], [dst], name=dst)
 
 
-def _output(view: GraphView, name: str, dtype: int, shape) -> None:
-    view.graph.output.append(
-        helper.make_tensor_value_info(name, dtype, None if shape is None else list(shape))
-    )
-
-
 def make_targets(view: GraphView, names: Sequence[tuple[str, LayerInfo]]) -> list[Target]:
     """(user name, candidate layer) pairs → ``Target`` records with layout, shape and producer
     (the layout is the candidate's, proven by ``export/grid.py``)."""
@@ -151,45 +147,6 @@ def map_tokens(b: NodeBuilder, m: str, like: str, tokens: TokenGrid, channels: i
     prefix = b.Slice(like, b.ints([0]), b.ints([tokens.prefix]), b.ints([1]))
     shape = b.Concat(b.Shape(m, start=0, end=1), b.ints([tokens.prefix, channels]), axis=0)
     return b.Concat(b.Expand(prefix, shape), x, axis=1)
-
-
-def optional_input(view: GraphView, name: str, elem: int, shape, default: np.ndarray | str) -> str:
-    """Graph input ``name`` of type ``optional(tensor)``: a caller may leave it out, and the
-    graph then uses ``default`` (a constant, or a tensor the graph computes). Returns the
-    tensor with the value (``gating.value_of``); ``gating.has_value`` says whether it was fed.
-
-    Not an input with an initializer as its default: onnxruntime logs a warning for each of
-    those on every load ("Initializer … appears in graph inputs"), in every client. An optional
-    input is fed like any tensor (or omitted); an ``If`` on ``OptionalHasElement`` picks the
-    value or the default (microseconds per run).
-    """
-    dims = None if shape is None else list(shape)  # a known rank (OpenVINO needs one)
-    tensor = helper.make_tensor_type_proto(elem, dims)
-    view.graph.input.append(helper.make_value_info(name, helper.make_optional_type_proto(tensor)))
-    value, fed, dflt = value_of(name), f"{name}/fed", f"{name}/default"
-    then = helper.make_graph(
-        [helper.make_node("OptionalGetElement", [name], [fed], name=fed)],
-        f"{name}/given",
-        [],
-        [helper.make_tensor_value_info(fed, elem, dims)],
-    )
-    if isinstance(default, str):  # computed by the graph: the else branch returns it
-        const = helper.make_node("Identity", [default], [dflt], name=dflt)
-    else:
-        const = helper.make_node(
-            "Constant", [], [dflt], name=dflt, value=numpy_helper.from_array(default, dflt)
-        )
-    orelse = helper.make_graph(
-        [const], f"{name}/absent", [], [helper.make_tensor_value_info(dflt, elem, dims)]
-    )
-    has = has_value(name)
-    view.add_node(helper.make_node("OptionalHasElement", [name], [has], name=has))
-    view.add_node(
-        helper.make_node("If", [has], [value], name=value, then_branch=then, else_branch=orelse)
-    )
-    view.shapes[value] = None if shape is None else tuple(shape)
-    view.dtypes[value] = elem
-    return value
 
 
 # --- the passes, in pipeline order --------------------------------------------------------------
@@ -240,20 +197,26 @@ def add_score(st: ExportState) -> None:
     view, logits, batch = st.view, st.head.logits, st.batch
     b = NodeBuilder(view, "onnxcam/score", st.consts)
     sel = optional_input(view, contract.CLASS_INPUT, TensorProto.INT64, [batch], np.array([-1]))
-    chosen = b.Less(sel, b.const(np.array(0, dtype=np.int64)))
-    view.add_node(
-        helper.make_node(
-            "Where",
-            [chosen, _top_class(st, b), sel],
-            [contract.CLASS_OUTPUT],
-            name=contract.CLASS_OUTPUT,
-        )
-    )
-    st.cls = contract.CLASS_OUTPUT
     shape = view.shape(logits)
     dtype = view.dtype(logits)
+    if st.head.task == "detect":  # rows: the kept detections (``export/detect_graph.py``)
+        cls, default = add_detections(st, b, sel)
+        view.add_node(_identity(cls, contract.CLASS_OUTPUT))
+    else:
+        chosen = b.Less(sel, b.const(np.array(0, dtype=np.int64)))
+        view.add_node(
+            helper.make_node(
+                "Where",
+                [chosen, _top_class(st, b), sel],
+                [contract.CLASS_OUTPUT],
+                name=contract.CLASS_OUTPUT,
+            )
+        )
+    st.cls = contract.CLASS_OUTPUT
+    if st.head.task != "detect":
+        default = _default_seed(st, b)
     seed_shape = ["seed_rows", *shape[1:]]
-    st.seed = optional_input(view, contract.SEED_INPUT, dtype, seed_shape, _default_seed(st, b))
+    st.seed = optional_input(view, contract.SEED_INPUT, dtype, seed_shape, default)
     axes = b.ints(list(range(1, len(shape))))
     weighted = b.Mul(st.seed, logits)
     view.add_node(
@@ -265,22 +228,20 @@ def add_score(st: ExportState) -> None:
     if st.head.activation is not None:  # the model outputs probabilities: publish the logits
         _publish(st, logits, contract.LOGITS_OUTPUT, len(shape))
         _output(view, contract.LOGITS_OUTPUT, dtype, shape)
-    _output(view, contract.CLASS_OUTPUT, TensorProto.INT64, [batch])
+    rows = "rows" if st.head.task == "detect" else batch
+    _output(view, contract.CLASS_OUTPUT, TensorProto.INT64, [rows])
     _output(view, contract.SCORE_OUTPUT, dtype, ["seed_rows"])
 
 
 def _top_class(st: ExportState, b: NodeBuilder) -> str:
     """The class explained by default: the top-1 class (classify), the class of the largest
-    predicted region (segment: most pixels whose argmax it is), the class of the best anchor
-    (detect)."""
+    predicted region (segment: most pixels whose argmax it is)."""
     logits, task = st.head.logits, st.head.task
     if task == "segment":
         st.pixel_class = b.ArgMax(logits, axis=1, keepdims=0)  # [B, H, W]
         hit = b.Equal(b.Unsqueeze(st.pixel_class, b.ints(1)), _class_range(st, b, [1, -1, 1, 1]))
         counts = b.ReduceSum(b.Cast(hit, to=TensorProto.FLOAT), b.ints([2, 3]), keepdims=0)
         return b.ArgMax(counts, axis=1, keepdims=0)
-    if task == "detect":
-        return b.ArgMax(b.reduce("ReduceMax", logits, [2], 0), axis=1, keepdims=0)
     # a binary head's tie (z = 0, p = 0.5) goes to the positive class
     return b.ArgMax(logits, axis=1, keepdims=0, select_last_index=int(st.head.binary))
 
@@ -298,27 +259,16 @@ def _class_range(st: ExportState, b: NodeBuilder, shape: list[int]) -> str:
 def _default_seed(st: ExportState, b: NodeBuilder) -> str:
     """The seed when none is fed: onehot(cls) over the classes (classify); times the mask of
     the pixels predicted as cls (segment: pytorch-grad-cam's ``SemanticSegmentationTarget``
-    on the predicted region); times the one-hot of cls's best anchor (detect)."""
-    logits, dtype, task = st.head.logits, st.view.dtype(st.head.logits), st.head.task
+    on the predicted region). A detector's: ``detect_graph.add_detections``."""
+    dtype, task = st.view.dtype(st.head.logits), st.head.task
     if task == "classify":
         return b.Cast(
             b.Equal(b.Unsqueeze(st.cls, b.ints(1)), _class_range(st, b, [1, -1])), to=dtype
         )
-    lead = [1, -1, 1] if task == "detect" else [1, -1, 1, 1]
-    cls = b.Unsqueeze(st.cls, b.ints(list(range(1, len(lead)))))  # [B, 1, 1(, 1)]
-    onehot = b.Cast(b.Equal(cls, _class_range(st, b, lead)), to=dtype)  # [B, K, 1(, 1)]
-    if task == "segment":
-        region = b.Equal(b.Unsqueeze(st.pixel_class, b.ints(1)), cls)  # [B, 1, H, W]
-        return b.Mul(onehot, b.Cast(region, to=dtype))
-    shape = b.Concat(b.Shape(logits, start=0, end=1), b.ints(1), b.Shape(logits, start=2), axis=0)
-    scores = b.GatherElements(logits, b.Expand(cls, shape), axis=1)  # [B, 1, N]
-    best = b.ArgMax(scores, axis=2, keepdims=1)  # [B, 1, 1]
-    anchors = b.Range(
-        b.const(np.array(0, dtype=np.int64)),
-        b.Squeeze(b.Shape(logits, start=2, end=3), b.ints(0)),
-        b.const(np.array(1, dtype=np.int64)),
-    )
-    return b.Mul(onehot, b.Cast(b.Equal(best, b.Reshape(anchors, b.ints([1, 1, -1]))), to=dtype))
+    cls = b.Unsqueeze(st.cls, b.ints([1, 2, 3]))  # [B, 1, 1, 1]
+    onehot = b.Cast(b.Equal(cls, _class_range(st, b, [1, -1, 1, 1])), to=dtype)  # [B, K, 1, 1]
+    region = b.Equal(b.Unsqueeze(st.pixel_class, b.ints(1)), cls)  # [B, 1, H, W]
+    return b.Mul(onehot, b.Cast(region, to=dtype))
 
 
 def add_topk(st: ExportState) -> None:
@@ -386,7 +336,8 @@ def add_backward(st: ExportState) -> None:
     """The gradients dScore/dA_k as outputs ``onnxcam_gradient_k``."""
     view, branch = st.view, st.gated()
     wrt = [t.tensor for t in st.targets]
-    grads = build_backward(view, _score_seed(st, wrt), wrt, st.consts)
+    rows = st.head.task == "detect"  # one image, a row per detection
+    grads = build_backward(view, _score_seed(st, wrt), wrt, st.consts, seed_rows=rows)
     for k, t in enumerate(st.targets):
         g = grads[t.tensor]
         if t.tokens is not None:
@@ -396,7 +347,8 @@ def add_backward(st: ExportState) -> None:
         pooled = spatially_constant_source(view, g, t.layout.spatial_axes)
         if pooled is not None:
             st.pooled[k], t.gradient_pooled = pooled, True
-        branch.output(g, t.gradient, view.dtype(t.tensor), t.shape)
+        shape = ["rows", *t.shape[1:]] if rows else t.shape
+        branch.output(g, t.gradient, view.dtype(t.tensor), shape)
 
 
 def _weighted_rows(
@@ -496,12 +448,9 @@ def add_heads(st: ExportState) -> None:
     Each behind its own ``If(mode == 2)`` (see ``export/head.py``). A target that is not a cut
     of the graph gets no head; its metadata says why.
     """
-    if st.head.task == "detect":
-        _add_joint_head(st)
-        return
-    if st.head.task == "segment":  # perturbation methods score classes, not regions
+    if st.head.task != "classify":  # perturbation methods score classes, not regions/boxes
         for t in st.targets:
-            t.head_note = "a segmenter's layers have no head-only path (gradient methods only)"
+            t.head_note = f"a {st.head.task} model's layers have no head-only path"
         return
     view = st.view
     n_cls = st.head.num_classes or 0
@@ -539,37 +488,6 @@ def _head_input(st: ExportState, k: int, t: Target) -> str:
     return optional_input(view, contract.head_input_name(k), view.dtype(t.tensor), dims, empty)
 
 
-def _add_joint_head(st: ExportState) -> None:
-    """A detector's head over every target at once, with its backward: head inputs →
-    ``onnxcam_head_logits_0`` and ``onnxcam_head_gradient_k`` = ∂(Σ seed · logits)/∂input_k.
-
-    Mode 2 with the image's activations (from a forward run) as head inputs and one seed row
-    per detection: the backbone runs once per image, the head per detection (or, with
-    ``seed_rows``, its forward once and its backward per detection)."""
-    view = st.view
-    values = [_head_input(st, k, t) for k, t in enumerate(st.targets)]
-    for v, t in zip(values, st.targets, strict=True):  # fed at the map's size (the runtime)
-        view.shapes[v] = ("head_batch", *t.shape[1:])
-    branch = Branch(view, Gate(contract.MODE_HEAD, "head", values[0]), st.consts)
-    first = len(view.graph.node)
-    inputs = dict(zip((t.tensor for t in st.targets), values, strict=True))
-    nodes, logits = build_joint_head(view, inputs, st.head.logits, "", st.consts)
-    del view.graph.node[first:]
-    view.reindex()
-    for n in nodes:
-        view.add_node(n)
-    view.shapes[logits] = view.shape(st.head.logits)
-    grads = build_backward(view, {logits: st.seed}, values, st.consts, seed_rows=True)
-    dtype = view.dtype(st.head.logits)
-    out = contract.head_output_name(0)
-    branch.output(logits, out, dtype, ["head_batch", *view.shape(st.head.logits)[1:]])
-    for k, t in enumerate(st.targets):
-        t.head_input, t.head_output = contract.head_input_name(k), out
-        t.head_gradient = contract.head_gradient_name(k)
-        branch.output(grads[values[k]], t.head_gradient, dtype, ["seed_rows", *t.shape[1:]])
-    branch.close()
-
-
 # --- after the passes -------------------------------------------------------------------------
 def write_metadata(st: ExportState, exporter: dict) -> None:
     """Record the contract in ``metadata_props`` (other existing entries are kept)."""
@@ -591,7 +509,6 @@ def write_metadata(st: ExportState, exporter: dict) -> None:
             binary=h.binary,
             task=h.task,
             detect=h.detect,
-            joint_head=h.task == "detect",
             seed_rows=st.seed_rows,
         ),
         labels=st.labels,

@@ -28,8 +28,8 @@ VERSION = 3
 v2: the ``onnxcam_mode`` input (gradients behind an ``If``: forward-only runs skip them) and
 per-target head-only paths (``onnxcam_head_input_k`` → ``onnxcam_head_logits_k``).
 v3: the ``onnxcam_seed`` input (the explained score is Σ seed · logits: any target), tasks
-(``ScoreSpec.task``: classify, detect, segment) and the detection head's gradients
-(``onnxcam_head_gradient_k``)."""
+(``ScoreSpec.task``: classify, detect, segment) and a detector's in-graph detections
+(``onnxcam_detections``, one gradient row per detection)."""
 
 NAME_PREFIX = "onnxcam_"
 """Every input and output name the contract adds starts with this."""
@@ -46,8 +46,15 @@ every target: a class (one-hot), a contrast (+1/−1), a sum of classes, a regio
 segmentation map, one detection, or ∇_z S(z) of any differentiable function S of the logits
 (the runtime's targets, ``onnxcam.targets``). Absent: the task's default (``ScoreSpec.task``):
 the one-hot of ``onnxcam_class`` (classify), that class over its predicted region (segment),
-the best anchor of that class (detect). Rows: one per image; with one image and
-``ScoreSpec.seed_rows``, any number (the head-only gradients of several targets in one run)."""
+one row per kept detection (detect: ``onnxcam_detections``). Rows: one per image; with one
+image and ``ScoreSpec.seed_rows``, any number (several targets of one image in one run)."""
+
+DETECT_CONF_INPUT = "onnxcam_detect_conf"
+"""float ``[1]``, default 0.25: the class score a detection must reach (a detector)."""
+DETECT_IOU_INPUT = "onnxcam_detect_iou"
+"""float ``[1]``, default 0.45: the IoU above which NMS drops the weaker box."""
+DETECT_TOP_INPUT = "onnxcam_detect_top"
+"""int64 ``[1]``, default 10: how many detections one image explains (the best first)."""
 
 MODE_INPUT = "onnxcam_mode"
 """int64 scalar, default 0. What a run computes besides the model's own outputs:
@@ -71,13 +78,14 @@ SCORE_OUTPUT = "onnxcam_score"
 ACTIVATION_OUTPUT = "onnxcam_activation_{k}"
 """float, the target layer ``k``'s activations, in the layout recorded in the metadata."""
 GRADIENT_OUTPUT = "onnxcam_gradient_{k}"
-"""float, d score / d activations of target layer ``k``, same shape as the activations."""
-HEAD_GRADIENT_OUTPUT = "onnxcam_head_gradient_{k}"
-"""float, the shape of ``onnxcam_head_input_k`` with one row per seed row: the gradient of the
-seeded score with respect to head input k, the forward of the head run on the head inputs
-(mode 2; a joint head over every target, ``ScoreSpec.joint_head``). A detector's maps: the
-image's activations from a forward run, the gradients of each detection from this head-only
-backward (the backbone runs once)."""
+"""float, d score / d activations of target layer ``k``, same shape as the activations (a
+detector: one row per detection)."""
+DETECTIONS_OUTPUT = "onnxcam_detections"
+"""float ``[rows, 8]`` (a detector): x1, y1, x2, y2 (model-input pixels), score, class, anchor,
+kept — the rows the gradients and the score have. One image: the ``top`` best detections
+after each anchor's best class and class-wise NMS (ONNX ``NonMaxSuppression``), or, when none
+reaches ``conf``, its best prediction with kept = 0. Several images: each one's best
+prediction. ``onnxcam_class`` and ``onnxcam_score`` then have these rows too."""
 HEAD_OUTPUT = "onnxcam_head_logits_{k}"
 """float ``[m, classes]``: logits of the head of target k on ``onnxcam_head_input_k`` (mode 2;
 empty otherwise). The layers before the target are not run for these."""
@@ -143,11 +151,6 @@ def head_input_name(k: int) -> str:
 def head_output_name(k: int) -> str:
     """Output name of target layer ``k``'s head-only logits."""
     return HEAD_OUTPUT.format(k=k)
-
-
-def head_gradient_name(k: int) -> str:
-    """Output name of the joint head's gradient with respect to head input ``k``."""
-    return HEAD_GRADIENT_OUTPUT.format(k=k)
 
 
 def cam_weight_name(k: int) -> str:
@@ -368,8 +371,6 @@ class TargetLayer:
     cam_weight: str | None = None
     head_input: str | None = None
     head_output: str | None = None
-    head_gradient: str | None = None
-    """The joint head's gradient output for this target's head input (``ScoreSpec.joint_head``)."""
     head_note: str | None = None
     """Why the layer has no head-only path (when it has none)."""
     note: str | None = None
@@ -385,7 +386,7 @@ class TargetLayer:
 
     _JSON_KEYS = {"head_output": "head_logits"}  # noqa: RUF012 (a class constant)
     """Field → JSON key where they differ (the key is the name graphs have carried since v2)."""
-    _OMIT_EMPTY = ("note", "head_note", "tokens", "head_gradient")
+    _OMIT_EMPTY = ("note", "head_note", "tokens")
 
     def __post_init__(self) -> None:
         self.layout = layout_of(self.layout)
@@ -489,13 +490,10 @@ class ScoreSpec:
     ``[B, K, N]`` over N anchors; ``detect`` says where the boxes are)."""
     seed_input: str = SEED_INPUT
     seed_rows: bool = False
-    """With one image, the seed (and the joint head) may have any number of rows: the
-    exporter checked that the head's gradients of several seed rows on one image equal those
-    of separate runs."""
+    """With one image, the seed may have any number of rows (a detector's detections: the
+    forward runs once, the backward once per row); the exporter checked that the gradients of
+    several rows on one image equal those of separate runs."""
     detect: DetectSpec | None = None
-    joint_head: bool = False
-    """The head-only path takes every target at once (``onnxcam_head_input_k`` for each k) and
-    returns the logits and each input's gradient (``onnxcam_head_gradient_k``)."""
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:

@@ -1,9 +1,10 @@
-"""Detections: decode a detector's output, keep the best boxes (OpenCV's NMS), seed one
-backward row per detection, fuse the per-scale maps, draw the result.
+"""Detections: a detector's kept boxes with their maps, fused over the head's scales, drawn.
 
-The exporter records where the boxes and scores are (``contract.DetectSpec``); nothing here
-guesses a layout. Boxes are in model-input pixels until ``Detection`` scales them to the
-original image.
+The graph keeps the detections and seeds one backward row per detection
+(``export/detect_graph.py``); here they become ``Detection`` objects in original-image pixels.
+``decode`` and ``keep`` are the same selection on the host with OpenCV's NMS, from the
+model's output as ``contract.DetectSpec`` lays it out: the independent check of the graph's
+choice (tests) and a tool for callers who run a plain detector.
 """
 
 from __future__ import annotations
@@ -82,26 +83,21 @@ def keep(
     return [(a, int(cls[a]), float(best[a])) for a in kept[:top]]
 
 
-def seed_row(
-    spec: DetectSpec, logits_shape: tuple, row: np.ndarray, anchor: int, c: int
-) -> np.ndarray:
-    """The seed of one detection over the differentiated tensor (``ScoreSpec.logits``):
-    the class logit (YOLOv8/11 class logits ``[K, N]``), the class score where the output
-    itself is differentiated, or ∇(objectness · p[c]) for YOLOv5."""
-    w = np.zeros(logits_shape, dtype=np.float64)
-    if not 0 <= anchor < (logits_shape[0] if spec.anchors_first else logits_shape[-1]):
-        raise MethodError(f"anchor {anchor} is out of range")
-    if not 0 <= c < spec.num_classes:
-        raise MethodError(f"class {c} is out of range (0..{spec.num_classes - 1})")
-    if not spec.anchors_first:
-        offset = logits_shape[0] - spec.num_classes  # 0 for the class logits, 4 for the output
-        w[offset + c, anchor] = 1.0
-    elif spec.objectness:  # ∂(obj · p)/∂obj = p, ∂(obj · p)/∂p = obj
-        w[anchor, 4] = row[anchor, 5 + c]
-        w[anchor, 5 + c] = row[anchor, 4]
-    else:
-        w[anchor, 4 + c] = 1.0
-    return w
+def from_row(
+    row: np.ndarray,
+    size: tuple[int, int],
+    original: tuple[int, int],
+    label,
+    maps: dict[str, CamMap],
+) -> Detection:
+    """A row of ``onnxcam_detections`` (x1, y1, x2, y2 in input pixels, score, class, anchor,
+    kept) as a ``Detection`` in original-image pixels (clipped to the image)."""
+    h, w = size
+    x1, y1, x2, y2 = np.clip(row[:4], 0, [w, h, w, h])
+    sy, sx = original[0] / h, original[1] / w
+    box = (float(x1 * sx), float(y1 * sy), float(x2 * sx), float(y2 * sy))
+    c = int(row[5])
+    return Detection(box, c, label(c), float(row[4]), int(row[6]), maps)
 
 
 def fuse(maps: list[np.ndarray], how: str) -> np.ndarray:

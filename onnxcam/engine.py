@@ -351,7 +351,7 @@ class Explainer:
         top: int = 10,
         conf: float = 0.25,
         iou: float = 0.45,
-        classes: Sequence[int | str] | None = None,
+        cls: int | str | None = None,
         fuse: str = "max",
         relu: bool = True,
         batch_size: int = 8,
@@ -359,10 +359,9 @@ class Explainer:
     ) -> Iterator[DetectionResult | Failure]:
         """Like ``detect``, yielding a ``Failure`` for a bad input and going on.
 
-        A forward run per batch gives the outputs and the feature maps entering the head;
-        the boxes are decoded and the ``top`` best kept (each anchor's best class ≥ ``conf``,
-        only ``classes`` if given, class-wise NMS at ``iou``: OpenCV's); then one head-only
-        run per image seeds one backward row per detection (``detection.seed_row``). Each
+        One ``session.run`` per image: the graph keeps the ``top`` best detections (each
+        anchor's best class ≥ ``conf``, only class ``cls`` if given, class-wise NMS at ``iou``)
+        and returns their boxes with one gradient row each (``export/detect_graph.py``). Each
         method's maps at the head's scales are rectified (``relu``), brought to input size and
         fused (``fuse``: ``detection.FUSIONS``); the image's map fuses its detections (max).
         An image where nothing is kept gets a result with no detections and a ``note``."""
@@ -382,7 +381,7 @@ class Explainer:
                 f"{other[0]} cannot explain a detection (it needs "
                 f"{', '.join(METHODS[other[0]].needs)}); use the gradient methods or eigencam"
             )
-        wanted = None if classes is None else {self.info.class_index(c) for c in classes}
+        wanted = None if cls is None else self.info.class_index(cls)
         batch: list[BatchInput] = []
         for src in sources:
             try:
@@ -410,88 +409,76 @@ class Explainer:
         top: int,
         conf: float,
         iou: float,
-        wanted: set[int] | None,
+        wanted: int | None,
         fuse: str,
         relu: bool,
     ) -> list[DetectionResult]:
-        spec = self.info.score.detect
+        """One run per image (the graph keeps one gradient row per detection of one image)."""
         targets = self.info.targets
+        grads = any("gradients" in METHODS[m].needs for m in names)
+        fetch = [
+            contract.DETECTIONS_OUTPUT,
+            *(t.activation for t in targets),
+            *((t.gradient for t in targets) if grads else ()),
+        ]
+        extra = {
+            contract.DETECT_CONF_INPUT: np.array([conf], np.float32),
+            contract.DETECT_IOU_INPUT: np.array([iou], np.float32),
+            contract.DETECT_TOP_INPUT: np.array([top], np.int64),
+        }
+        mode = contract.MODE_EXPLAIN if grads else contract.MODE_FORWARD
+        cls = None if wanted is None else np.array([wanted])
         x = self._preprocess(batch)
-        acts = [t.activation for t in targets]
-        t0 = time.perf_counter()
-        out = self._run(x, None, [spec.output, *acts], contract.MODE_FORWARD)
-        forward = (time.perf_counter() - t0) / len(batch)
         results = []
         for i, it in enumerate(batch):
             t0 = time.perf_counter()
-            row = out[spec.output][i]
-            boxes, scores = detection.decode(row, spec)
-            if wanted is not None:
-                scores = np.where(np.isin(np.arange(scores.shape[1]), list(wanted)), scores, 0.0)
-            kept = detection.keep(boxes, scores, conf, iou, top)
-            if not kept:
+            out = self._run(x[i : i + 1], cls, fetch, mode, None, extra)
+            seconds = time.perf_counter() - t0
+            rows = out[contract.DETECTIONS_OUTPUT]
+            if not rows[:, 7].any():
                 note = f"no detection kept (conf {conf}, iou {iou}); lower --conf to see more"
-                results.append(DetectionResult(it.name, it.image, [], {}, forward, note))
+                results.append(DetectionResult(it.name, it.image, [], {}, seconds, note))
                 continue
-            results.append(
-                self._explain_detections(
-                    it, x[i : i + 1], {a: out[a][i : i + 1] for a in acts}, row, boxes,
-                    kept, names, fuse, relu, forward + time.perf_counter() - t0,
-                )
-            )  # fmt: skip
+            results.append(self._explain_detections(it, out, names, fuse, relu, seconds))
         return results
 
     def _explain_detections(
         self,
         it: BatchInput,
-        x: np.ndarray,
-        acts: dict[str, np.ndarray],
-        row: np.ndarray,
-        boxes: np.ndarray,
-        kept: list[tuple[int, int, float]],
+        out: dict[str, np.ndarray],
         names: list[str],
         fuse: str,
         relu: bool,
         seconds: float,
     ) -> DetectionResult:
-        """One image's detections: their seed rows through the joint head in one run, each
-        method's maps per scale, fused."""
-        spec, info = self.info.score.detect, self.info
-        targets = info.targets
+        """One image's detections and their maps: each method on every head input (one row
+        per detection), rectified, brought to input size and fused (``detection.fuse``)."""
+        info = self.info
+        rows = out[contract.DETECTIONS_OUTPUT]
         t0 = time.perf_counter()
-        shape = self._seed_shape(len(kept))
-        seed = np.stack([detection.seed_row(spec, tuple(shape[1:]), row, a, c) for a, c, _ in kept])
-        rows = 1 if info.score.seed_rows else len(kept)
-        feeds = {t.head_input: np.repeat(acts[t.activation], rows, 0) for t in targets}
-        grads = self._run(
-            x, None, [t.head_gradient for t in targets], contract.MODE_HEAD, seed, feeds
-        )
         size = (info.input.height, info.input.width)
         per_method: dict[str, np.ndarray] = {}
         for m in names:
             levels = []
-            for t in targets:
-                A = t.layout.to_nchw(acts[t.activation])
-                G = t.layout.to_nchw(grads[t.head_gradient])
+            for t in info.targets:
+                A = t.layout.to_nchw(out[t.activation])
                 if "gradients" in METHODS[m].needs:
+                    G = t.layout.to_nchw(out[t.gradient])
                     terms = Terms(np.broadcast_to(A, G.shape), G)
                 else:  # the same map for every detection (Eigen-CAM): computed once
                     terms = Terms(A)
                 raw = np.asarray(METHODS[m].formula(terms), dtype=np.float32)
-                raw = np.broadcast_to(raw, (len(kept), *raw.shape[1:]))
+                raw = np.broadcast_to(raw, (len(rows), *raw.shape[1:]))
                 levels.append(postprocess.resize(postprocess.relu(raw) if relu else raw, *size))
             per_method[m] = detection.fuse(levels, fuse)
         dt = time.perf_counter() - t0
-        sy, sx = it.size[0] / size[0], it.size[1] / size[1]
         found = []
-        for j, (a, c, score) in enumerate(kept):
-            x1, y1, x2, y2 = np.clip(boxes[a], 0, [size[1], size[0], size[1], size[0]])
-            box = (float(x1 * sx), float(y1 * sy), float(x2 * sx), float(y2 * sy))
+        for j, row in enumerate(rows):
             maps = {
-                m: CamMap(m, "fused", v[j], v[j], size, it.size, dt / len(kept))
+                m: CamMap(m, "fused", v[j], v[j], size, it.size, dt / len(rows))
                 for m, v in per_method.items()
             }
-            found.append(detection.Detection(box, c, info.label(c), score, a, maps))
+            found.append(detection.from_row(row, size, it.size, info.label, maps))
         overall = {
             m: CamMap(m, "fused", v.max(axis=0), v.max(axis=0), size, it.size, dt)
             for m, v in per_method.items()
@@ -610,7 +597,9 @@ class Explainer:
             seed, cls, failed = self._seeds(x, batch)
             if failed:  # those images are reported; the others explained
                 kept = [i for i in range(len(batch)) if i not in failed]
-                done: list = [Failure(batch[i].name, why) for i, why in failed.items()]
+                done: list = [
+                    Failure(batch[i].name, f"{batch[i].name}: {why}") for i, why in failed.items()
+                ]
                 if kept:
                     done += self._explain_batch(x[kept], [batch[i] for i in kept], plan, progress)
                 return done

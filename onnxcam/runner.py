@@ -211,11 +211,11 @@ def _run_detections(
     """``run_images`` for a detector: every image's kept detections, explained and drawn."""
     if request.given():
         raise OnnxcamError("a detector explains its detections: the target flags do not apply")
-    classes = None if request.cls is None else [request.cls]
+
     try:
         progress(0, len(files))
         stream = explainer.iter_detect(
-            files, methods, top=top, conf=conf, iou=iou, classes=classes, fuse=fusion,
+            files, methods, top=top, conf=conf, iou=iou, cls=request.cls, fuse=fusion,
             batch_size=batch_size, progress=lambda n: progress(n, len(files)),
         )  # fmt: skip
         for r in stream:
@@ -224,7 +224,7 @@ def _run_detections(
                 on_failure(r)
                 continue
             if not r.detections:
-                f = Failure(r.source, r.note or "no detection kept")
+                f = Failure(r.source, f"{r.source}: {r.note or 'no detection kept'}")
                 res.failures.append(f)
                 on_failure(f)
                 continue

@@ -35,7 +35,7 @@ HEAD_TOL = 1e-4
 activations as the float64 reference)."""
 FULL_TOL = 5e-4
 """Max relative error, per map, of a full-graph gradient: the float32 forward of the whole
-backbone (onnxruntime) against torch's float64 one (seen: ≤ 8e-5)."""
+backbone (onnxruntime) against torch's float64 one (seen: ≤ 9e-5)."""
 MAP_TOL = 1e-4
 """Max absolute difference of maps in [0, 1]."""
 

@@ -1,0 +1,141 @@
+"""A detector's default seed, in the graph: the kept detections, one backward row each.
+
+For one image (batch 1) the graph decodes the boxes, keeps each anchor's best class, runs
+ONNX ``NonMaxSuppression`` (class-wise, boxes as centre/size) and keeps the ``top`` best; the
+seed gets one row per kept detection (the one-hot of its class at its anchor, over the
+differentiated tensor), so one ``session.run`` returns the detections and, per detection, the
+gradients at every head input — the forward runs once, the backward once per row
+(``ScoreSpec.seed_rows``). When nothing passes ``conf`` the single best prediction is explained
+and marked not kept (as ultralytics' LayerCAM does). For a batch of several images each image
+gets one row: its best prediction.
+
+The thresholds are optional inputs (``contract.DETECT_*``); ``onnxcam_target_class`` (≥ 0)
+restricts an image's detections to that class. The result is ``onnxcam_detections``
+``[rows, 8]``: x1, y1, x2, y2 (input pixels), score, class, anchor, kept.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxcam import contract
+from onnxcam.contract import DetectSpec
+
+from .builder import NodeBuilder
+from .gating import declare_output, if_else, optional_input
+
+
+def _int(b: NodeBuilder, v: int) -> str:
+    return b.const(np.array(v, dtype=np.int64))
+
+
+def boxes_and_scores(b: NodeBuilder, spec: DetectSpec, output: str) -> tuple[str, str]:
+    """(boxes ``[B, N, 4]`` centre x, centre y, w, h; class scores ``[B, K, N]``) of the
+    model's output, as ``DetectSpec`` lays them out."""
+    k = spec.num_classes
+    if not spec.anchors_first:  # [B, 4 + K, N]
+        boxes = b.Transpose(b.Slice(output, b.ints(0), b.ints(4), b.ints(1)), perm=[0, 2, 1])
+        return boxes, b.Slice(output, b.ints(4), b.ints(4 + k), b.ints(1))
+    boxes = b.Slice(output, b.ints(0), b.ints(4), b.ints(2))  # [B, N, C]
+    first = 5 if spec.objectness else 4
+    scores = b.Slice(output, b.ints(first), b.ints(first + k), b.ints(2))
+    if spec.objectness:
+        scores = b.Mul(scores, b.Slice(output, b.ints(4), b.ints(5), b.ints(2)))
+    return boxes, b.Transpose(scores, perm=[0, 2, 1])
+
+
+def add_detections(st, b: NodeBuilder, sel: str) -> tuple[str, str]:
+    """The detections output and the default seed; returns (classes of the rows, seed)."""
+    view, spec, logits = st.view, st.head.detect, st.head.logits
+    dtype = view.dtype(logits)
+    f32 = TensorProto.FLOAT
+    conf = optional_input(view, contract.DETECT_CONF_INPUT, f32, [1], np.array([0.25], np.float32))
+    iou = optional_input(view, contract.DETECT_IOU_INPUT, f32, [1], np.array([0.45], np.float32))
+    top = optional_input(view, contract.DETECT_TOP_INPUT, TensorProto.INT64, [1], np.array([10]))
+    boxes, scores = boxes_and_scores(b, spec, spec.output)
+    scores = b.Cast(scores, to=f32)
+    boxes = b.Cast(boxes, to=f32)
+    k_range = b.Reshape(
+        b.Range(_int(b, 0), _int(b, spec.num_classes), _int(b, 1)), b.ints([1, -1])
+    )  # [1, K]
+    allowed = b.Or(
+        b.Unsqueeze(b.Less(sel, _int(b, 0)), b.ints(1)),
+        b.Equal(b.Unsqueeze(sel, b.ints(1)), k_range),
+    )  # [B, K]: the class input (≥ 0) restricts an image to one class
+    masked = b.Mul(scores, b.Unsqueeze(b.Cast(allowed, to=f32), b.ints(2)))
+    best_k = b.ArgMax(masked, axis=1, keepdims=1)  # [B, 1, N]: each anchor's best class
+    is_best = b.Equal(b.Unsqueeze(k_range, b.ints(2)), best_k)
+    nms_scores = b.Mul(masked, b.Cast(is_best, to=f32))
+    batch = b.Shape(scores, start=0, end=1)
+    n = b.Shape(scores, start=2, end=3)
+
+    def best_rows() -> str:
+        """Each image's best (class, anchor): [B, 3] rows (image, class, anchor)."""
+        flat = b.Reshape(masked, b.Concat(batch, b.ints(-1), axis=0))
+        idx = b.ArgMax(flat, axis=1, keepdims=1)  # [B, 1]
+        c, a = b.Div(idx, n), b.Mod(idx, n)
+        images = b.Unsqueeze(
+            b.Range(_int(b, 0), b.Squeeze(batch, b.ints(0)), _int(b, 1)), b.ints(1)
+        )
+        return b.Concat(images, c, a, axis=1)
+
+    def kept_rows() -> str:
+        """One image: the ``top`` best after class-wise NMS, or its best prediction."""
+        chosen = b.NonMaxSuppression(boxes, nms_scores, top, iou, conf, center_point_box=1)
+        count = b.Shape(chosen, start=0, end=1)
+
+        def ranked() -> str:
+            values = b.GatherND(nms_scores, chosen)
+            _, order = b.TopK(values, b.Min(top, count), axis=0, outputs=2)
+            return b.Gather(chosen, order, axis=0)
+
+        empty = b.Equal(count, b.ints(0))
+        return if_else(view, b.Squeeze(empty, b.ints(0)), best_rows, ranked, TensorProto.INT64)
+
+    one = b.Squeeze(b.Equal(batch, b.ints(1)), b.ints(0))
+    rows = if_else(view, one, kept_rows, best_rows, TensorProto.INT64, ["rows", 3], "onnxcam/rows")
+    image, cls, anchor = b.Split(rows, b.ints([1, 1, 1]), axis=1, outputs=3)  # [S, 1] each
+    xywh = b.GatherND(boxes, b.Concat(image, anchor, axis=1))  # [S, 4]
+    centre, size = b.Split(xywh, b.ints([2, 2]), axis=1, outputs=2)
+    half = b.Mul(size, b.const(np.array(0.5, np.float32)))
+    score = b.GatherND(scores, rows)  # [S]
+    kept = b.Cast(b.GreaterOrEqual(b.Unsqueeze(score, b.ints(1)), conf), to=f32)
+    columns = [
+        b.Sub(centre, half),
+        b.Add(centre, half),
+        b.Unsqueeze(score, b.ints(1)),
+        b.Cast(cls, to=f32),
+        b.Cast(anchor, to=f32),
+        kept,
+    ]
+    name = contract.DETECTIONS_OUTPUT
+    view.add_node(helper.make_node("Concat", columns, [name], name=name, axis=1))
+    declare_output(view, name, f32, ["rows", 8])
+    return b.Squeeze(cls, b.ints(1)), _seed(b, st, spec, rows, image, cls, anchor, dtype)
+
+
+def _seed(b: NodeBuilder, st, spec: DetectSpec, rows, image, cls, anchor, dtype) -> str:
+    """One row per detection over the differentiated tensor: its class logit at its anchor
+    (YOLOv8/11: the class logits ``[K, N]``, or the output's score rows), or the gradient of
+    objectness · p[c] (YOLOv5: p[c] at the objectness column, objectness at the class's)."""
+    view, logits = st.view, st.head.logits
+    count = b.Shape(rows, start=0, end=1)
+    zero = b.zeros(b.Concat(count, b.Shape(logits, start=1), axis=0), logits)
+    r = b.Unsqueeze(b.Range(_int(b, 0), b.Squeeze(count, b.ints(0)), _int(b, 1)), b.ints(1))
+    ones = b.ConstantOfShape(
+        count, value=numpy_helper.from_array(np.ones(1, view.np_dtype(logits)))
+    )
+    if not spec.anchors_first:
+        offset = (view.shape(logits)[1] or 0) - spec.num_classes  # 4 when it is the output
+        c = b.Add(cls, _int(b, offset)) if offset else cls
+        return b.ScatterND(zero, b.Concat(r, c, anchor, axis=1), ones)
+    first = 5 if spec.objectness else 4
+    column = b.Add(cls, _int(b, first))
+    if not spec.objectness:
+        return b.ScatterND(zero, b.Concat(r, anchor, column, axis=1), ones)
+    four = b.Expand(b.const(np.array([[4]], np.int64)), b.Concat(count, b.ints(1), axis=0))
+    p = b.GatherND(logits, b.Concat(image, anchor, column, axis=1))  # the output [B, N, 5 + K]
+    obj = b.GatherND(logits, b.Concat(image, anchor, four, axis=1))
+    with_p = b.ScatterND(zero, b.Concat(r, anchor, four, axis=1), p)
+    return b.ScatterND(with_p, b.Concat(r, anchor, column, axis=1), obj)
