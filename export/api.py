@@ -192,6 +192,7 @@ def export_onnx(
     model_output: str | None = None,
     task: str | None = None,
     detect_format: str | None = None,
+    detect_gradients: str = "direct",
     verify: bool = True,
     heatmaps: str | Sequence[str] | None = None,
     heatmap_size: str = "input",
@@ -232,6 +233,7 @@ def export_onnx(
         model_output=model_output,
         task=task,
         detect_format=detect_format,
+        detect_gradients=detect_gradients,
         heatmaps=heatmaps,
         heatmap_size=heatmap_size,
         layer_names=layer_names,
@@ -329,6 +331,7 @@ def build_state(
     model_output: str | None = None,
     task: str | None = None,
     detect_format: str | None = None,
+    detect_gradients: str = "direct",
     heatmaps: str | Sequence[str] | None = None,
     heatmap_size: str = "input",
     layer_names: Sequence[str] | None = None,
@@ -371,6 +374,9 @@ def build_state(
     spec = _input_spec(view, image, layout, dtype, **fields)
     _check_spec(spec)
     st = ExportState(view, head, spec, make_targets(view, names), labels=label_list)
+    if detect_gradients not in ("direct", "total"):
+        raise ExportError("detect_gradients must be 'direct' or 'total'")
+    st.detect_gradients = detect_gradients
     st.heatmaps = parse_heatmaps(heatmaps)
     st.heatmaps_all = isinstance(heatmaps, str) and "all" in heatmaps.lower().split(",")
     if heatmap_size not in ("input", "feature"):

@@ -55,6 +55,7 @@ def build_backward(
     wrt: Sequence[str],
     consts: dict | None = None,
     seed_rows: bool = False,
+    direct: bool = False,
 ) -> dict[str, str]:
     """Append nodes computing ∂(Σ_y ⟨seed_y, y⟩)/∂x for every x in ``wrt``.
 
@@ -62,12 +63,18 @@ def build_backward(
     targets; ``NodeBuilder.seed_rows``) — checked numerically by the exporter before the
     contract claims it (``verify.seed_rows_hold``).
 
+    ``direct``: each x's gradient holds the other ``wrt`` tensors fixed (a partial
+    derivative): paths from one x through another are not walked — a detector's head inputs,
+    each read by its own scale's head, without the neck between them.
+
     ``seeds`` maps forward tensors y to the tensors holding their incoming gradient (for a
     class score that is the one-hot of the explained class over the logits). Returns
     ``{x: name of its gradient tensor}``.
     """
     consts = {} if consts is None else consts
     on_path = path_tensors(view, wrt, list(seeds)) | set(seeds)
+    if direct and len(wrt) > 1:  # what computes one wrt tensor from another is not walked
+        on_path -= view.ancestors(wrt, data_only=True) - set(wrt)
     for x in wrt:
         if x not in on_path or not (view.descendants([x], data_only=True) & set(seeds)):
             raise ExportError(f"tensor {x!r} does not influence the score: no gradient path")

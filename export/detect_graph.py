@@ -16,8 +16,11 @@ restricts an image's detections to that class. The result is ``onnxcam_detection
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import numpy as np
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from onnxcam import contract
 from onnxcam.contract import DetectSpec
@@ -45,8 +48,9 @@ def boxes_and_scores(b: NodeBuilder, spec: DetectSpec, output: str) -> tuple[str
     return boxes, b.Transpose(scores, perm=[0, 2, 1])
 
 
-def add_detections(st, b: NodeBuilder, sel: str) -> tuple[str, str]:
-    """The detections output and the default seed; returns (classes of the rows, seed)."""
+def add_detections(st, b: NodeBuilder, sel: str) -> tuple[str, Callable[[], str]]:
+    """The detections output; returns (classes of the rows, a function appending the default
+    seed's nodes — run only when no seed is fed)."""
     view, spec, logits = st.view, st.head.detect, st.head.logits
     dtype = view.dtype(logits)
     f32 = TensorProto.FLOAT
@@ -112,30 +116,39 @@ def add_detections(st, b: NodeBuilder, sel: str) -> tuple[str, str]:
     name = contract.DETECTIONS_OUTPUT
     view.add_node(helper.make_node("Concat", columns, [name], name=name, axis=1))
     declare_output(view, name, f32, ["rows", 8])
-    return b.Squeeze(cls, b.ints(1)), _seed(b, st, spec, rows, image, cls, anchor, dtype)
+    seed = functools.partial(_seed, b, st, spec, rows, image, cls, anchor, dtype)
+    return b.Squeeze(cls, b.ints(1)), seed
 
 
 def _seed(b: NodeBuilder, st, spec: DetectSpec, rows, image, cls, anchor, dtype) -> str:
     """One row per detection over the differentiated tensor: its class logit at its anchor
     (YOLOv8/11: the class logits ``[K, N]``, or the output's score rows), or the gradient of
-    objectness · p[c] (YOLOv5: p[c] at the objectness column, objectness at the class's)."""
+    objectness · p[c] (YOLOv5: p[c] at the objectness column, objectness at the class's).
+    Built as a product of two one-hots (one pass over the [rows, …] seed)."""
     view, logits = st.view, st.head.logits
-    count = b.Shape(rows, start=0, end=1)
-    zero = b.zeros(b.Concat(count, b.Shape(logits, start=1), axis=0), logits)
-    r = b.Unsqueeze(b.Range(_int(b, 0), b.Squeeze(count, b.ints(0)), _int(b, 1)), b.ints(1))
-    ones = b.ConstantOfShape(
-        count, value=numpy_helper.from_array(np.ones(1, view.np_dtype(logits)))
-    )
-    if not spec.anchors_first:
-        offset = (view.shape(logits)[1] or 0) - spec.num_classes  # 4 when it is the output
-        c = b.Add(cls, _int(b, offset)) if offset else cls
-        return b.ScatterND(zero, b.Concat(r, c, anchor, axis=1), ones)
+    shape = view.shape(logits)
+
+    def onehot(index: str, size: int, axis: int) -> str:
+        """[S, 1, 1] index → [S, size, 1] or [S, 1, size] (``axis`` 1 or 2) one-hot."""
+        place = [1, 1, 1]
+        place[axis] = -1
+        grid = b.Reshape(b.Range(_int(b, 0), _int(b, size), _int(b, 1)), b.ints(place))
+        return b.Cast(b.Equal(b.Unsqueeze(index, b.ints(2)), grid), to=dtype)
+
+    if not spec.anchors_first:  # [S, C, N]: C = K, or 4 + K for the output itself
+        c = b.Add(cls, _int(b, shape[1] - spec.num_classes))
+        return b.Mul(onehot(c, shape[1], 1), onehot(anchor, shape[2], 2))
     first = 5 if spec.objectness else 4
     column = b.Add(cls, _int(b, first))
+    at_anchor = onehot(anchor, shape[1], 1)  # [S, N, 1]
     if not spec.objectness:
-        return b.ScatterND(zero, b.Concat(r, anchor, column, axis=1), ones)
-    four = b.Expand(b.const(np.array([[4]], np.int64)), b.Concat(count, b.ints(1), axis=0))
+        return b.Mul(at_anchor, onehot(column, shape[2], 2))
+    four = b.Mul(b.Mul(column, _int(b, 0)), _int(b, 0))
+    four = b.Add(four, _int(b, 4))
     p = b.GatherND(logits, b.Concat(image, anchor, column, axis=1))  # the output [B, N, 5 + K]
     obj = b.GatherND(logits, b.Concat(image, anchor, four, axis=1))
-    with_p = b.ScatterND(zero, b.Concat(r, anchor, four, axis=1), p)
-    return b.ScatterND(with_p, b.Concat(r, anchor, column, axis=1), obj)
+    cols = b.Add(
+        b.Mul(onehot(four, shape[2], 2), b.Reshape(p, b.ints([-1, 1, 1]))),
+        b.Mul(onehot(column, shape[2], 2), b.Reshape(obj, b.ints([-1, 1, 1]))),
+    )  # [S, 1, C]: ∂(obj · p)/∂obj = p, ∂(obj · p)/∂p = obj
+    return b.Mul(at_anchor, cols)

@@ -204,10 +204,13 @@ def declare_output(view: GraphView, name: str, dtype: int, shape) -> None:
     )
 
 
-def optional_input(view: GraphView, name: str, elem: int, shape, default: np.ndarray | str) -> str:
+def optional_input(
+    view: GraphView, name: str, elem: int, shape, default: np.ndarray | Callable[[], str]
+) -> str:
     """Graph input ``name`` of type ``optional(tensor)``: a caller may leave it out, and the
-    graph then uses ``default`` (a constant, or a tensor the graph computes). Returns the
-    tensor with the value (``gating.value_of``); ``gating.has_value`` says whether it was fed.
+    graph then uses ``default`` — a constant, or a function appending the nodes that compute
+    it (they run only when the input is absent). Returns the tensor with the value
+    (``gating.value_of``); ``gating.has_value`` says whether it was fed.
 
     Not an input with an initializer as its default: onnxruntime logs a warning for each of
     those on every load ("Initializer … appears in graph inputs"), in every client. An optional
@@ -224,14 +227,24 @@ def optional_input(view: GraphView, name: str, elem: int, shape, default: np.nda
         [],
         [helper.make_tensor_value_info(fed, elem, dims)],
     )
-    if isinstance(default, str):  # computed by the graph: the else branch returns it
-        const = helper.make_node("Identity", [default], [dflt], name=dflt)
+    if callable(default):  # computed in the else branch (returned as it is made: no copy)
+        first = len(view.graph.node)
+        dflt = default()
+        body = list(view.graph.node[first:])
+        del view.graph.node[first:]
+        view.reindex()
+        if dflt not in {o for n in body for o in n.output}:
+            copy = f"{name}/default"
+            body.append(helper.make_node("Identity", [dflt], [copy], name=copy))
+            dflt = copy
     else:
-        const = helper.make_node(
-            "Constant", [], [dflt], name=dflt, value=numpy_helper.from_array(default, dflt)
-        )
+        body = [
+            helper.make_node(
+                "Constant", [], [dflt], name=dflt, value=numpy_helper.from_array(default, dflt)
+            )
+        ]
     orelse = helper.make_graph(
-        [const], f"{name}/absent", [], [helper.make_tensor_value_info(dflt, elem, dims)]
+        body, f"{name}/absent", [], [helper.make_tensor_value_info(dflt, elem, dims)]
     )
     has = has_value(name)
     view.add_node(helper.make_node("OptionalHasElement", [name], [has], name=has))

@@ -10,6 +10,7 @@ the MaxPool VJP rule records in the node's ``doc_string`` (``verify.check_forwar
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
@@ -65,7 +66,9 @@ class ExportState:
     seed: str = ""
     """The seed's value: what was fed as ``onnxcam_seed``, or the task's default (``add_score``)."""
     seed_rows: bool = False
-    """Verified: one image's head runs with several seed rows (``ScoreSpec.seed_rows``)."""
+    """Verified: one image's backward runs with several seed rows (``ScoreSpec.seed_rows``)."""
+    detect_gradients: str = "direct"
+    """A detector's head-input gradients: ``direct`` (each scale's own head) or ``total``."""
     pixel_class: str = ""
     """A segmenter's per-pixel argmax class (``_top_class``)."""
     single_logit: str | None = None
@@ -214,14 +217,13 @@ def add_score(st: ExportState) -> None:
         )
     st.cls = contract.CLASS_OUTPUT
     if st.head.task != "detect":
-        default = _default_seed(st, b)
+        default = functools.partial(_default_seed, st, b)
     seed_shape = ["seed_rows", *shape[1:]]
     st.seed = optional_input(view, contract.SEED_INPUT, dtype, seed_shape, default)
     axes = b.ints(list(range(1, len(shape))))
-    weighted = b.Mul(st.seed, logits)
     view.add_node(
         helper.make_node(
-            "ReduceSum", [weighted, axes], [contract.SCORE_OUTPUT], keepdims=0,
+            "ReduceSum", [b.Mul(st.seed, logits), axes], [contract.SCORE_OUTPUT], keepdims=0,
             name=contract.SCORE_OUTPUT,
         )
     )  # fmt: skip
@@ -337,7 +339,9 @@ def add_backward(st: ExportState) -> None:
     view, branch = st.view, st.gated()
     wrt = [t.tensor for t in st.targets]
     rows = st.head.task == "detect"  # one image, a row per detection
-    grads = build_backward(view, _score_seed(st, wrt), wrt, st.consts, seed_rows=rows)
+    direct = rows and st.detect_gradients == "direct"
+    seeds = _score_seed(st, wrt)
+    grads = build_backward(view, seeds, wrt, st.consts, seed_rows=rows, direct=direct)
     for k, t in enumerate(st.targets):
         g = grads[t.tensor]
         if t.tokens is not None:
@@ -510,6 +514,7 @@ def write_metadata(st: ExportState, exporter: dict) -> None:
             task=h.task,
             detect=h.detect,
             seed_rows=st.seed_rows,
+            gradients=st.detect_gradients if h.task == "detect" else "total",
         ),
         labels=st.labels,
         classifier=classifier,

@@ -161,6 +161,7 @@ def cli() -> None:
 @o.model_output_option
 @o.task_option
 @o.detect_format_option
+@o.detect_gradients_option
 @click.option(
     "--heatmaps",
     default=None,

@@ -494,6 +494,14 @@ class ScoreSpec:
     forward runs once, the backward once per row); the exporter checked that the gradients of
     several rows on one image equal those of separate runs."""
     detect: DetectSpec | None = None
+    gradients: str = "total"
+    """What the gradient outputs of several targets are: ``total`` derivatives (every path
+    from a target to the score, as autograd gives for a hooked tensor), or ``direct`` ones —
+    each target's gradient with the other targets held fixed: a detector's default, where each
+    scale's head reads its own input (a detection's score depends on its own scale's input
+    only, so there the two agree; ``total`` adds, at the finer scales, the neck paths into a
+    coarser scale's detection — ultralytics' LayerCAM convention — at several times the cost
+    per detection)."""
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:

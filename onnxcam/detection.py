@@ -15,6 +15,7 @@ import numpy as np
 
 from .contract import DetectSpec
 from .errors import MethodError
+from .postprocess import resize
 from .results import CamMap
 
 FUSIONS = ("max", "mean")
@@ -100,22 +101,36 @@ def from_row(
     return Detection(box, c, label(c), float(row[4]), int(row[6]), maps)
 
 
-def fuse(maps: list[np.ndarray], how: str) -> np.ndarray:
-    """Per-scale maps at one resolution ``[n, H, W]`` each → one map ``[n, H, W]`` in [0, 1]:
-    see ``FUSIONS``."""
+def fuse(levels: list[np.ndarray], size: tuple[int, int], how: str) -> np.ndarray:
+    """Per-scale maps ``[n, h_s, w_s]`` (rectified) → one map per row ``[n, H, W]`` in [0, 1]
+    at input size ``size``: see ``FUSIONS``. Each level is resized bilinearly to ``size``
+    first (ultralytics' order); for ``max`` a row's all-zero level is skipped (with direct
+    gradients a detection has a map at its own scale only), which changes nothing."""
     if how not in FUSIONS:
         raise MethodError(f"unknown fusion {how!r}; choose {', '.join(FUSIONS)}")
-    if how == "max":  # each level over its own max (an empty level stays 0), then the max
-        out = None
-        for m in maps:
-            top = m.max(axis=(1, 2), keepdims=True)
-            level = np.divide(m, top, out=np.zeros(m.shape, np.float32), where=top > 0)
-            out = level if out is None else np.maximum(out, level, out=out)
-        return out
-    mean = np.mean(np.stack(maps), axis=0, dtype=np.float32)
-    lo = mean.min(axis=(1, 2), keepdims=True)
-    span = mean.max(axis=(1, 2), keepdims=True) - lo
-    return np.divide(mean - lo, span, out=np.zeros(mean.shape, np.float32), where=span > 0)
+    n = max(len(m) for m in levels)
+    if how == "mean":
+        up = [resize(np.broadcast_to(m, (n, *m.shape[1:])), *size) for m in levels]
+        mean = np.mean(np.stack(up), axis=0, dtype=np.float32)
+        lo = mean.min(axis=(1, 2), keepdims=True)
+        span = mean.max(axis=(1, 2), keepdims=True) - lo
+        return np.divide(mean - lo, span, out=np.zeros(mean.shape, np.float32), where=span > 0)
+    out = np.zeros((n, *size), np.float32)
+    for m in levels:
+        if len(m) == 1 and n > 1:  # the same map for every row (Eigen-CAM): resized once
+            up = resize(m, *size)
+            top = up.max()
+            if top > 0:
+                np.maximum(out, up / top, out=out)
+            continue
+        live = np.flatnonzero(m.reshape(len(m), -1).max(axis=1) > 0)
+        if not len(live):
+            continue
+        up = resize(m[live], *size)
+        top = up.max(axis=(1, 2), keepdims=True)
+        up = np.divide(up, top, out=np.zeros(up.shape, np.float32), where=top > 0)
+        out[live] = np.maximum(out[live], up)
+    return out
 
 
 def draw(rgb: np.ndarray, detections: list[Detection]) -> np.ndarray:

@@ -468,9 +468,8 @@ class Explainer:
                 else:  # the same map for every detection (Eigen-CAM): computed once
                     terms = Terms(A)
                 raw = np.asarray(METHODS[m].formula(terms), dtype=np.float32)
-                raw = np.broadcast_to(raw, (len(rows), *raw.shape[1:]))
-                levels.append(postprocess.resize(postprocess.relu(raw) if relu else raw, *size))
-            per_method[m] = detection.fuse(levels, fuse)
+                levels.append(postprocess.relu(raw) if relu else raw)
+            per_method[m] = detection.fuse(levels, size, fuse)
         dt = time.perf_counter() - t0
         found = []
         for j, row in enumerate(rows):

@@ -217,6 +217,15 @@ detect_format_option = click.option(
     "(objectness), anchors [B,N,4+K] (default: from the shape and --labels; refused when "
     "ambiguous).",
 )
+detect_gradients_option = click.option(
+    "--detect-gradients",
+    type=click.Choice(["direct", "total"]),
+    default="direct",
+    show_default=True,
+    help="A detector's gradients at the head inputs: direct (each scale's head reading its "
+    "own input; a detection's own scale is the same either way) or total (also the neck "
+    "paths into coarser scales, ultralytics' convention; several times slower per detection).",
+)
 model_output_option = click.option(
     "--model-output",
     default=None,
