@@ -84,6 +84,15 @@ def keep(
     return [(a, int(cls[a]), float(best[a])) for a in kept[:top]]
 
 
+def rows_of(row: np.ndarray, spec: DetectSpec, chosen: list[tuple[int, int]]) -> np.ndarray:
+    """``onnxcam_detections`` rows for given (anchor, class) pairs of one image's output (the
+    rows the graph would write: x1, y1, x2, y2, score, class, anchor, kept = 1)."""
+    boxes, scores = decode(row, spec)
+    return np.array(
+        [[*boxes[a], scores[a, c], c, a, 1.0] for a, c in chosen], dtype=np.float32
+    ).reshape(len(chosen), 8)
+
+
 def from_row(
     row: np.ndarray,
     size: tuple[int, int],

@@ -34,7 +34,7 @@ from .plan import (
 from .registry import METHODS, resolve_methods
 from .results import CamMap, Explanation, Failure, Prediction
 from .scoring import Progress, Scorer, image_rng
-from .targets import ClassLogit, Region, Target
+from .targets import ClassLogit, Detection, Region, Target
 from .terms import Terms
 
 ImageSource = str | os.PathLike | np.ndarray
@@ -292,6 +292,8 @@ class Explainer:
         The options are ``ExplainOptions``' fields (its defaults); ``progress(n)`` is called
         after every n inputs, ``method_progress`` by the perturbation methods' scorer.
         """
+        if self.info.task == "detect":
+            raise MethodError("this model is a detector: explain it with Explainer.detect")
         given = locals()  # the keyword arguments are ExplainOptions' fields, one for one
         options = ExplainOptions(**{f.name: given[f.name] for f in fields(ExplainOptions)})
         plan = self.plan(methods, options)
@@ -352,6 +354,7 @@ class Explainer:
         conf: float = 0.25,
         iou: float = 0.45,
         cls: int | str | None = None,
+        targets: Sequence[Detection] = (),
         fuse: str = "max",
         relu: bool = True,
         batch_size: int = 8,
@@ -364,7 +367,9 @@ class Explainer:
         and returns their boxes with one gradient row each (``export/detect_graph.py``). Each
         method's maps at the head's scales are rectified (``relu``), brought to input size and
         fused (``fuse``: ``detection.FUSIONS``); the image's map fuses its detections (max).
-        An image where nothing is kept gets a result with no detections and a ``note``."""
+        An image where nothing is kept gets a result with no detections and a ``note``.
+        ``targets``: explain these ``Detection(anchor, class)`` of every image instead (one
+        seed row each; their boxes read from the output)."""
         if self.info.task != "detect" or self.info.score is None or not self.info.score.detect:
             raise MethodError(
                 f"this model was exported as a {self.info.task} model; detections need a "
@@ -382,6 +387,15 @@ class Explainer:
                 f"{', '.join(METHODS[other[0]].needs)}); use the gradient methods or eigencam"
             )
         wanted = None if cls is None else self.info.class_index(cls)
+        chosen = list(targets)
+        if chosen and self._seed_shape(1)[1] != self.info.num_classes:
+            raise MethodError("given detections need a YOLOv8/11-style detector (class logits)")
+        for d in chosen:
+            d.check(self.info.num_classes)
+            if not 0 <= d.anchor < self._seed_shape(1)[-1]:
+                raise MethodError(
+                    f"anchor {d.anchor} is out of range (0..{self._seed_shape(1)[-1] - 1})"
+                )
         batch: list[BatchInput] = []
         for src in sources:
             try:
@@ -393,12 +407,14 @@ class Explainer:
                 continue
             batch.append(BatchInput(name, img, None, img.shape[:2]))
             if len(batch) == batch_size:
-                yield from self._detect_batch(batch, names, top, conf, iou, wanted, fuse, relu)
+                yield from self._detect_batch(
+                    batch, names, top, conf, iou, wanted, fuse, relu, chosen
+                )
                 if progress:
                     progress(len(batch))
                 batch = []
         if batch:
-            yield from self._detect_batch(batch, names, top, conf, iou, wanted, fuse, relu)
+            yield from self._detect_batch(batch, names, top, conf, iou, wanted, fuse, relu, chosen)
             if progress:
                 progress(len(batch))
 
@@ -412,8 +428,10 @@ class Explainer:
         wanted: int | None,
         fuse: str,
         relu: bool,
+        chosen: Sequence[Detection] = (),
     ) -> list[DetectionResult]:
-        """One run per image (the graph keeps one gradient row per detection of one image)."""
+        """One run per image (the graph keeps one gradient row per detection of one image;
+        ``chosen``: explain these detections instead)."""
         targets = self.info.targets
         grads = any("gradients" in METHODS[m].needs for m in names)
         fetch = [
@@ -428,12 +446,22 @@ class Explainer:
         }
         mode = contract.MODE_EXPLAIN if grads else contract.MODE_FORWARD
         cls = None if wanted is None else np.array([wanted])
+        spec = self.info.score.detect
+        seed = None
+        if chosen:  # given detections: their seed rows; boxes decoded from the output here
+            fetch.append(spec.output)
+            shape = self._seed_shape(len(chosen))
+            seed = np.stack([d.weights(np.zeros(shape[1:])) for d in chosen])
         x = self._preprocess(batch)
         results = []
         for i, it in enumerate(batch):
             t0 = time.perf_counter()
-            out = self._run(x[i : i + 1], cls, fetch, mode, None, extra)
+            out = self._run(x[i : i + 1], cls, fetch, mode, seed, extra)
             seconds = time.perf_counter() - t0
+            if chosen:
+                out[contract.DETECTIONS_OUTPUT] = detection.rows_of(
+                    out[spec.output][0], spec, [(d.anchor, d.c) for d in chosen]
+                )
             rows = out[contract.DETECTIONS_OUTPUT]
             if not rows[:, 7].any():
                 note = f"no detection kept (conf {conf}, iou {iou}); lower --conf to see more"

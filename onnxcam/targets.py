@@ -310,9 +310,9 @@ class Region(Target):
 
 @dataclass(frozen=True)
 class Detection(Target):
-    """One detection of a detector: S = z[c, anchor] — its class logit (the score before the
-    sigmoid, what ultralytics' LayerCAM differentiates). For a YOLOv5-style output with
-    objectness the seed is the gradient of obj · p[c] (``Explainer.detect`` builds it)."""
+    """One detection of a YOLOv8/11-style detector: S = z[c, anchor] — its class logit (the
+    score before the sigmoid, what ultralytics' LayerCAM differentiates), for
+    ``Explainer.detect(targets=...)``. The graph's own selection (NMS, top-K) needs none."""
 
     anchor: int
     c: int
