@@ -205,12 +205,21 @@ def declare_output(view: GraphView, name: str, dtype: int, shape) -> None:
 
 
 def optional_input(
-    view: GraphView, name: str, elem: int, shape, default: np.ndarray | Callable[[], str]
+    view: GraphView,
+    name: str,
+    elem: int,
+    shape,
+    default: np.ndarray | Callable[[], str],
+    empty_is_absent: bool = False,
 ) -> str:
     """Graph input ``name`` of type ``optional(tensor)``: a caller may leave it out, and the
     graph then uses ``default`` — a constant, or a function appending the nodes that compute
     it (they run only when the input is absent). Returns the tensor with the value
     (``gating.value_of``); ``gating.has_value`` says whether it was fed.
+
+    ``empty_is_absent``: an empty tensor fed counts as absent, and the input is declared with
+    symbolic sizes past axis 0 — so a client that must feed every input (onnxruntime-node)
+    feeds ``[0, 1, …]`` for "use the default".
 
     Not an input with an initializer as its default: onnxruntime logs a warning for each of
     those on every load ("Initializer … appears in graph inputs"), in every client. An optional
@@ -218,7 +227,10 @@ def optional_input(
     value or the default (microseconds per run).
     """
     dims = None if shape is None else list(shape)  # a known rank (OpenVINO needs one)
-    tensor = helper.make_tensor_type_proto(elem, dims)
+    declared = dims
+    if empty_is_absent and dims:
+        declared = [dims[0], *(f"{name}_dim{i}" for i in range(1, len(dims)))]
+    tensor = helper.make_tensor_type_proto(elem, declared)
     view.graph.input.append(helper.make_value_info(name, helper.make_optional_type_proto(tensor)))
     value, fed, dflt = value_of(name), f"{name}/fed", f"{name}/default"
     then = helper.make_graph(
@@ -247,7 +259,38 @@ def optional_input(
         body, f"{name}/absent", [], [helper.make_tensor_value_info(dflt, elem, dims)]
     )
     has = has_value(name)
-    view.add_node(helper.make_node("OptionalHasElement", [name], [has], name=has))
+    if empty_is_absent:
+        present, got, size = f"{name}/present", f"{name}/got", f"{name}/size"
+        view.add_node(helper.make_node("OptionalHasElement", [name], [present], name=present))
+        zero = f"{name}/zero"
+        nonempty = helper.make_graph(
+            [
+                helper.make_node("OptionalGetElement", [name], [got], name=got),
+                helper.make_node("Size", [got], [size], name=size),
+                helper.make_node(
+                    "Constant", [], [zero], name=zero,
+                    value=numpy_helper.from_array(np.array(0, np.int64), zero),
+                ),
+                helper.make_node("Greater", [size, zero], [f"{has}/then"], name=f"{has}/then"),
+            ],
+            f"{name}/nonempty",
+            [],
+            [helper.make_tensor_value_info(f"{has}/then", onnx.TensorProto.BOOL, [])],
+        )  # fmt: skip
+        false = numpy_helper.from_array(np.array(False), f"{has}/else")
+        absent = helper.make_graph(
+            [helper.make_node("Constant", [], [f"{has}/else"], name=f"{has}/else", value=false)],
+            f"{name}/not_fed",
+            [],
+            [helper.make_tensor_value_info(f"{has}/else", onnx.TensorProto.BOOL, [])],
+        )
+        view.add_node(
+            helper.make_node(
+                "If", [present], [has], name=has, then_branch=nonempty, else_branch=absent
+            )
+        )
+    else:
+        view.add_node(helper.make_node("OptionalHasElement", [name], [has], name=has))
     view.add_node(
         helper.make_node("If", [has], [value], name=value, then_branch=then, else_branch=orelse)
     )

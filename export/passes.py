@@ -219,7 +219,7 @@ def add_score(st: ExportState) -> None:
     if st.head.task != "detect":
         default = functools.partial(_default_seed, st, b)
     seed_shape = ["seed_rows", *shape[1:]]
-    st.seed = optional_input(view, contract.SEED_INPUT, dtype, seed_shape, default)
+    st.seed = optional_input(view, contract.SEED_INPUT, dtype, seed_shape, default, True)
     axes = b.ints(list(range(1, len(shape))))
     view.add_node(
         helper.make_node(
@@ -492,6 +492,12 @@ def _head_input(st: ExportState, k: int, t: Target) -> str:
     return optional_input(view, contract.head_input_name(k), view.dtype(t.tensor), dims, empty)
 
 
+def _static(shape) -> tuple | None:
+    """The sizes past axis 0 when all are known."""
+    rest = tuple(shape or ())[1:]
+    return rest if shape and all(isinstance(d, int) for d in rest) else None
+
+
 # --- after the passes -------------------------------------------------------------------------
 def write_metadata(st: ExportState, exporter: dict) -> None:
     """Record the contract in ``metadata_props`` (other existing entries are kept)."""
@@ -515,6 +521,7 @@ def write_metadata(st: ExportState, exporter: dict) -> None:
             detect=h.detect,
             seed_rows=st.seed_rows,
             gradients=st.detect_gradients if h.task == "detect" else "total",
+            shape=_static(st.view.shape(h.logits)),
         ),
         labels=st.labels,
         classifier=classifier,

@@ -489,6 +489,9 @@ class ScoreSpec:
     """classify (logits ``[B, K]``), segment (``[B, K, H, W]``) or detect (class logits
     ``[B, K, N]`` over N anchors; ``detect`` says where the boxes are)."""
     seed_input: str = SEED_INPUT
+    shape: tuple | None = None
+    """The logits' sizes past the batch axis (the seed's row shape): ``[K]``, ``[K, H, W]``,
+    ``[K, N]``."""
     seed_rows: bool = False
     """With one image, the seed may have any number of rows (a detector's detections: the
     forward runs once, the backward once per row); the exporter checked that the gradients of
@@ -508,6 +511,8 @@ class ScoreSpec:
             raise ContractError(f"unknown task {self.task!r}; this onnxcam reads {TASKS}")
         if isinstance(self.detect, dict):
             object.__setattr__(self, "detect", DetectSpec.from_json(self.detect))
+        if self.shape is not None:
+            object.__setattr__(self, "shape", tuple(self.shape))
         if not self.logits_output:
             logits_output = LOGITS_OUTPUT if self.activation is not None else self.output
             object.__setattr__(self, "logits_output", logits_output)
@@ -515,6 +520,7 @@ class ScoreSpec:
     def to_json(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
         d["detect"] = self.detect.to_json() if self.detect else None
+        d["shape"] = list(self.shape) if self.shape is not None else None
         return d
 
     @classmethod

@@ -597,9 +597,11 @@ class Explainer:
         return np.stack(rows), np.array(classes, dtype=np.int64), failed
 
     def _seed_shape(self, rows: int) -> list[int]:
-        """[rows, *logits.shape[1:]] from the seed input's declared shape."""
-        seed_in = next(i for i in self.session.get_inputs() if i.name == contract.SEED_INPUT)
-        return [rows, *seed_in.shape[1:]]
+        """[rows, *logits.shape[1:]] (``ScoreSpec.shape``)."""
+        rest = self.info.score.shape if self.info.score else None
+        if rest is None:
+            raise MethodError("the model's logits have dynamic sizes: no seed can be fed")
+        return [rows, *rest]
 
     def _preprocess(self, batch: list[BatchInput]) -> np.ndarray:
         return preprocess([it.image for it in batch], self.info.input)

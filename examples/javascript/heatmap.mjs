@@ -20,12 +20,14 @@ const data = new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength /
 const session = await ort.InferenceSession.create(modelPath);
 const inputName = session.inputNames[0]; // the image
 // onnxcam's own inputs are optional (left out, they take their defaults); onnxruntime-node
-// asks for every input, so feed the defaults: explain (mode 0) the top-1 class (-1), no head
-// rows (an empty tensor of the map's rank).
+// asks for every input, so feed the defaults: explain (mode 0) the top-1 class (-1), no seed
+// (an empty [0, 1]: the one-hot of that class), no head rows (an empty tensor of the map's
+// rank).
 const feeds = { [inputName]: new ort.Tensor("float32", data, dims) };
 for (const name of session.inputNames.slice(1)) {
   if (name === "onnxcam_mode") feeds[name] = new ort.Tensor("int64", BigInt64Array.from([0n]), []);
   else if (name === "onnxcam_target_class") feeds[name] = new ort.Tensor("int64", BigInt64Array.from([-1n]), [1]);
+  else if (name === "onnxcam_seed") feeds[name] = new ort.Tensor("float32", new Float32Array(0), [0, 1]);
   else if (name.startsWith("onnxcam_head_input_")) feeds[name] = new ort.Tensor("float32", new Float32Array(0), [0, 1, 1, 1]);
 }
 const results = await session.run(feeds);
