@@ -200,7 +200,7 @@ def export_onnx(
     layer_notes: Sequence[str | None] | None = None,
     drop_outputs: Sequence[str] = (),
 ) -> ExportResult:
-    """Rewrite an ONNX classifier into an explainable graph (graph contract v2).
+    """Rewrite an ONNX classifier, segmenter or detector into an explainable graph (contract v3).
 
     ``layers`` are ONNX tensor or node names of feature maps on the image grid (default: the
     last one before the head, or an ``ExportError`` listing candidates when none convinces).

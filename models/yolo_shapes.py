@@ -72,10 +72,10 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     return img
 
 
-def _shape_points(cls: int, cx: float, cy: float, r: float, angle: float) -> np.ndarray:
-    """Polygon (N×2 float) of a square or triangle of circumradius ``r``."""
+def _shape_points(cls: int, cx: float, cy: float, r: float, tilt: float) -> np.ndarray:
+    """Polygon (N×2 float) of an upright square or triangle of circumradius ``r``, tilted."""
     n = 4 if cls == 1 else 3
-    t = angle + np.arange(n) * 2 * np.pi / n
+    t = tilt + (np.pi / 4 if n == 4 else -np.pi / 2) + np.arange(n) * 2 * np.pi / n
     return np.stack([cx + r * np.cos(t), cy + r * np.sin(t)], axis=1)
 
 
@@ -106,11 +106,11 @@ def make_image(
         for _ in range(100):  # place without (much) overlap
             r = rng.uniform(0.06, 0.17) * size
             cx, cy = rng.uniform(r + 2, size - r - 2, 2)
-            angle = rng.uniform(0, 2 * np.pi)
+            tilt = rng.uniform(-0.35, 0.35)  # ±20°: squares stay squares, not diamonds
             if cls == 0:
                 x0, y0, x1, y1 = cx - r, cy - r, cx + r, cy + r
             else:
-                pts = _shape_points(cls, cx, cy, r, angle)
+                pts = _shape_points(cls, cx, cy, r, tilt)
                 (x0, y0), (x1, y1) = pts.min(0), pts.max(0)
             if all(x1 < b[0] - 4 or x0 > b[2] + 4 or y1 < b[1] - 4 or y0 > b[3] + 4 for b in boxes):
                 break
@@ -124,7 +124,7 @@ def make_image(
             cv2.circle(img, (round(cx * 16), round(cy * 16)), round(r * 16), colour, -1,
                        cv2.LINE_AA, shift=4)  # fmt: skip
         else:
-            pts = np.round(_shape_points(cls, cx, cy, r, angle) * 16).astype(np.int32)
+            pts = np.round(_shape_points(cls, cx, cy, r, tilt) * 16).astype(np.int32)
             cv2.fillPoly(img, [pts], colour, cv2.LINE_AA, shift=4)
         boxes.append((x0, y0, x1, y1))
         labels.append(
@@ -177,7 +177,8 @@ def train(
         data=str(data), epochs=epochs, imgsz=imgsz, batch=batch, device="cpu", workers=0,
         seed=seed, deterministic=True, pretrained=False, amp=False, plots=False,
         project=str(out / "runs"), name="train", exist_ok=True, close_mosaic=max(epochs // 5, 1),
-        warmup_epochs=1, patience=epochs, optimizer="AdamW", lr0=lr0, verbose=False,
+        warmup_epochs=1, patience=epochs, optimizer="AdamW", lr0=lr0, cls=1.0, scale=0.3,
+        verbose=False,
     )  # fmt: skip
     return Path(model.trainer.best)
 

@@ -1,4 +1,4 @@
-"""Graph contract v2: every name and record the exporter writes and the runtime reads, once.
+"""Graph contract v3: every name and record the exporter writes and the runtime reads, once.
 
 The exporter (``onnxcam.export``) appends these inputs, outputs and ``metadata_props`` to a
 model; the runtime reads them through ``session.get_modelmeta().custom_metadata_map`` and the

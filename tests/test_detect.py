@@ -89,11 +89,9 @@ def explainer(cam):
 
 @pytest.fixture(scope="module")
 def detections(explainer, images):
-    """``Explainer.detect`` on the photos: layercam, gradcam, eigencam; conf/iou/top as
-    ultralytics' predict defaults and the brief."""
-    return explainer.detect(
-        images, methods=["layercam", "gradcam", "eigencam"], top=TOP, conf=CONF, iou=IOU
-    )
+    """``Explainer.detect`` on the photos: layercam and gradcam; conf/iou/top as ultralytics'
+    NMS defaults."""
+    return explainer.detect(images, methods=["layercam", "gradcam"], top=TOP, conf=CONF, iou=IOU)
 
 
 # --- helpers --------------------------------------------------------------------------------
@@ -182,7 +180,8 @@ def test_export_targets(yolo, cam, session, images):
     assert score.detect.format == "yolov8" and score.detect.num_classes == 80
     assert score.detect.output == "output0"
     inputs = {i.name: i.shape for i in session.get_inputs()}
-    assert inputs[contract.SEED_INPUT] == ["seed_rows", yolo.num_classes, yolo.num_anchors]
+    assert score.shape == (yolo.num_classes, yolo.num_anchors)  # the seed's row shape
+    assert inputs[contract.SEED_INPUT][0] == "seed_rows" and len(inputs[contract.SEED_INPUT]) == 3
     for name in (contract.DETECT_CONF_INPUT, contract.DETECT_IOU_INPUT, contract.DETECT_TOP_INPUT):
         assert inputs[name] == [1]
     outputs = {o.name: o.shape for o in session.get_outputs()}
@@ -326,15 +325,25 @@ def test_detection_inputs(yolo, session, images, conf, iou, top):
 
 
 def test_class_input_restricts_detections(yolo, session, images):
-    """``onnxcam_target_class`` keeps that class's detections only (ultralytics' ``classes``)."""
+    """``onnxcam_target_class`` explains one class: its score at every anchor, as if the
+    model had no other class (``class_activation_map``'s ``classes``) — ultralytics' NMS on
+    the output with the other classes' scores zeroed. (Not NMS's own ``classes`` filter,
+    which keeps the anchors whose best class it is: a subset.)"""
     x = yr.to_input(images[2:3])
     dets = session.run([contract.DETECTIONS_OUTPUT], {"images": x})[0]
     c = int(dets[-1, 5])  # a class that is not the best one
     feeds = {"images": x, contract.CLASS_INPUT: np.array([c], np.int64)}
     got, y = session.run([contract.DETECTIONS_OUTPUT, "output0"], feeds)
-    anchors, _, _, _ = _nms(y, CONF, IOU, TOP, classes=[c])
-    assert set(got[:, 5].astype(int).tolist()) == {c}
+    only = y.copy()
+    only[:, 4:][:, np.arange(yolo.num_classes) != c] = 0
+    anchors, classes, scores, boxes = _nms(only, CONF, IOU, TOP)
+    assert set(classes.tolist()) == {c}
     assert got[:, 6].astype(int).tolist() == anchors.tolist()
+    assert got[:, 5].astype(int).tolist() == classes.tolist()
+    np.testing.assert_allclose(got[:, 4], scores, rtol=1e-5)
+    np.testing.assert_allclose(got[:, :4], boxes, atol=1e-3)
+    subset = _nms(y, CONF, IOU, TOP, classes=[c])[0]
+    assert set(subset.tolist()) <= set(anchors.tolist())
 
 
 # --- d. Explainer.detect ------------------------------------------------------------------------
@@ -441,11 +450,11 @@ def test_detect_class_filter(explainer, images):
 
 
 def test_detect_every_method(yolo, explainer, images):
-    """Every gradient method and Eigen-CAM explain detections: finite maps in [0, 1] at the
-    input size, one per detection and one for the image; Eigen-CAM's is the same for all."""
+    """Every gradient method explains detections: finite maps in [0, 1] at the input size,
+    one per detection and one for the image (the max of theirs)."""
     from onnxcam.methods import METHODS
 
-    methods = [m for m, s in METHODS.items() if s.family == "gradient"] + ["eigencam"]
+    methods = [m for m, s in METHODS.items() if s.family == "gradient"]
     (res,) = explainer.detect(images[2], methods=methods, top=4, conf=CONF, iou=IOU)
     assert len(res.detections) == 4
     for m in methods:
@@ -456,8 +465,6 @@ def test_detect_every_method(yolo, explainer, images):
             assert v.min() >= 0 and v.max() <= 1 + 1e-6, m
         assert np.abs(res.maps[m].feature - np.max(maps, axis=0)).max() <= 1e-6, m
         assert any(v.max() > 0.5 for v in maps), m
-        if m == "eigencam":
-            assert all(np.array_equal(v, maps[0]) for v in maps)
     for d in res.detections:
         assert d.maps["gradcam"].original.shape == images[2].shape[:2]
 
@@ -522,33 +529,41 @@ def test_export_bad_gradient_kind(yolo):
 
 
 def test_seed_of_wrong_shape(yolo, session, images):
-    """onnxruntime refuses a seed that is not [rows, K, N] (raw session)."""
-    from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
+    """onnxruntime refuses a seed that is not [rows, K, N] (raw session): the wrong rank at
+    the input; wrong sizes (declared symbolic, so that an empty seed means "the default") in
+    the backward."""
+    from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument
 
     x = yr.to_input(images[:1])
-    for shape in [(1, yolo.num_classes - 1, yolo.num_anchors), (1, yolo.num_classes)]:
-        with pytest.raises(InvalidArgument, match="onnxcam_seed"):
+    seed = np.zeros((1, yolo.num_classes), np.float32)
+    with pytest.raises(InvalidArgument, match="onnxcam_seed"):
+        session.run(GRADS, {"images": x, "onnxcam_seed": seed})
+    for shape in [
+        (1, yolo.num_classes - 1, yolo.num_anchors),
+        (2, yolo.num_classes, yolo.num_anchors + 1),
+    ]:
+        with pytest.raises((Fail, InvalidArgument)):
             session.run(GRADS, {"images": x, "onnxcam_seed": np.zeros(shape, np.float32)})
 
 
-def test_target_seed_of_wrong_shape(yolo, cam, images):
-    """Through ``explain``: a target whose seed is not [K, N], or an anchor out of range, is
-    a one-line onnxcam error (``iter_explain`` yields a ``Failure``, ``explain`` raises it)."""
+def test_explain_refuses_a_detector(yolo, cam, images):
+    """``explain`` (one class per image) sends a detector to ``detect``: a one-line error."""
     from onnxcam import Explainer
-    from onnxcam.targets import Detection, Target
-
-    class Wrong(Target):
-        def weights(self, z):
-            return np.zeros(z.shape[:1])
-
-        def cls(self, z):
-            return 0
+    from onnxcam.targets import Detection
 
     ex = Explainer(cam[1].path, device="cpu")
-    for target, words in [
-        (Wrong(), "a seed of shape"),
-        (Detection(anchor=yolo.num_anchors, c=0), "out of range"),
-    ]:
-        with pytest.raises(OnnxcamError, match=words) as e:
-            ex.explain(images[0], "gradcam", targets=target)
+    for kw in [{}, {"targets": Detection(anchor=0, c=0)}]:
+        with pytest.raises(OnnxcamError, match="detect") as e:
+            ex.explain(images[0], "gradcam", **kw)
         assert "\n" not in str(e.value)
+
+
+def test_detect_eigencam(explainer, images):
+    """Eigen-CAM (no gradients) on several detections: the same finite map for each."""
+    (res,) = explainer.detect(images[2], methods="eigencam", top=3)
+    assert len(res.detections) == 3
+    maps = [d.maps["eigencam"].feature for d in res.detections]
+    assert maps[0].shape == (IMGSZ, IMGSZ) and np.all(np.isfinite(maps[0]))
+    assert maps[0].min() >= 0 and maps[0].max() == pytest.approx(1)
+    assert all(np.array_equal(m, maps[0]) for m in maps)
+    assert np.array_equal(res.maps["eigencam"].feature, maps[0])

@@ -288,7 +288,14 @@ def test_gemm_head_gradient_seeded_with_the_class_row(trans_b: int, alpha: float
     model = _gemm_head_model(trans_b, alpha)
     res = export_onnx(model)
     assert res.targets[0].tensor == "features" and res.targets[0].gradient_pooled
-    assert not any(n.op_type == "Range" for n in _all_nodes(res.model))  # no one-hot built
+    # the backward reads the class row (a Gather), never onehot × W (no product in its branch
+    # that takes the whole matrix without a fed seed: the Gemm is in the fed-seed branch only)
+    backward = next(n for n in res.model.graph.node if n.op_type == "If" and "backward" in n.name)
+    then = next(a.g for a in backward.attribute if a.name == "then_branch")
+    seed_rows = [n for n in then.node if n.op_type == "If" and n.name.startswith("onnxcam/seed")]
+    assert len(seed_rows) == 1 and not any(n.op_type in ("Range", "MatMul") for n in then.node)
+    branches = {a.name: [n.op_type for n in a.g.node] for a in seed_rows[0].attribute}
+    assert "Gemm" in branches["then_branch"] and "Gather" in branches["else_branch"]
     w2 = numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == "w2"))
     rows = w2 if trans_b else w2.T  # [classes, features]
     x = np.random.default_rng(4).normal(size=(3, 3, 12, 10)).astype(np.float32)
@@ -380,7 +387,7 @@ s = ort.InferenceSession({str(out)!r}, providers=['CPUExecutionProvider'])
 r = s.run(['onnxcam_gradient_0', 'onnxcam_class'], {{'input': np.ones((2, 3, 32, 32), np.float32)}})
 assert r[0].shape == (2, 16, 8, 8) and np.isfinite(r[0]).all()
 meta = s.get_modelmeta().custom_metadata_map
-assert meta['onnxcam.contract_version'] == '2'
+assert meta['onnxcam.contract_version'] == '3'
 """
     subprocess.run([sys.executable, "-c", code], check=True)
 

@@ -107,4 +107,4 @@ def test_tf2onnx_mobilenet_softmax(keras_dir) -> None:
         [e.target.logit for e in exps], ref["logits"].max(axis=1), rtol=1e-4, atol=1e-5
     )
     _check(model, "mobilenet_softmax", MOBILENET_TARGETS, {"top": None, "class3": 3})
-    assert contract.VERSION == 2
+    assert contract.VERSION == 3
