@@ -255,7 +255,8 @@ def export_onnx(
                 else 0.0
             )
             if st.head.task == "detect":  # one run per image needs several rows per image
-                st.seed_rows = seed_rows_hold(m, new, st.spec, len(st.targets))
+                rows = st.view.shape(st.head.logits)[1:]
+                st.seed_rows = seed_rows_hold(m, new, st.spec, len(st.targets), rows)
                 if not st.seed_rows:
                     raise ExportError(
                         "this detector's backward does not keep the rows of several detections "

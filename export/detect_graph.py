@@ -66,11 +66,13 @@ def add_detections(st, b: NodeBuilder, sel: str) -> tuple[str, Callable[[], str]
     allowed = b.Or(
         b.Unsqueeze(b.Less(sel, _int(b, 0)), b.ints(1)),
         b.Equal(b.Unsqueeze(sel, b.ints(1)), k_range),
-    )  # [B, K]: the class input (≥ 0) restricts an image to one class
-    masked = b.Mul(scores, b.Unsqueeze(b.Cast(allowed, to=f32), b.ints(2)))
-    best_k = b.ArgMax(masked, axis=1, keepdims=1)  # [B, 1, N]: each anchor's best class
+    )  # [B, K]: the class input (≥ 0) keeps only anchors whose best class it is
+    # (ultralytics' NMS ``classes`` filter)
+    best_k = b.ArgMax(scores, axis=1, keepdims=1)  # [B, 1, N]: each anchor's best class
     is_best = b.Equal(b.Unsqueeze(k_range, b.ints(2)), best_k)
-    nms_scores = b.Mul(masked, b.Cast(is_best, to=f32))
+    keep = b.And(is_best, b.Unsqueeze(allowed, b.ints(2)))  # … if it is an allowed class
+    nms_scores = b.Mul(scores, b.Cast(keep, to=f32))
+    masked = nms_scores
     batch = b.Shape(scores, start=0, end=1)
     n = b.Shape(scores, start=2, end=3)
 
@@ -104,7 +106,8 @@ def add_detections(st, b: NodeBuilder, sel: str) -> tuple[str, Callable[[], str]
     centre, size = b.Split(xywh, b.ints([2, 2]), axis=1, outputs=2)
     half = b.Mul(size, b.const(np.array(0.5, np.float32)))
     score = b.GatherND(scores, rows)  # [S]
-    kept = b.Cast(b.GreaterOrEqual(b.Unsqueeze(score, b.ints(1)), conf), to=f32)
+    passed = b.Greater(b.Unsqueeze(b.GatherND(nms_scores, rows), b.ints(1)), conf)
+    kept = b.Cast(passed, to=f32)  # NMS's own test (> conf), on the filtered best class
     columns = [
         b.Sub(centre, half),
         b.Add(centre, half),

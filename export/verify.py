@@ -188,19 +188,19 @@ def _verify_heads(session, feeds: dict, by_name: dict, atol: float) -> None:
             raise ExportError(f"verification failed: head {k} changes the score by {diff:.3g}")
 
 
-def seed_rows_hold(model: onnx.ModelProto, source: bytes | str, spec: InputSpec, n: int) -> bool:
+def seed_rows_hold(
+    model: onnx.ModelProto, source: bytes | str, spec: InputSpec, n: int, row_shape
+) -> bool:
     """Whether one image's backward with several seed rows gives each row's gradients (as
     separate runs do): the exporter records it as ``ScoreSpec.seed_rows`` (a detector's
-    detections then take one run per image)."""
+    detections then take one run per image). ``row_shape``: the logits' sizes past axis 0."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     s = ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
     feeds = random_feeds(model, spec, 1)
-    seed_in = next(i for i in s.get_inputs() if i.name == contract.SEED_INPUT)
-    shape = [3, *seed_in.shape[1:]]
-    seed = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+    seed = np.random.default_rng(0).normal(size=(3, *row_shape)).astype(np.float32)
     names = [contract.gradient_name(k) for k in range(n)]
     try:
         together = s.run(names, {**feeds, contract.SEED_INPUT: seed})

@@ -277,7 +277,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--imgsz", type=int, default=320)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--lr0", type=float, default=0.004, help="AdamW learning rate")
     ap.add_argument("--train-images", type=int, default=300)
     ap.add_argument("--val-images", type=int, default=60)
     ap.add_argument("--weights", type=Path, default=None, help="trained best.pt: skip training")
@@ -296,7 +297,7 @@ def main(argv: list[str] | None = None) -> None:
     weights = args.weights
     if weights is None:
         t = time.perf_counter()
-        weights = train(data, out, args.epochs, args.imgsz, args.seed, args.batch)
+        weights = train(data, out, args.epochs, args.imgsz, args.seed, args.batch, args.lr0)
         summary["train_s"] = round(time.perf_counter() - t, 1)
     summary["weights"] = str(weights)
     summary["val"] = validate(weights, data, args.imgsz)

@@ -110,14 +110,14 @@ def from_row(
     return Detection(box, c, label(c), float(row[4]), int(row[6]), maps)
 
 
-def fuse(levels: list[np.ndarray], size: tuple[int, int], how: str) -> np.ndarray:
-    """Per-scale maps ``[n, h_s, w_s]`` (rectified) → one map per row ``[n, H, W]`` in [0, 1]
+def fuse(levels: list[np.ndarray], size: tuple[int, int], how: str, n: int) -> np.ndarray:
+    """Per-scale maps ``[n or 1, h_s, w_s]`` (rectified; one row: the same map for every
+    detection) → one map per detection ``[n, H, W]`` in [0, 1]
     at input size ``size``: see ``FUSIONS``. Each level is resized bilinearly to ``size``
     first (ultralytics' order); for ``max`` a row's all-zero level is skipped (with direct
     gradients a detection has a map at its own scale only), which changes nothing."""
     if how not in FUSIONS:
         raise MethodError(f"unknown fusion {how!r}; choose {', '.join(FUSIONS)}")
-    n = max(len(m) for m in levels)
     if how == "mean":
         up = [resize(np.broadcast_to(m, (n, *m.shape[1:])), *size) for m in levels]
         mean = np.mean(np.stack(up), axis=0, dtype=np.float32)

@@ -263,7 +263,7 @@ class Explainer:
         results = []
         for r in self.iter_explain(images, methods, **kw):
             if isinstance(r, Failure):
-                raise ImageError(r.error)
+                raise (MethodError if r.target else ImageError)(r.error)
             results.append(r)
         return results
 
@@ -497,7 +497,7 @@ class Explainer:
                     terms = Terms(A)
                 raw = np.asarray(METHODS[m].formula(terms), dtype=np.float32)
                 levels.append(postprocess.relu(raw) if relu else raw)
-            per_method[m] = detection.fuse(levels, size, fuse)
+            per_method[m] = detection.fuse(levels, size, fuse, len(rows))
         dt = time.perf_counter() - t0
         found = []
         for j, row in enumerate(rows):

@@ -92,3 +92,6 @@ class Failure:
 
     source: str
     error: str
+    target: bool = False
+    """The image was read but its target cannot be explained (``explain`` raises a
+    ``MethodError`` for it, an ``ImageError`` otherwise)."""
