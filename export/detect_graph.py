@@ -48,9 +48,11 @@ def boxes_and_scores(b: NodeBuilder, spec: DetectSpec, output: str) -> tuple[str
     return boxes, b.Transpose(scores, perm=[0, 2, 1])
 
 
-def add_detections(st, b: NodeBuilder, sel: str) -> tuple[str, Callable[[], str]]:
-    """The detections output; returns (classes of the rows, a function appending the default
-    seed's nodes — run only when no seed is fed)."""
+def add_detections(
+    st, b: NodeBuilder, sel: str
+) -> tuple[str, Callable[[], str], Callable[[], str]]:
+    """The detections output; returns (classes of the rows, functions appending the default
+    seed's and the default score's nodes — run only when no seed is fed)."""
     view, spec, logits = st.view, st.head.detect, st.head.logits
     dtype = view.dtype(logits)
     f32 = TensorProto.FLOAT
@@ -120,7 +122,25 @@ def add_detections(st, b: NodeBuilder, sel: str) -> tuple[str, Callable[[], str]
     view.add_node(helper.make_node("Concat", columns, [name], name=name, axis=1))
     declare_output(view, name, f32, ["rows", 8])
     seed = functools.partial(_seed, b, st, spec, rows, image, cls, anchor, dtype)
-    return b.Squeeze(cls, b.ints(1)), seed
+    score = functools.partial(_score, b, st, spec, image, cls, anchor)
+    return b.Squeeze(cls, b.ints(1)), seed, score
+
+
+def _score(b: NodeBuilder, st, spec: DetectSpec, image, cls, anchor) -> str:
+    """Each row's score without a fed seed, read directly: its class logit (or score), or
+    objectness · p[c] (YOLOv5)."""
+    logits, shape = st.head.logits, st.view.shape(st.head.logits)
+    if not spec.anchors_first:
+        c = b.Add(cls, _int(b, shape[1] - spec.num_classes))
+        return b.GatherND(logits, b.Concat(image, c, anchor, axis=1))
+    first = 5 if spec.objectness else 4
+    p = b.GatherND(logits, b.Concat(image, anchor, b.Add(cls, _int(b, first)), axis=1))
+    if not spec.objectness:
+        return p
+    obj = b.GatherND(
+        logits, b.Concat(image, anchor, b.Add(b.Mul(cls, _int(b, 0)), _int(b, 4)), axis=1)
+    )
+    return b.Mul(p, obj)
 
 
 def _seed(b: NodeBuilder, st, spec: DetectSpec, rows, image, cls, anchor, dtype) -> str:

@@ -226,38 +226,21 @@ def optional_input(
     input is fed like any tensor (or omitted); an ``If`` on ``OptionalHasElement`` picks the
     value or the default (microseconds per run).
     """
+    declare_optional(view, name, elem, shape, empty_is_absent)
+    return optional_value(view, name, elem, shape, default)
+
+
+def declare_optional(
+    view: GraphView, name: str, elem: int, shape, empty_is_absent: bool = False
+) -> str:
+    """Declare optional input ``name`` (see ``optional_input``); returns ``has_value(name)``,
+    the bool tensor saying whether it was fed."""
     dims = None if shape is None else list(shape)  # a known rank (OpenVINO needs one)
     declared = dims
     if empty_is_absent and dims:
         declared = [dims[0], *(f"{name}_dim{i}" for i in range(1, len(dims)))]
     tensor = helper.make_tensor_type_proto(elem, declared)
     view.graph.input.append(helper.make_value_info(name, helper.make_optional_type_proto(tensor)))
-    value, fed, dflt = value_of(name), f"{name}/fed", f"{name}/default"
-    then = helper.make_graph(
-        [helper.make_node("OptionalGetElement", [name], [fed], name=fed)],
-        f"{name}/given",
-        [],
-        [helper.make_tensor_value_info(fed, elem, dims)],
-    )
-    if callable(default):  # computed in the else branch (returned as it is made: no copy)
-        first = len(view.graph.node)
-        dflt = default()
-        body = list(view.graph.node[first:])
-        del view.graph.node[first:]
-        view.reindex()
-        if dflt not in {o for n in body for o in n.output}:
-            copy = f"{name}/default"
-            body.append(helper.make_node("Identity", [dflt], [copy], name=copy))
-            dflt = copy
-    else:
-        body = [
-            helper.make_node(
-                "Constant", [], [dflt], name=dflt, value=numpy_helper.from_array(default, dflt)
-            )
-        ]
-    orelse = helper.make_graph(
-        body, f"{name}/absent", [], [helper.make_tensor_value_info(dflt, elem, dims)]
-    )
     has = has_value(name)
     if empty_is_absent:
         present, got, size = f"{name}/present", f"{name}/got", f"{name}/size"
@@ -291,6 +274,42 @@ def optional_input(
         )
     else:
         view.add_node(helper.make_node("OptionalHasElement", [name], [has], name=has))
+    return has
+
+
+def optional_value(
+    view: GraphView, name: str, elem: int, shape, default: np.ndarray | Callable[[], str]
+) -> str:
+    """The value of declared optional input ``name``: what was fed, or ``default`` (see
+    ``optional_input``)."""
+    dims = None if shape is None else list(shape)
+    has = has_value(name)
+    value, fed, dflt = value_of(name), f"{name}/fed", f"{name}/default"
+    then = helper.make_graph(
+        [helper.make_node("OptionalGetElement", [name], [fed], name=fed)],
+        f"{name}/given",
+        [],
+        [helper.make_tensor_value_info(fed, elem, dims)],
+    )
+    if callable(default):  # computed in the else branch (returned as it is made: no copy)
+        first = len(view.graph.node)
+        dflt = default()
+        body = list(view.graph.node[first:])
+        del view.graph.node[first:]
+        view.reindex()
+        if dflt not in {o for n in body for o in n.output}:
+            copy = f"{name}/default"
+            body.append(helper.make_node("Identity", [dflt], [copy], name=copy))
+            dflt = copy
+    else:
+        body = [
+            helper.make_node(
+                "Constant", [], [dflt], name=dflt, value=numpy_helper.from_array(default, dflt)
+            )
+        ]
+    orelse = helper.make_graph(
+        body, f"{name}/absent", [], [helper.make_tensor_value_info(dflt, elem, dims)]
+    )
     view.add_node(
         helper.make_node("If", [has], [value], name=value, then_branch=then, else_branch=orelse)
     )

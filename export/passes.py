@@ -11,7 +11,7 @@ the MaxPool VJP rule records in the node's ``doc_string`` (``verify.check_forwar
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -32,7 +32,16 @@ from onnxcam.errors import ExportError
 from .autodiff import build_backward, spatially_constant_source
 from .builder import NodeBuilder
 from .detect_graph import add_detections
-from .gating import Branch, empty_shape, has_value, head_gate, if_else, optional_input
+from .gating import (
+    Branch,
+    declare_optional,
+    empty_shape,
+    has_value,
+    head_gate,
+    if_else,
+    optional_input,
+    optional_value,
+)
 from .gating import declare_output as _output
 from .graph import GraphView, attr
 from .head import build_head
@@ -64,7 +73,10 @@ class ExportState:
     cls: str = ""
     """The explained class tensor (``add_score``)."""
     seed: str = ""
-    """The seed's value: what was fed as ``onnxcam_seed``, or the task's default (``add_score``)."""
+    """The seed's value: what was fed as ``onnxcam_seed``, or the task's default (``seed_of``)."""
+    seed_shape: list = field(default_factory=list)
+    seed_default: Callable[[], str] | None = None
+    """Appends the nodes of the task's default seed (run only when no seed is fed)."""
     seed_rows: bool = False
     """Verified: one image's backward runs with several seed rows (``ScoreSpec.seed_rows``)."""
     detect_gradients: str = "direct"
@@ -203,7 +215,7 @@ def add_score(st: ExportState) -> None:
     shape = view.shape(logits)
     dtype = view.dtype(logits)
     if st.head.task == "detect":  # rows: the kept detections (``export/detect_graph.py``)
-        cls, default = add_detections(st, b, sel)
+        cls, default, default_score = add_detections(st, b, sel)
         view.add_node(_identity(cls, contract.CLASS_OUTPUT))
     else:
         chosen = b.Less(sel, b.const(np.array(0, dtype=np.int64)))
@@ -218,21 +230,52 @@ def add_score(st: ExportState) -> None:
     st.cls = contract.CLASS_OUTPUT
     if st.head.task != "detect":
         default = functools.partial(_default_seed, st, b)
-    seed_shape = ["seed_rows", *shape[1:]]
-    st.seed = optional_input(view, contract.SEED_INPUT, dtype, seed_shape, default, True)
-    axes = b.ints(list(range(1, len(shape))))
-    view.add_node(
-        helper.make_node(
-            "ReduceSum", [b.Mul(st.seed, logits), axes], [contract.SCORE_OUTPUT], keepdims=0,
-            name=contract.SCORE_OUTPUT,
-        )
-    )  # fmt: skip
+        default_score = functools.partial(_default_score, st, b)
+    st.seed_shape = ["seed_rows", *shape[1:]]
+    st.seed_default = default  # the seed's value is made where it is first read (``seed_of``)
+    has = declare_optional(view, contract.SEED_INPUT, dtype, st.seed_shape, True)
+
+    def fed_score() -> str:
+        w = b.OptionalGetElement(contract.SEED_INPUT)
+        return b.ReduceSum(b.Mul(w, logits), b.ints(list(range(1, len(shape)))), keepdims=0)
+
+    score = if_else(view, has, fed_score, default_score, dtype, ["seed_rows"], "onnxcam/score")
+    view.add_node(_identity(score, contract.SCORE_OUTPUT))
     if st.head.activation is not None:  # the model outputs probabilities: publish the logits
         _publish(st, logits, contract.LOGITS_OUTPUT, len(shape))
         _output(view, contract.LOGITS_OUTPUT, dtype, shape)
     rows = "rows" if st.head.task == "detect" else batch
     _output(view, contract.CLASS_OUTPUT, TensorProto.INT64, [rows])
     _output(view, contract.SCORE_OUTPUT, dtype, ["seed_rows"])
+
+
+def seed_of(st: ExportState) -> str:
+    """The seed's value (what was fed, or the task's default), made on first use: in the
+    gradients' branch when only the backward reads it, so a forward run (mode 1) never
+    builds a detector's or segmenter's dense default seed."""
+    if not st.seed:
+        dtype = st.view.dtype(st.head.logits)
+        shape = st.seed_shape
+        st.seed = optional_value(st.view, contract.SEED_INPUT, dtype, shape, st.seed_default)
+    return st.seed
+
+
+def _default_score(st: ExportState, b: NodeBuilder) -> str:
+    """The score without a fed seed (what Σ default seed · logits gives, read directly): the
+    class's logit (classify); its logits summed over its predicted region (segment)."""
+    logits = st.head.logits
+    if st.head.task == "segment":
+        cls = b.Unsqueeze(st.cls, b.ints([1, 2, 3]))  # [B, 1, 1, 1]
+        shape = b.Concat(
+            b.Shape(logits, start=0, end=1), b.ints(1), b.Shape(logits, start=2), axis=0
+        )
+        picked = b.GatherElements(logits, b.Expand(cls, shape), axis=1)  # [B, 1, H, W]
+        region = b.Cast(
+            b.Equal(b.Unsqueeze(st.pixel_class, b.ints(1)), cls), to=st.view.dtype(logits)
+        )
+        return b.ReduceSum(b.Mul(picked, region), b.ints([1, 2, 3]), keepdims=0)
+    picked = b.GatherElements(logits, b.Unsqueeze(st.cls, b.ints(1)), axis=1)
+    return b.Squeeze(picked, b.ints(1))
 
 
 def _top_class(st: ExportState, b: NodeBuilder) -> str:
@@ -323,7 +366,7 @@ def add_cam_weights(st: ExportState) -> None:
             zero = b.const(np.array(0, dtype=np.int64))
             w = b.Gather(cls.weight, zero, axis=0 if cls.rows_are_classes else 1)
             w = b.Unsqueeze(w, b.ints(0))  # [1, C]
-            s0, s1 = b.Split(st.seed, b.ints([1, 1]), axis=1, outputs=2)
+            s0, s1 = b.Split(seed_of(st), b.ints([1, 1]), axis=1, outputs=2)
             w = b.Mul(w, b.Cast(b.Sub(s1, s0), to=view.dtype(cls.weight)))
             if cls.alpha != 1.0:
                 w = b.Mul(w, b.scalar(cls.alpha, cls.weight))
@@ -365,9 +408,10 @@ def _weighted_rows(
     1280 → 1000 head, ~4% of EfficientNet-Lite0's batch-1 latency); a fed seed takes the
     product. Only the taken branch of the ``If`` runs."""
     view = st.view
+    seed = seed_of(st)  # made here, outside the If's branches (later passes read it too)
 
     def fed() -> str:  # Gemm(seed, W): W is [K, C] (rows are classes) or [C, K]
-        return b.Gemm(st.seed, weight, alpha=float(alpha), transB=0 if rows_are_classes else 1)
+        return b.Gemm(seed, weight, alpha=float(alpha), transB=0 if rows_are_classes else 1)
 
     def default() -> str:
         if rows_are_classes:
@@ -403,7 +447,7 @@ def _score_seed(st: ExportState, wrt: list[str]) -> dict[str, str]:
         or (len(gemm.input) > 2 and gemm.input[2] and not view.is_weight(gemm.input[2]))
         or any(x == logits for x in wrt)
     ):
-        return {logits: st.seed}
+        return {logits: seed_of(st)}
     b = NodeBuilder(view, "onnxcam/score_seed", st.consts)
     rows = _weighted_rows(
         st, b, gemm.input[1], bool(attr(gemm, "transB", 0)), attr(gemm, "alpha", 1.0)
