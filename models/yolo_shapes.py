@@ -63,7 +63,7 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
         period = rng.uniform(8, 40)
         wave = np.sign(np.sin(xx * np.pi / period) * np.sin(yy * np.pi / period))
         img += wave[..., None] * rng.uniform(5, 20)
-    for _ in range(int(rng.integers(3, 12))):  # thin clutter lines
+    for _ in range(int(rng.integers(0, 6))):  # thin clutter lines
         p1 = tuple(int(v) for v in rng.integers(0, size, 2))
         p2 = tuple(int(v) for v in rng.integers(0, size, 2))
         colour = tuple(float(v) for v in rng.uniform(0, 255, 3))
@@ -84,7 +84,7 @@ def _colour(rng: np.random.Generator, under: np.ndarray) -> tuple[float, ...]:
     for _ in range(50):
         hsv = np.uint8([[[rng.integers(0, 180), rng.integers(120, 256), rng.integers(90, 256)]]])
         bgr = cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0].astype(np.float32)
-        if np.abs(bgr - under).sum() > 150:
+        if np.abs(bgr - under).sum() > 180:
             break
     return tuple(float(v) for v in bgr)
 
@@ -104,7 +104,7 @@ def make_image(
     labels = []
     for cls in classes:
         for _ in range(100):  # place without (much) overlap
-            r = rng.uniform(0.06, 0.17) * size
+            r = rng.uniform(0.07, 0.17) * size
             cx, cy = rng.uniform(r + 2, size - r - 2, 2)
             tilt = rng.uniform(-0.35, 0.35)  # ±20°: squares stay squares, not diamonds
             if cls == 0:
@@ -177,7 +177,7 @@ def train(
         data=str(data), epochs=epochs, imgsz=imgsz, batch=batch, device="cpu", workers=0,
         seed=seed, deterministic=True, pretrained=False, amp=False, plots=False,
         project=str(out / "runs"), name="train", exist_ok=True, close_mosaic=max(epochs // 5, 1),
-        warmup_epochs=1, patience=epochs, optimizer="AdamW", lr0=lr0, cls=1.0, scale=0.3,
+        warmup_epochs=1, val=False, patience=epochs, optimizer="AdamW", lr0=lr0, cls=1.0, scale=0.3,
         verbose=False,
     )  # fmt: skip
     return Path(model.trainer.best)

@@ -132,13 +132,11 @@ def fuse(levels: list[np.ndarray], size: tuple[int, int], how: str, n: int) -> n
             if top > 0:
                 np.maximum(out, up / top, out=out)
             continue
-        live = np.flatnonzero(m.reshape(len(m), -1).max(axis=1) > 0)
-        if not len(live):
-            continue
-        up = resize(m[live], *size)
-        top = up.max(axis=(1, 2), keepdims=True)
-        up = np.divide(up, top, out=np.zeros(up.shape, np.float32), where=top > 0)
-        out[live] = np.maximum(out[live], up)
+        for r in np.flatnonzero(m.reshape(len(m), -1).max(axis=1) > 0):  # in place, per row
+            up = resize(m[r : r + 1], *size)[0]
+            top = up.max()
+            if top > 0:
+                np.maximum(out[r], np.multiply(up, 1 / top, out=up), out=out[r])
     return out
 
 
