@@ -260,12 +260,7 @@ class Explainer:
         """
         if isinstance(images, (str, os.PathLike, np.ndarray)):
             images = [images]
-        results = []
-        for r in self.iter_explain(images, methods, **kw):
-            if isinstance(r, Failure):
-                raise (MethodError if r.target else ImageError)(r.error)
-            results.append(r)
-        return results
+        return _all_or_raise(self.iter_explain(images, methods, **kw))
 
     def iter_explain(
         self,
@@ -338,12 +333,7 @@ class Explainer:
         ``ImageError`` on an unreadable image; options as ``iter_detect``."""
         if isinstance(images, (str, os.PathLike, np.ndarray)):
             images = [images]
-        results = []
-        for r in self.iter_detect(images, methods, **kw):
-            if isinstance(r, Failure):
-                raise ImageError(r.error)
-            results.append(r)
-        return results
+        return _all_or_raise(self.iter_detect(images, methods, **kw))
 
     def iter_detect(
         self,
@@ -763,6 +753,17 @@ class Explainer:
         )
         layout = self.info.input.layout
         return PerturbationInputs(x, A, np.asarray(classes), t, scorer, plan.perturbation, layout)
+
+
+def _all_or_raise(stream: Iterable) -> list:
+    """Every result of ``stream``; the first ``Failure`` raised (``MethodError`` for a target
+    that cannot be explained, ``ImageError`` otherwise)."""
+    results = []
+    for r in stream:
+        if isinstance(r, Failure):
+            raise (MethodError if r.target else ImageError)(r.error)
+        results.append(r)
+    return results
 
 
 def _terms(li: LayerInputs, arrays: dict[str, np.ndarray], noisy: dict | None) -> Terms:

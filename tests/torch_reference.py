@@ -19,12 +19,13 @@ TORCHVISION_CASES = {
 }
 
 
-def torchvision_model(name: str, seed: int = 0) -> torch.nn.Module:
-    """A random-init torchvision model in eval mode, with in-place activations switched off."""
+def torchvision_model(name: str, seed: int = 0, **kwargs) -> torch.nn.Module:
+    """A random-init torchvision model in eval mode, with in-place activations switched off
+    (``kwargs`` go to its constructor, e.g. ``num_classes``)."""
     import torchvision
 
     torch.manual_seed(seed)
-    model = getattr(torchvision.models, name)(weights=None).eval()
+    model = getattr(torchvision.models, name)(weights=None, **kwargs).eval()
     for m in model.modules():
         if hasattr(m, "inplace"):
             m.inplace = False
@@ -38,11 +39,11 @@ def torchvision_model(name: str, seed: int = 0) -> torch.nn.Module:
     return model
 
 
-def torch_layer_gradients(
-    model: torch.nn.Module, x: np.ndarray, layers: list[str], classes: np.ndarray | None = None
-) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
-    """Logits, activations and d(score)/d(activation) per layer; score = logit of the class
-    (top-1 per sample unless ``classes`` is given), summed over the batch."""
+def forward_capturing(
+    model: torch.nn.Module, x: np.ndarray, layers: list[str]
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The logits of ``x`` (cast to the model's dtype) and each named layer's output, kept in
+    the autograd graph (forward hooks)."""
     captured: dict[str, torch.Tensor] = {}
     hooks = [
         model.get_submodule(name).register_forward_hook(
@@ -51,10 +52,20 @@ def torch_layer_gradients(
         for name in layers
     ]
     try:
-        logits = model(torch.from_numpy(x))
+        param = next(model.parameters())
+        logits = model(torch.from_numpy(x).to(param.dtype))
     finally:
         for h in hooks:
             h.remove()
+    return logits, captured
+
+
+def torch_layer_gradients(
+    model: torch.nn.Module, x: np.ndarray, layers: list[str], classes: np.ndarray | None = None
+) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
+    """Logits, activations and d(score)/d(activation) per layer; score = logit of the class
+    (top-1 per sample unless ``classes`` is given), summed over the batch."""
+    logits, captured = forward_capturing(model, x, layers)
     cls = logits.argmax(1) if classes is None else torch.from_numpy(classes)
     score = logits.gather(1, cls[:, None]).sum()
     acts = [captured[n] for n in layers]
@@ -161,21 +172,7 @@ def pytorch_grad_cam_methods() -> tuple[dict, dict]:
 
 def torchvision_classifier(name: str, num_classes: int, seed: int = 0) -> torch.nn.Module:
     """``torchvision_model`` with ``num_classes`` outputs (small heads for fast tests)."""
-    import torchvision
-
-    torch.manual_seed(seed)
-    model = getattr(torchvision.models, name)(weights=None, num_classes=num_classes).eval()
-    for m in model.modules():
-        if hasattr(m, "inplace"):
-            m.inplace = False
-    with torch.no_grad():  # the same spread of BN statistics as torchvision_model
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.1, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.1, 0.1)
-    return model
+    return torchvision_model(name, seed, num_classes=num_classes)
 
 
 def torch_score_gradients(
@@ -184,19 +181,7 @@ def torch_score_gradients(
     """Logits, per-row scores and d(Σ rows' scores)/d(activation) per layer, where
     ``score(logits)`` maps the [B, K] logits tensor to the [B] scores (any differentiable
     function of the logits; a float64 model gives a float64 reference)."""
-    captured: dict[str, torch.Tensor] = {}
-    hooks = [
-        model.get_submodule(name).register_forward_hook(
-            lambda _m, _i, out, name=name: captured.__setitem__(name, out)
-        )
-        for name in layers
-    ]
-    try:
-        param = next(model.parameters())
-        logits = model(torch.from_numpy(x).to(param.dtype))
-    finally:
-        for h in hooks:
-            h.remove()
+    logits, captured = forward_capturing(model, x, layers)
     s = score(logits)
     grads = torch.autograd.grad(s.sum(), [captured[n] for n in layers])
     return logits.detach().numpy(), s.detach().numpy(), [g.numpy() for g in grads]
