@@ -548,3 +548,34 @@ def test_similarity_of_a_vector_of_the_wrong_length_is_one_onnxcam_error(embedde
             embedder.images(14, 1), "gradcam", targets=Similarity.of(np.ones(15))
         )
     assert "\n" not in str(e.value), str(e.value)
+
+
+def test_in_graph_heatmaps_follow_the_seed(resnet: Case) -> None:
+    """An export with ``--heatmaps`` computes its maps from the seeded gradients and CAM
+    weights: with a fed seed, each in-graph map equals the host's map of that seed (the
+    host methods on the same run's activations, gradients and CAM weights), and differs from
+    the map without the seed."""
+    res = export_torch(
+        resnet.model, (1, 3, SIZE, SIZE), layers=["layer3"], scale=1.0, mean=[MEAN] * 3,
+        std=[STD] * 3, heatmaps="gradcam,layercam", heatmap_size="feature",
+    )  # fmt: skip
+    session = ort.InferenceSession(
+        res.model.SerializeToString(), providers=["CPUExecutionProvider"]
+    )
+    x = resnet.tensor(resnet.images(21, 2))
+    seed = np.random.default_rng(5).normal(size=(2, K)).astype(np.float32)
+    names = [
+        "onnxcam_activation_0",
+        "onnxcam_gradient_0",
+        contract.heatmap_name("gradcam", 0),
+        contract.heatmap_name("layercam", 0),
+    ]
+    A, G, gc, lc = session.run(names, {"input": x, contract.SEED_INPUT: seed})
+    want_gc = np.maximum((G.mean(axis=(2, 3), keepdims=True) * A).sum(1), 0)
+    want_lc = np.maximum((np.maximum(G, 0) * A).sum(1), 0)
+    for got, want in ((gc, want_gc), (lc, want_lc)):
+        lo = want.min(axis=(1, 2), keepdims=True)
+        span = want.max(axis=(1, 2), keepdims=True) - lo
+        np.testing.assert_allclose(got, (want - lo) / np.where(span > 0, span, 1), atol=1e-4)
+    unseeded = session.run([names[2]], {"input": x})[0]
+    assert np.abs(unseeded - gc).max() > 1e-3
