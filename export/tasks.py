@@ -7,14 +7,14 @@ is read from the graph or refused with the choices listed (never guessed):
   ``[B, N, 5 + K]`` / ``[B, N, 4 + K]`` (YOLOv5 with objectness / SSD-style). The differentiated
   tensor is the class logits before the output's ``Sigmoid`` when the graph has one (what
   ultralytics' own LayerCAM differentiates), else the output itself. The default target layers
-  are the feature maps entering the head at every scale: walking back from the scores, the
-  input of each first ``Conv`` whose input is shared (by the box and class branches, or the
-  next neck layer).
+  are the feature maps entering the head at every scale (``head_inputs``).
 - **segment**: the output ``[B, K, H, W]``; the default layer is the feature map entering the
   classifier (the data input of the last ``Conv`` before the logits).
 """
 
 from __future__ import annotations
+
+import onnx
 
 from onnxcam.contract import DETECT_FORMATS, DetectSpec
 from onnxcam.errors import ExportError
@@ -121,33 +121,65 @@ def class_logits(view: GraphView, spec: DetectSpec) -> tuple[str, str | None]:
 
 
 def head_inputs(view: GraphView, scores: str) -> list[str]:
-    """The feature maps entering a detection head, largest first: walking back from
-    ``scores`` over the head's nodes, the data input of each ``Conv`` that is shared (read by
-    another branch too). An error when the walk reaches the image."""
-    found: list[str] = []
-    todo, seen = [scores], set()
+    """The feature maps entering a detection head, one per scale, largest first.
+
+    Walking back from ``scores``, each first ``Conv`` reached is a scale's prediction conv;
+    from it, a chain of convs leads back to a map the scale's branch shares with others (read
+    by two or more convs: the box and class branches, the next neck layer). The head is as
+    deep as its shallowest such chain (every scale's head has the same layers), and a scale's
+    head input is the input of that many convs back on its chain — YOLOv8/11's five-conv class
+    branch, YOLOv5's single conv (whose last scale feeds nothing else). Refused unless the
+    inputs are distinct maps of different sizes."""
     inputs = set(view.graph_inputs)
-    while todo:
-        t = todo.pop()
-        if t in seen:
-            continue
-        seen.add(t)
-        if t in inputs:
-            raise ExportError(
-                "cannot find the feature maps entering the detection head (the walk back from "
-                "the scores reached the image); choose them with --layer"
-            )
-        p = view.producer.get(t)
-        if p is None:
-            continue
-        data = [i for i in p.input if i and view.is_data(i) and view.is_float(i)]
-        if p.op_type == "Conv" and data and len(view.consumers.get(data[0], [])) >= 2:
-            if data[0] not in found:
-                found.append(data[0])
-            continue
-        todo.extend(data)
-    if not found:
+
+    def data_of(node: onnx.NodeProto) -> list[str]:
+        return [i for i in node.input if i and view.is_data(i) and view.is_float(i)]
+
+    def convs_before(t: str) -> list[onnx.NodeProto]:
+        """The first Conv on each data path back from t (not crossing a Conv)."""
+        found, todo, seen = [], [t], set()
+        while todo:
+            x = todo.pop()
+            if x in seen:
+                continue
+            seen.add(x)
+            if x in inputs:
+                raise ExportError(
+                    "cannot find the feature maps entering the detection head (the walk back "
+                    "from the scores reached the image); choose them with --layer"
+                )
+            p = view.producer.get(x)
+            if p is None:
+                continue
+            if p.op_type == "Conv":
+                if p not in found:
+                    found.append(p)
+                continue
+            todo.extend(data_of(p))
+        return found
+
+    def shared(t: str) -> bool:
+        return sum(c.op_type == "Conv" for c in view.consumers.get(t, [])) >= 2
+
+    chains = []
+    for conv in convs_before(scores):
+        chain = [conv]
+        while not shared(data_of(chain[-1])[0]) and len(chain) < 64:
+            before = convs_before(data_of(chain[-1])[0])
+            if len(before) != 1:
+                break
+            chain.append(before[0])
+        chains.append(chain)
+    if not chains:
         raise ExportError("no feature map enters the detection head; choose layers with --layer")
+    depth = min(len(c) for c in chains)
+    found = list(dict.fromkeys(data_of(c[depth - 1])[0] for c in chains))
+    sizes = [_positions(view, x) for x in found]
+    if len(found) != len(chains) or len(set(sizes)) != len(sizes):
+        raise ExportError(
+            "cannot tell the feature maps entering the detection head apart (found "
+            f"{', '.join(found)}); choose them with --layer"
+        )
     return sorted(found, key=lambda x: -_positions(view, x))
 
 
