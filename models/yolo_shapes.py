@@ -7,18 +7,25 @@ weights or downloads:
    1–4 shapes each of three classes: circle, square, triangle);
 2. trains ``YOLO("yolo11n.yaml")`` on it from scratch, on the CPU, with fixed seeds;
 3. exports the best weights to ONNX (``yolo_shapes.onnx``, output ``[1, 7, 2100]``);
-4. runs ``onnxcam export … --preset unit --labels labels.txt`` and ``onnxcam run … -m gradcam``
-   on a fresh test image, and composes the all-detections overlay with two single-detection
-   overlays into the figure.
+4. runs ``onnxcam export … --preset unit --labels labels.txt`` and ``onnxcam run … -m
+   hirescam`` on a fresh test image (a circle, a square, two triangles), and puts the
+   all-detections overlay next to two single-detection overlays in the figure. HiResCAM
+   weighs each position by its own gradient, so each detection's map stays on its shape;
+   Grad-CAM averages each channel's gradient over the map, so channels that respond to every
+   shape light all of them (``--method gradcam --figure docs/detect-example-gradcam.png``).
 
 Run it from the repository root (ultralytics is not a dependency of onnxcam)::
 
     YOLO_OFFLINE=1 python models/yolo_shapes.py --out /tmp/yolo_shapes
 
-On 2 CPU cores the default run (300 train / 60 val images, 30 epochs at 320 px) takes about
-8–10 minutes, almost all of it training; ``--weights best.pt`` skips steps 1–2. Everything
-large (dataset, runs, weights, ONNX files, overlays) goes to ``--out`` (default: a new temporary
-directory); only the figure is written into the repository.
+The default run (300 train / 60 val images, 20 epochs at 320 px, batch 8, AdamW 0.004) took
+13 minutes on a 2-core machine (ultralytics trains on cpu_count − 1 threads: one thread there,
+~40 s an epoch) and reached val mAP50 0.97 (mAP50-95 0.79); seeds are fixed and a rerun gave
+the same numbers. ``--weights …/best.pt`` skips the training (under a minute).
+Everything large (dataset, runs, weights, ONNX files, overlays) goes to ``--out`` (default: a
+new temporary directory); only the figure is written into the repository. Nothing is
+downloaded: ``YOLO_OFFLINE`` is set, AMP and plots are off, and the dataset check's Arial
+font fetch is stubbed out.
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ import numpy as np
 CLASSES = ("circle", "square", "triangle")
 REPO = Path(__file__).resolve().parent.parent
 FIGURE = REPO / "docs" / "detect-example.png"
+METHOD_NAMES = {"gradcam": "Grad-CAM", "hirescam": "HiResCAM", "layercam": "LayerCAM"}
 
 
 # ---------------------------------------------------------------------------- synthetic data
@@ -248,10 +256,11 @@ def _caption(img: np.ndarray, text: str) -> np.ndarray:
     return np.vstack([bar, img])
 
 
-def figure(row: dict, dest: Path) -> None:
-    """All detections' Grad-CAM next to two single detections' maps, captioned."""
+def figure(row: dict, dest: Path, method: str = "gradcam") -> None:
+    """All detections' map next to two single detections' maps, captioned."""
     gap = np.full((320 + 28, 6, 3), 255, np.uint8)
-    panels = [_caption(cv2.imread(row["overlays"]["gradcam"]), "all detections (Grad-CAM)")]
+    all_dets = cv2.imread(row["overlays"][method])
+    panels = [_caption(all_dets, f"all detections ({METHOD_NAMES.get(method, method)})")]
     dets = sorted(row["detections"], key=lambda d: -d["score"])
     picked: list[dict] = []
     for d in dets:  # two detections of different classes when there are
@@ -259,8 +268,9 @@ def figure(row: dict, dest: Path) -> None:
             picked.append(d)
     picked += [d for d in dets if d not in picked][: 2 - len(picked)]
     for d in picked:
-        img = cv2.imread(d["overlays"]["gradcam"])
-        panels.append(_caption(img, f"{d['label']} {d['score']:.2f} only"))
+        img = cv2.imread(d["overlays"][method])
+        j = row["detections"].index(d) + 1
+        panels.append(_caption(img, f"detection {j} only: {d['label']} {d['score']:.2f}"))
     h = max(p.shape[0] for p in panels)
     panels = [np.vstack([p, np.full((h - p.shape[0], p.shape[1], 3), 255, np.uint8)])
               for p in panels]  # fmt: skip
@@ -274,7 +284,7 @@ def figure(row: dict, dest: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=None, help="work directory (default: a temp dir)")
-    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--imgsz", type=int, default=320)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch", type=int, default=8)
@@ -283,6 +293,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--val-images", type=int, default=60)
     ap.add_argument("--weights", type=Path, default=None, help="trained best.pt: skip training")
     ap.add_argument("--figure", type=Path, default=FIGURE, help="where the figure is written")
+    ap.add_argument(
+        "--method",
+        default="hirescam",
+        help="onnxcam method of the figure (docs/detect-example-gradcam.png: gradcam)",
+    )
     args = ap.parse_args(argv)
 
     out = (args.out or Path(tempfile.mkdtemp(prefix="yolo_shapes-"))).resolve()
@@ -323,16 +338,15 @@ def main(argv: list[str] | None = None) -> None:
     cam = out / "yolo_shapes.cam.onnx"
     _sh([*_onnxcam(), "export", str(onnx_path), "-o", str(cam), "--preset", "unit",
          "--labels", str(labels)])  # fmt: skip
-    res = json.loads(_sh([*_onnxcam(), "run", str(cam), str(test), "-m", "gradcam",
+    res = json.loads(_sh([*_onnxcam(), "run", str(cam), str(test), "-m", args.method,
                           "-o", str(out / "cam"), "--json"]))  # fmt: skip
-    rows = res.get("rows") or res.get("results") or []
-    if not rows:
-        raise SystemExit(f"onnxcam run wrote no detections: {json.dumps(res)[:2000]}")
-    row = rows[0]
+    if not res["results"]:
+        raise SystemExit(f"onnxcam run kept no detection: {res['failures']}")
+    row = res["results"][0]
     summary["detections"] = [
         {"label": d["label"], "score": d["score"], "box": d["box"]} for d in row["detections"]
     ]
-    figure(row, args.figure)
+    figure(row, args.figure, args.method)
     summary["figure"] = str(args.figure)
     print(json.dumps(summary, indent=1))
 

@@ -297,8 +297,10 @@ def run_cmd(model: Path, images: tuple[Path, ...], output: Path, as_json: bool, 
     else:
         if res.rows:
             click.echo(table(res.rows))
+        found = sum(len(r.get("detections", [])) for r in res.rows)
+        what = f"{found} detection(s)" if found else f"{len(res.rows)} explanation(s)"
         click.echo(
-            f"{len(res.rows)} explanation(s) of {res.images - len(res.failures)} image(s) in "
+            f"{what} of {res.images - len(res.failures)} image(s) in "
             f"{res.seconds:.1f}s on {res.provider}; overlays in {output}"
             + (f"; {len(res.failures)} failed" if res.failures else "")
         )

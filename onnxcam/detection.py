@@ -154,9 +154,10 @@ def draw(rgb: np.ndarray, detections: list[Detection]) -> np.ndarray:
         scale = thick / 3
         (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
         top = max(y1 - th - 4, 0)
-        cv2.rectangle(out, (x1, top), (x1 + tw + 4, top + th + 4), color, -1)
+        left = max(min(x1, out.shape[1] - tw - 4), 0)  # the label stays inside the image
+        cv2.rectangle(out, (left, top), (left + tw + 4, top + th + 4), color, -1)
         cv2.putText(
-            out, text, (x1 + 2, top + th + 1), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1
+            out, text, (left + 2, top + th + 1), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1
         )
     return out
 
