@@ -33,6 +33,12 @@ def _int(b: NodeBuilder, v: int) -> str:
     return b.const(np.array(v, dtype=np.int64))
 
 
+def _filled(b: NodeBuilder, like: str, value: int) -> str:
+    """An int64 tensor of ``like``'s shape filled with ``value`` (YOLOv5's objectness column
+    index, one per row)."""
+    return b.Expand(b.const(np.array(value, np.int64)), b.Shape(like))
+
+
 def boxes_and_scores(b: NodeBuilder, spec: DetectSpec, output: str) -> tuple[str, str]:
     """(boxes ``[B, N, 4]`` centre x, centre y, w, h; class scores ``[B, K, N]``) of the
     model's output, as ``DetectSpec`` lays them out."""
@@ -137,9 +143,7 @@ def _score(b: NodeBuilder, st, spec: DetectSpec, image, cls, anchor) -> str:
     p = b.GatherND(logits, b.Concat(image, anchor, b.Add(cls, _int(b, first)), axis=1))
     if not spec.objectness:
         return p
-    obj = b.GatherND(
-        logits, b.Concat(image, anchor, b.Add(b.Mul(cls, _int(b, 0)), _int(b, 4)), axis=1)
-    )
+    obj = b.GatherND(logits, b.Concat(image, anchor, _filled(b, cls, 4), axis=1))
     return b.Mul(p, obj)
 
 
@@ -166,8 +170,7 @@ def _seed(b: NodeBuilder, st, spec: DetectSpec, rows, image, cls, anchor, dtype)
     at_anchor = onehot(anchor, shape[1], 1)  # [S, N, 1]
     if not spec.objectness:
         return b.Mul(at_anchor, onehot(column, shape[2], 2))
-    four = b.Mul(b.Mul(column, _int(b, 0)), _int(b, 0))
-    four = b.Add(four, _int(b, 4))
+    four = _filled(b, column, 4)
     p = b.GatherND(logits, b.Concat(image, anchor, column, axis=1))  # the output [B, N, 5 + K]
     obj = b.GatherND(logits, b.Concat(image, anchor, four, axis=1))
     cols = b.Add(

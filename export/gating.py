@@ -54,6 +54,25 @@ def has_value(name: str) -> str:
     return f"{name}/has"
 
 
+def branch_body(
+    view: GraphView, build: Callable[[], str], copy: str
+) -> tuple[list[onnx.NodeProto], str]:
+    """(nodes, result) of a subgraph: ``build`` appends nodes to the graph and returns its
+    result; they are taken out of the graph. A result computed outside (an outer-scope value)
+    is returned through an ``Identity`` named like ``copy``; one made inside is returned as it
+    is (onnxruntime writes it straight into the ``If`` output)."""
+    first = len(view.graph.node)
+    result = build()
+    body = list(view.graph.node[first:])
+    del view.graph.node[first:]
+    view.reindex()
+    if result not in {o for n in body for o in n.output}:
+        name = view.unique_name(copy)
+        body.append(helper.make_node("Identity", [result], [name], name=name))
+        result = name
+    return body, result
+
+
 def if_else(
     view: GraphView,
     cond: str,
@@ -66,18 +85,7 @@ def if_else(
     """``If(cond)`` returning ``then()`` or ``orelse()``: each callable appends the nodes of its
     branch (to the graph, moved into the branch here) and returns its result tensor; only the
     taken branch runs. Returns the ``If``'s output."""
-    bodies = []
-    for build in (then, orelse):
-        first = len(view.graph.node)
-        result = build()
-        body = list(view.graph.node[first:])
-        del view.graph.node[first:]
-        view.reindex()
-        if result not in {o for n in body for o in n.output}:  # an outer-scope value
-            copy = view.unique_name(f"{label}/copy")
-            body.append(helper.make_node("Identity", [result], [copy], name=copy))
-            result = copy
-        bodies.append((body, result))
+    bodies = [branch_body(view, build, f"{label}/copy") for build in (then, orelse)]
     out = view.unique_name(label)
     graphs = [
         helper.make_graph(
@@ -291,16 +299,8 @@ def optional_value(
         [],
         [helper.make_tensor_value_info(fed, elem, dims)],
     )
-    if callable(default):  # computed in the else branch (returned as it is made: no copy)
-        first = len(view.graph.node)
-        dflt = default()
-        body = list(view.graph.node[first:])
-        del view.graph.node[first:]
-        view.reindex()
-        if dflt not in {o for n in body for o in n.output}:
-            copy = f"{name}/default"
-            body.append(helper.make_node("Identity", [dflt], [copy], name=copy))
-            dflt = copy
+    if callable(default):  # computed in the else branch (run only when the input is absent)
+        body, dflt = branch_body(view, default, f"{name}/default")
     else:
         body = [
             helper.make_node(

@@ -33,22 +33,18 @@ SUFFIX = "/onnxcam_head{k}"
 class _Copier:
     """Copies nodes under new names; substitutes ``Shape`` of out-of-head tensors."""
 
-    def __init__(self, view: GraphView, k: int | str, inputs: dict[str, str], consts: dict) -> None:
+    def __init__(self, view: GraphView, k: int, head_input: str, target: str, consts: dict) -> None:
         self.view = view
-        self.head_input = next(iter(inputs.values()))
-        """The head input whose rows set the head's batch."""
+        self.k = k
+        self.head_input = head_input
         self.suffix = SUFFIX.format(k=k)
-        self.renamed: dict[str, str] = dict(inputs)
+        self.renamed: dict[str, str] = {target: head_input}
         self.nodes: list[onnx.NodeProto] = []
         self.b = NodeBuilder(view, f"onnxcam/head{k}", consts)
 
     def name(self, t: str) -> str:
         if t not in self.renamed:
-            new = self.view.unique_name(t + self.suffix)
-            self.renamed[t] = new
-            if t in self.view.dtypes:  # the copy has the original's type and static shape
-                self.view.dtypes[new] = self.view.dtypes[t]
-            self.view.shapes[new] = self.view.shapes.get(t)
+            self.renamed[t] = self.view.unique_name(t + self.suffix)
         return self.renamed[t]
 
     def copy(self, node: onnx.NodeProto) -> None:
@@ -78,7 +74,6 @@ class _Copier:
         self.nodes.append(helper.make_node("Shape", [self.head_input], [start], name=start, end=1))
         rest = self.b.const(np.asarray(dims[1:], dtype=np.int64))
         full = self.view.unique_name(node.output[0] + self.suffix)
-        self.view.dtypes[start] = self.view.dtypes[full] = onnx.TensorProto.INT64
         self.nodes.append(helper.make_node("Concat", [start, rest], [full], name=full, axis=0))
         lo, hi = attr(node, "start", 0), attr(node, "end")
         out = self.name(node.output[0])
@@ -94,28 +89,15 @@ class _Copier:
 
 
 def build_head(
-    view: GraphView, target: str, logits: str, k: int | str, head_input: str, consts: dict
+    view: GraphView, target: str, logits: str, k: int, head_input: str, consts: dict
 ) -> tuple[list[onnx.NodeProto], str]:
     """Nodes computing the logits from ``head_input`` instead of ``target``; returns
     (nodes, name of the copied logits). Raises ``ExportError`` with the reason when the
     target is not a cut of the graph."""
-    return build_joint_head(view, {target: head_input}, logits, k, consts)
-
-
-def build_joint_head(
-    view: GraphView, inputs: dict[str, str], logits: str, k: int | str, consts: dict
-) -> tuple[list[onnx.NodeProto], str]:
-    """``build_head`` for a set of targets read together (a detector's feature maps at every
-    scale): ``inputs`` maps each target tensor to the head input replacing it."""
-    targets = list(inputs)
-    inputs_of = set(targets)
-    target = ", ".join(targets)
-    on_path = path_tensors(view, targets, [logits]) | set(targets)
-    if len(targets) > 1:  # what computes one target from another is replaced by its input
-        on_path -= view.ancestors(targets, data_only=True) - set(targets)
+    on_path = path_tensors(view, [target], [logits]) | {target}
     data_nodes = path_nodes(view, on_path)
     inside = {o for n in data_nodes for o in n.output}
-    copier = _Copier(view, k, inputs, consts)
+    copier = _Copier(view, k, head_input, target, consts)
     needed: list[onnx.NodeProto] = []  # integer side computations the head reads
     skips: list[str] = []  # float tensors before the target, read from the image's run
     seen: set[str] = set()
@@ -124,7 +106,7 @@ def build_joint_head(
 
     def require(t: str) -> None:
         """Make tensor t (read by the head, not on the data path) available in the copy."""
-        if not t or t in seen or t in inside or t in inputs_of or view.is_const(t):
+        if not t or t in seen or t in inside or t == target or view.is_const(t):
             return
         if not view.ancestors([t]) & inputs:  # computed from weights only (a QDQ weight's
             return  # DequantizeLinear): the same for every row, read from the outer scope
@@ -152,11 +134,7 @@ def build_joint_head(
         copier.from_image(t)
     order = {id(n): i for i, n in enumerate(view.graph.node)}
     for node in sorted([*needed, *data_nodes], key=lambda n: order[id(n)]):
-        if (
-            node.op_type == "Shape"
-            and node.input[0] not in inside
-            and node.input[0] not in inputs_of
-        ):
+        if node.op_type == "Shape" and node.input[0] not in inside and node.input[0] != target:
             copier.fake_shape(node)
         elif node.op_type in ("If", "Loop", "Scan"):
             raise ExportError(f"the head contains control flow ({node_label(node)!r})")

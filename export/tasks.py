@@ -133,7 +133,7 @@ def head_inputs(view: GraphView, scores: str) -> list[str]:
     inputs = set(view.graph_inputs)
 
     def data_of(node: onnx.NodeProto) -> list[str]:
-        return [i for i in node.input if i and view.is_data(i) and view.is_float(i)]
+        return _data_inputs(view, node)
 
     def convs_before(t: str) -> list[onnx.NodeProto]:
         """The first Conv on each data path back from t (not crossing a Conv)."""
@@ -188,13 +188,18 @@ def classifier_input(view: GraphView, logits: str) -> str:
     before ``logits``."""
     t = logits
     while (p := view.producer.get(t)) is not None:
-        data = [i for i in p.input if i and view.is_data(i) and view.is_float(i)]
+        data = _data_inputs(view, p)
         if not data:
             break
         if p.op_type == "Conv":
             return data[0]
         t = data[0]
     raise ExportError("no Conv before the segmentation logits: choose the layer with --layer")
+
+
+def _data_inputs(view: GraphView, node: onnx.NodeProto) -> list[str]:
+    """The float data tensors ``node`` reads (not weights' shapes, indices or the like)."""
+    return [i for i in node.input if i and view.is_data(i) and view.is_float(i)]
 
 
 def _positions(view: GraphView, t: str) -> int:
