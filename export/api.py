@@ -41,6 +41,7 @@ from .verify import (
     seed_rows_hold,
     tolerance,
     verify_forward,
+    windows_hold,
 )
 
 MIN_OPSET = 17
@@ -262,6 +263,14 @@ def export_onnx(
                         "this detector's backward does not keep the rows of several detections "
                         "of one image apart (checked numerically); report the model"
                     )
+                if st.windows:  # the windowed backward = the full one, checked numerically
+                    off = windows_hold(m, new, st.spec, len(st.targets), rows, st.head.num_classes)
+                    if not off <= 1e-4:
+                        raise ExportError(
+                            f"internal: this detector's windowed gradients differ from the full "
+                            f"backward by {off:.3g} (relative); report the model, and export "
+                            "with --detect-gradients total meanwhile"
+                        )
                 write_metadata(st, _exporter_info(st.view, source.opset, time.perf_counter() - t0))
     finally:
         if source.scratch is not None:

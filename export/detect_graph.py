@@ -110,6 +110,7 @@ def add_detections(
     one = b.Squeeze(b.Equal(batch, b.ints(1)), b.ints(0))
     rows = if_else(view, one, kept_rows, best_rows, TensorProto.INT64, ["rows", 3], "onnxcam/rows")
     image, cls, anchor = b.Split(rows, b.ints([1, 1, 1]), axis=1, outputs=3)  # [S, 1] each
+    st.detect_rows = (image, cls, anchor)
     xywh = b.GatherND(boxes, b.Concat(image, anchor, axis=1))  # [S, 4]
     centre, size = b.Split(xywh, b.ints([2, 2]), axis=1, outputs=2)
     half = b.Mul(size, b.const(np.array(0.5, np.float32)))

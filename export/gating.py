@@ -55,22 +55,26 @@ def has_value(name: str) -> str:
 
 
 def branch_body(
-    view: GraphView, build: Callable[[], str], copy: str
-) -> tuple[list[onnx.NodeProto], str]:
-    """(nodes, result) of a subgraph: ``build`` appends nodes to the graph and returns its
-    result; they are taken out of the graph. A result computed outside (an outer-scope value)
-    is returned through an ``Identity`` named like ``copy``; one made inside is returned as it
-    is (onnxruntime writes it straight into the ``If`` output)."""
+    view: GraphView, build: Callable[[], str | list[str]], copy: str
+) -> tuple[list[onnx.NodeProto], list[str]]:
+    """(nodes, results) of a subgraph: ``build`` appends nodes to the graph and returns its
+    result (or results); they are taken out of the graph. A result computed outside (an
+    outer-scope value) is returned through an ``Identity`` named like ``copy``; one made inside
+    is returned as it is (onnxruntime writes it straight into the ``If`` output)."""
     first = len(view.graph.node)
-    result = build()
+    built = build()
     body = list(view.graph.node[first:])
     del view.graph.node[first:]
     view.reindex()
-    if result not in {o for n in body for o in n.output}:
-        name = view.unique_name(copy)
-        body.append(helper.make_node("Identity", [result], [name], name=name))
-        result = name
-    return body, result
+    made = {o for n in body for o in n.output}
+    results = []
+    for result in [built] if isinstance(built, str) else built:
+        if result not in made or result in results:
+            name = view.unique_name(copy)
+            body.append(helper.make_node("Identity", [result], [name], name=name))
+            result = name
+        results.append(result)
+    return body, results
 
 
 def if_else(
@@ -85,23 +89,40 @@ def if_else(
     """``If(cond)`` returning ``then()`` or ``orelse()``: each callable appends the nodes of its
     branch (to the graph, moved into the branch here) and returns its result tensor; only the
     taken branch runs. Returns the ``If``'s output."""
+    return if_else_many(view, cond, then, orelse, [dtype], [shape], label)[0]
+
+
+def if_else_many(
+    view: GraphView,
+    cond: str,
+    then: Callable[[], list[str]],
+    orelse: Callable[[], list[str]],
+    dtypes: Sequence[int],
+    shapes: Sequence[Sequence[Dim] | None],
+    label: str = "onnxcam/choose",
+) -> list[str]:
+    """``if_else`` with several results (one dtype and shape each)."""
     bodies = [branch_body(view, build, f"{label}/copy") for build in (then, orelse)]
-    out = view.unique_name(label)
+    outs = [view.unique_name(label) for _ in dtypes]
     graphs = [
         helper.make_graph(
-            body, f"{out}/{side}", [], [helper.make_tensor_value_info(r, dtype, None)]
+            body,
+            f"{outs[0]}/{side}",
+            [],
+            [helper.make_tensor_value_info(r, d, None) for r, d in zip(rs, dtypes, strict=True)],
         )
-        for (body, r), side in zip(bodies, ("then", "else"), strict=True)
+        for (body, rs), side in zip(bodies, ("then", "else"), strict=True)
     ]
     view.add_node(
         helper.make_node(
-            "If", [cond], [out], name=out, then_branch=graphs[0], else_branch=graphs[1]
+            "If", [cond], outs, name=outs[0], then_branch=graphs[0], else_branch=graphs[1]
         )
     )
-    view.dtypes[out] = dtype
-    if shape is not None:
-        view.shapes[out] = tuple(shape)
-    return out
+    for out, dtype, shape in zip(outs, dtypes, shapes, strict=True):
+        view.dtypes[out] = dtype
+        if shape is not None:
+            view.shapes[out] = tuple(shape)
+    return outs
 
 
 def head_gate(k: int, head_input: str | None = None) -> Gate:
@@ -300,7 +321,7 @@ def optional_value(
         [helper.make_tensor_value_info(fed, elem, dims)],
     )
     if callable(default):  # computed in the else branch (run only when the input is absent)
-        body, dflt = branch_body(view, default, f"{name}/default")
+        body, (dflt,) = branch_body(view, default, f"{name}/default")
     else:
         body = [
             helper.make_node(

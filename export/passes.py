@@ -22,6 +22,7 @@ from onnxcam import contract
 from onnxcam.contract import (
     ClassifierSpec,
     Contract,
+    GradientWindow,
     InputSpec,
     ScoreSpec,
     TargetLayer,
@@ -29,6 +30,7 @@ from onnxcam.contract import (
 )
 from onnxcam.errors import ExportError
 
+from . import window
 from .autodiff import build_backward, spatially_constant_source
 from .builder import NodeBuilder
 from .detect_graph import add_detections
@@ -39,6 +41,7 @@ from .gating import (
     has_value,
     head_gate,
     if_else,
+    if_else_many,
     optional_input,
     optional_value,
 )
@@ -81,6 +84,10 @@ class ExportState:
     """Verified: one image's backward runs with several seed rows (``ScoreSpec.seed_rows``)."""
     detect_gradients: str = "direct"
     """A detector's head-input gradients: ``direct`` (each scale's own head) or ``total``."""
+    detect_rows: tuple[str, str, str] | None = None
+    """A detector's detections (image, class, anchor), ``[rows, 1]`` each (``add_detections``)."""
+    windows: list | None = None
+    """A detector's windowed backward (``export/window.py``), when its head allows one."""
     pixel_class: str = ""
     """A segmenter's per-pixel argmax class (``_top_class``)."""
     single_logit: str | None = None
@@ -383,8 +390,36 @@ def add_backward(st: ExportState) -> None:
     wrt = [t.tensor for t in st.targets]
     rows = st.head.task == "detect"  # one image, a row per detection
     direct = rows and st.detect_gradients == "direct"
-    seeds = _score_seed(st, wrt)
-    grads = build_backward(view, seeds, wrt, st.consts, seed_rows=rows, direct=direct)
+    spec = st.head.detect
+    st.windows = (
+        window.plan(view, st.head.logits, wrt, spec.num_classes)
+        if direct and not spec.anchors_first
+        else None
+    )
+    if st.windows:  # the graph's own detections: each from its window (``export/window.py``)
+
+        def fed() -> list[str]:
+            seed = NodeBuilder(view, "onnxcam/seed", st.consts).OptionalGetElement(
+                contract.SEED_INPUT
+            )
+            view.shapes[seed] = tuple(st.seed_shape)
+            return window.dense_gradients(view, st.windows, st.head.logits, seed, st.consts)
+
+        found = if_else_many(
+            view,
+            has_value(contract.SEED_INPUT),
+            fed,
+            lambda: window.gradients(view, st.windows, st.detect_rows, st.consts),
+            [view.dtype(x) for x in wrt],
+            [["rows", *view.shape(x)[1:]] for x in wrt],
+            "onnxcam/backward",
+        )
+        grads = dict(zip(wrt, found, strict=True))
+        for t, w in zip(st.targets, st.windows, strict=True):
+            t.window = GradientWindow(w.anchor, w.radius)
+    else:
+        seeds = _score_seed(st, wrt)
+        grads = build_backward(view, seeds, wrt, st.consts, seed_rows=rows, direct=direct)
     for k, t in enumerate(st.targets):
         g = grads[t.tensor]
         if t.tokens is not None:

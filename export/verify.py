@@ -215,3 +215,36 @@ def seed_rows_hold(
             ):
                 return False
     return True
+
+
+def windows_hold(
+    model: onnx.ModelProto, source: bytes | str, spec: InputSpec, n: int, row_shape, classes: int
+) -> float:
+    """The largest relative difference between the windowed gradients of the graph's own
+    detections (``export/window.py``) and the full backward of the same rows (their one-hot
+    seeds fed), on random images with every prediction a candidate (conf 0, the 32 best).
+    ``row_shape``: the logits' sizes past axis 0, ``[C, N]``, the last ``classes`` channels
+    the class logits."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    s = ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
+    names = [contract.gradient_name(k) for k in range(n)]
+    worst = 0.0
+    for seed in (0, 1):
+        feeds = random_feeds(model, spec, 1, seed=seed)
+        chosen = {
+            contract.DETECT_CONF_INPUT: np.array([0.0], np.float32),
+            contract.DETECT_IOU_INPUT: np.array([1.0], np.float32),
+            contract.DETECT_TOP_INPUT: np.array([32], np.int64),
+        }
+        rows, *windowed = s.run([contract.DETECTIONS_OUTPUT, *names], {**feeds, **chosen})
+        ones = np.zeros((len(rows), *row_shape), np.float32)
+        c = rows[:, 5].astype(int) + row_shape[0] - classes
+        ones[np.arange(len(rows)), c, rows[:, 6].astype(int)] = 1
+        full = s.run(names, {**feeds, contract.SEED_INPUT: ones})
+        for a, b in zip(windowed, full, strict=True):
+            scale = max(float(np.abs(b).max()), 1e-30)
+            worst = max(worst, float(np.abs(a - b).max()) / scale)
+    return worst

@@ -348,6 +348,33 @@ class TokenGrid:
         return cls(**_known(cls, d))
 
 
+@dataclass(frozen=True)
+class GradientWindow:
+    """A detector's head input whose gradient rows are local (``export/window.py``): a
+    detection row's gradient there is zero unless the row's anchor is one of this map's
+    (``first`` … ``first + h·w − 1``, row-major), and then zero outside the
+    (2·``radius`` + 1)² positions centred on it. A property of the head (its class branch
+    mixes positions within ``radius`` only), so it holds for every seed row that weighs one
+    anchor: the graph's own detections, a ``Detection`` target; not for a seed spread over
+    anchors."""
+
+    first: int
+    radius: int
+
+    def position(self, anchor: int, height: int, width: int) -> tuple[int, int] | None:
+        """(row, column) of ``anchor`` on this ``height`` × ``width`` map, or None when the
+        anchor is another map's (its gradient here is zero)."""
+        a = anchor - self.first
+        return divmod(a, width) if 0 <= a < height * width else None
+
+    def to_json(self) -> dict:
+        return {"first": self.first, "radius": self.radius}
+
+    @classmethod
+    def from_json(cls, d: dict) -> GradientWindow:
+        return cls(**_known(cls, d))
+
+
 @dataclass(eq=False)
 class TargetLayer:
     """One target layer: the tensor explained and the contract names that expose it.
@@ -383,10 +410,12 @@ class TargetLayer:
     tokens: TokenGrid | None = None
     """For a token layer (``tensor`` is ``[B, P + N, C]``): how its patch tokens were laid out
     on the image grid to make the NHWC activation and gradient outputs; None for a map."""
+    window: GradientWindow | None = None
+    """A detector's head input whose detection rows have local gradients (``GradientWindow``)."""
 
     _JSON_KEYS = {"head_output": "head_logits"}  # noqa: RUF012 (a class constant)
     """Field → JSON key where they differ (the key is the name graphs have carried since v2)."""
-    _OMIT_EMPTY = ("note", "head_note", "tokens")
+    _OMIT_EMPTY = ("note", "head_note", "tokens", "window")
 
     def __post_init__(self) -> None:
         self.layout = layout_of(self.layout)
@@ -408,7 +437,7 @@ class TargetLayer:
             v = getattr(self, f.name)
             if f.name in self._OMIT_EMPTY and not v:
                 continue
-            if isinstance(v, TokenGrid):
+            if isinstance(v, (TokenGrid, GradientWindow)):
                 v = v.to_json()
             d[self._JSON_KEYS.get(f.name, f.name)] = (
                 list(v) if isinstance(v, tuple) else (str(v) if f.name == "layout" else v)
@@ -424,6 +453,8 @@ class TargetLayer:
         d["shape"] = tuple(d["shape"])
         if d.get("tokens"):
             d["tokens"] = TokenGrid.from_json(d["tokens"])
+        if d.get("window"):
+            d["window"] = GradientWindow.from_json(d["window"])
         return cls(**_known(cls, d))
 
 

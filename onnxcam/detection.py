@@ -9,14 +9,16 @@ choice (tests) and a tool for callers who run a plain detector.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .contract import DetectSpec
+from .contract import DetectSpec, TargetLayer
 from .errors import MethodError
 from .postprocess import resize
 from .results import CamMap
+from .terms import Terms, WindowTerms, windows
 
 FUSIONS = ("max", "mean")
 """How a detection's maps at the head's scales become one: ``max`` of the per-scale maps,
@@ -110,6 +112,32 @@ def from_row(
     return Detection(box, c, label(c), float(row[4]), int(row[6]), maps)
 
 
+def window_map(
+    formula: Callable[[Terms], np.ndarray],
+    target: TargetLayer,
+    A: np.ndarray,
+    G: np.ndarray,
+    anchors: np.ndarray,
+) -> np.ndarray:
+    """A gradient method's maps ``[rows, h, w]`` at a head input whose detection gradients
+    are local (``target.window``): each row on this map from its gradient's window alone
+    (``terms.WindowTerms``), zero for the rows of other maps (their gradient here is zero).
+    ``A`` is the image's activations [1, C, h, w] (NCHW), ``G`` the gradient output."""
+    h, w = A.shape[2:]
+    win = target.window
+    found = [(r, win.position(int(a), h, w)) for r, a in enumerate(anchors)]
+    mine = [(r, p) for r, p in found if p is not None]
+    out = np.zeros((len(anchors), h, w), np.float32)
+    if not mine:
+        return out
+    k = 2 * win.radius + 1
+    rows = [r for r, _ in mine]
+    origin = np.array([(y - win.radius, x - win.radius) for _, (y, x) in mine])
+    G = target.layout.to_nchw(G)
+    out[rows] = formula(WindowTerms(A, windows(G, origin, k, rows), origin))
+    return out
+
+
 def fuse(levels: list[np.ndarray], size: tuple[int, int], how: str, n: int) -> np.ndarray:
     """Per-scale maps ``[n or 1, h_s, w_s]`` (rectified; one row: the same map for every
     detection) → one map per detection ``[n, H, W]`` in [0, 1]
@@ -125,18 +153,25 @@ def fuse(levels: list[np.ndarray], size: tuple[int, int], how: str, n: int) -> n
         span = mean.max(axis=(1, 2), keepdims=True) - lo
         return np.divide(mean - lo, span, out=np.zeros(mean.shape, np.float32), where=span > 0)
     out = np.zeros((n, *size), np.float32)
+    touched = np.zeros(n, bool)  # a row's first map is written, the next ones maxed in
     for m in levels:
         if len(m) == 1 and n > 1:  # the same map for every row (Eigen-CAM): resized once
-            up = resize(m, *size)
+            up = resize(m[0], *size)
             top = up.max()
             if top > 0:
                 np.maximum(out, up / top, out=out)
+                touched[:] = True
             continue
         for r in np.flatnonzero(m.reshape(len(m), -1).max(axis=1) > 0):  # in place, per row
-            up = resize(m[r : r + 1], *size)[0]
+            up = resize(m[r], *size)
             top = up.max()
-            if top > 0:
+            if top <= 0:
+                continue
+            if touched[r]:
                 np.maximum(out[r], np.multiply(up, 1 / top, out=up), out=out[r])
+            else:
+                np.multiply(up, 1 / top, out=out[r])
+                touched[r] = True
     return out
 
 

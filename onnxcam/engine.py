@@ -20,6 +20,7 @@ from .detection import DetectionResult
 from .devices import DEVICE_NAMES
 from .errors import ContractError, ImageError, MethodError, OnnxcamError
 from .image import as_rgb_array, preprocess, read_image
+from .methods import WINDOWED
 from .model import ModelInfo, TargetLayer, open_session, parse_contract
 from .perturbation import PerturbationInputs, PerturbationOptions
 from .plan import (
@@ -475,17 +476,20 @@ class Explainer:
         rows = out[contract.DETECTIONS_OUTPUT]
         t0 = time.perf_counter()
         size = (info.input.height, info.input.width)
+        anchors = rows[:, 6].astype(np.int64)
         per_method: dict[str, np.ndarray] = {}
         for m in names:
             levels = []
             for t in info.targets:
                 A = t.layout.to_nchw(out[t.activation])
-                if "gradients" in METHODS[m].needs:
+                if "gradients" not in METHODS[m].needs:  # one map for every detection
+                    raw = METHODS[m].formula(Terms(A))  # (Eigen-CAM): computed once
+                elif t.window is not None and m in WINDOWED:
+                    raw = detection.window_map(METHODS[m].formula, t, A, out[t.gradient], anchors)
+                else:
                     G = t.layout.to_nchw(out[t.gradient])
-                    terms = Terms(np.broadcast_to(A, G.shape), G)
-                else:  # the same map for every detection (Eigen-CAM): computed once
-                    terms = Terms(A)
-                raw = np.asarray(METHODS[m].formula(terms), dtype=np.float32)
+                    raw = METHODS[m].formula(Terms(np.broadcast_to(A, G.shape), G))
+                raw = np.asarray(raw, dtype=np.float32)
                 levels.append(postprocess.relu(raw) if relu else raw)
             per_method[m] = detection.fuse(levels, size, fuse, len(rows))
         dt = time.perf_counter() - t0
@@ -496,10 +500,10 @@ class Explainer:
                 for m, v in per_method.items()
             }
             found.append(detection.from_row(row, size, it.size, info.label, maps))
-        overall = {
-            m: CamMap(m, "fused", v.max(axis=0), v.max(axis=0), size, it.size, dt)
-            for m, v in per_method.items()
-        }
+        overall = {}
+        for m, v in per_method.items():
+            top = v.max(axis=0)
+            overall[m] = CamMap(m, "fused", top, top, size, it.size, dt)
         return DetectionResult(it.name, it.image, found, overall, seconds)
 
     def explain_tensor(

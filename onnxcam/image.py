@@ -10,14 +10,12 @@ import cv2
 import cv2.utils.logging
 import numpy as np
 
-from .contract import LAYOUTS, NHWC, InputSpec
+from .contract import NCHW, InputSpec
 from .errors import ImageError
 
 # onnxcam reports unreadable images itself, on one line: keep OpenCV's own log quiet
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
-_FROM_NHWC = {lay: tuple(NHWC.to_nchw_perm[i] for i in lay.from_nchw_perm) for lay in LAYOUTS}
-"""Layout → the axis order that turns an NHWC batch (as ``preprocess`` builds it) into it."""
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
@@ -97,22 +95,33 @@ def preprocess(images: Sequence[np.ndarray], spec: InputSpec) -> np.ndarray:
     """RGB float images → the model's input batch per the recorded spec.
 
     Each image is resized (bilinear; area when shrinking) to the model size, converted to the
-    model's colour order, then ``(pixel · scale − mean) / std``, in the spec's layout.
-    """
-    h, w = spec.height, spec.width
-    batch = np.empty((len(images), h, w, spec.channels), dtype=np.float32)
-    mean = np.asarray(spec.mean, dtype=np.float32)
-    std = np.asarray(spec.std, dtype=np.float32)
+    model's colour order, then ``(pixel · scale − mean) / std``, in the spec's layout. Written
+    straight into the batch, channel by channel for NCHW (one multiply-add pass per plane;
+    the temporaries and the final transpose of the NHWC form cost ~8 ms at 640×640)."""
+    h, w, c = spec.height, spec.width, spec.channels
+    std = np.broadcast_to(np.asarray(spec.std, dtype=np.float64), (c,))
+    mul = (spec.scale / std).astype(np.float32)
+    add = (-np.broadcast_to(np.asarray(spec.mean, dtype=np.float64), (c,)) / std).astype(np.float32)
+    planar = spec.layout == NCHW
+    batch = np.empty((len(images), c, h, w) if planar else (len(images), h, w, c), np.float32)
     for i, img in enumerate(images):
-        shrink = img.shape[0] > h and img.shape[1] > w
-        interp = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
-        r = cv2.resize(img, (w, h), interpolation=interp)
+        r = img
+        if img.shape[:2] != (h, w):
+            shrink = img.shape[0] > h and img.shape[1] > w
+            interp = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+            r = cv2.resize(img, (w, h), interpolation=interp)
         if spec.color == "BGR":
             r = r[..., ::-1]
         elif spec.color == "GRAY":
             r = (r @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
-        batch[i] = (r * spec.scale - mean) / std
-    return np.ascontiguousarray(batch.transpose(_FROM_NHWC[spec.layout]))
+        if planar:
+            for k in range(c):
+                np.multiply(r[..., k], mul[k], out=batch[i, k])
+                batch[i, k] += add[k]
+        else:
+            np.multiply(r, mul, out=batch[i])
+            batch[i] += add
+    return batch
 
 
 def list_images(paths: Iterable[str | os.PathLike], recursive: bool = False) -> list[Path]:

@@ -94,6 +94,14 @@ def gradcam_elementwise(t: Terms) -> np.ndarray:
     return t.relu_product_sum(t.G)
 
 
+WINDOWED = frozenset(
+    {"gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "gradcam-elementwise"}
+)
+"""The gradient formulas that read G only through ``Terms``' position sums and per-position
+products, so a ``WindowTerms`` (gradients zero outside a window) gives the same map from the
+window alone. EigenGrad-CAM is not among them: its principal component reads every position."""
+
+
 def _top_eigenpair(S: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Largest eigenvalue [b] and its unit eigenvector [b, n] of symmetric matrices [b, n, n].
 

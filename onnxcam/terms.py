@@ -142,3 +142,75 @@ class Terms:
         if self.pooled and self.nonnegative_a:
             return self.product_sum(self.relu_g if term is self.G else np.maximum(term, 0))
         return _channel_sum(np.maximum(self.ga if term is self.G else term * self.A, 0))
+
+
+class WindowTerms(Terms):
+    """The terms of detection rows whose gradients are zero outside a window
+    (``contract.GradientWindow``): ``G`` [n, C, k, k] holds each row's window (zero off the
+    map), ``origin`` [n, 2] its top-left position on the map (negative at the border), ``A``
+    [1, C, h, w] the image's whole map. "A term like G" is then a window: sums over positions
+    and per-position products read the k² window positions instead of h·w — the same maps,
+    since every other position contributes zero (``WINDOWED`` lists the formulas that read G
+    through these terms only)."""
+
+    pooled = False
+
+    def __init__(self, A: np.ndarray, G: np.ndarray, origin: np.ndarray) -> None:
+        super().__init__(A=A, G=G)
+        self.origin = np.asarray(origin, dtype=np.int64)
+
+    @_Term
+    def a_window(self) -> np.ndarray:
+        """A at each row's window positions [n, C, k, k] (zero off the map)."""
+        return windows(self.A, self.origin, self.G.shape[2])
+
+    @_Term
+    def ga(self) -> np.ndarray:
+        return self.G * self.a_window
+
+    @_Term
+    def mean_g(self) -> np.ndarray:
+        return _spatial_sum(self.G) / self.positions
+
+    def weighted_sum(self, weights: np.ndarray) -> np.ndarray:
+        _, c, h, w = self.A.shape
+        return (weights @ self.A.reshape(c, h * w)).reshape(len(weights), h, w)
+
+    def product_sum(self, term: np.ndarray) -> np.ndarray:
+        return self._placed(_channel_sum(self.ga if term is self.G else term * self.a_window))
+
+    def relu_product_sum(self, term: np.ndarray) -> np.ndarray:
+        prod = self.ga if term is self.G else term * self.a_window
+        return self._placed(_channel_sum(np.maximum(prod, 0)))
+
+    def _placed(self, maps: np.ndarray) -> np.ndarray:
+        """Window maps [n, k, k] → [n, h, w], zero outside the windows."""
+        h, w = self.A.shape[2:]
+        out = np.zeros((len(maps), h, w), maps.dtype)
+        for r, o in enumerate(self.origin):
+            on_map, in_window = _overlap(o, maps.shape[1], h, w)
+            out[(r, *on_map)] = maps[(r, *in_window)]
+        return out
+
+
+def _overlap(origin: Sequence[int], k: int, h: int, w: int) -> tuple[tuple, tuple]:
+    """The part of the k × k window at ``origin`` (top-left) that lies on an h × w map: its
+    (rows, columns) slices on the map and in the window."""
+    y, x = int(origin[0]), int(origin[1])
+    y0, x0, y1, x1 = max(y, 0), max(x, 0), min(y + k, h), min(x + k, w)
+    return (slice(y0, y1), slice(x0, x1)), (slice(y0 - y, y1 - y), slice(x0 - x, x1 - x))
+
+
+def windows(
+    X: np.ndarray, origin: np.ndarray, k: int, rows: Sequence[int] | None = None
+) -> np.ndarray:
+    """Windows k × k of ``X`` [N, C, h, w] at ``origin`` [n, 2] (top-left): [n, C, k, k], zero
+    off the map; window r is taken from row ``rows[r]`` of X (default: row 0)."""
+    c, h, w = X.shape[1:]
+    out = np.zeros((len(origin), c, k, k), X.dtype)
+    for r, o in enumerate(origin):
+        on_map, in_window = _overlap(o, k, h, w)
+        out[(r, slice(None), *in_window)] = X[
+            (0 if rows is None else rows[r], slice(None), *on_map)
+        ]
+    return out

@@ -73,12 +73,20 @@ class Yolo:
             return self.model(torch.from_numpy(x)).numpy()
 
 
-def build(name: str, imgsz: int, out_dir: Path, seed: int = 0, class_bias: float = -5.0) -> Yolo:
+def build(
+    name: str,
+    imgsz: int,
+    out_dir: Path,
+    seed: int = 0,
+    class_bias: float = -5.0,
+    dynamic: bool = False,
+) -> Yolo:
     """``name`` (yolo11n, yolov8n) at random init, exported to ``out_dir/<name>.onnx``.
 
     Random init sets every class bias to log(5 / nc / (640 / stride)²) ≈ −11.5, so no score
     reaches a usual confidence threshold; the biases are redrawn around ``class_bias`` (one per
     class and scale, N(class_bias, 1)) so that NMS keeps a few dozen boxes at conf 0.25.
+    ``dynamic``: a dynamic batch axis (``yolo export dynamic=True``; batch 1 otherwise).
     """
     import torch
     from ultralytics import YOLO
@@ -99,7 +107,7 @@ def build(name: str, imgsz: int, out_dir: Path, seed: int = 0, class_bias: float
             m.export = True
         if hasattr(m, "format"):
             m.format = "onnx"
-    path = Path(out_dir) / f"{name}.onnx"
+    path = Path(out_dir) / f"{name}{'.dynamic' if dynamic else ''}.onnx"
     x = torch.rand(1, 3, imgsz, imgsz, generator=gen)
     import warnings
 
@@ -113,6 +121,7 @@ def build(name: str, imgsz: int, out_dir: Path, seed: int = 0, class_bias: float
             dynamo=False,
             input_names=["images"],
             output_names=["output0"],
+            dynamic_axes={"images": {0: "batch"}, "output0": {0: "batch"}} if dynamic else None,
         )
     return Yolo(name, model, path, imgsz)
 
