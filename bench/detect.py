@@ -6,9 +6,12 @@ astronaut), CPU with 2 threads (onnxruntime intra-op and torch), median latency 
   * ``plain``: onnxruntime inference of the unmodified ONNX export (the floor);
   * ``onnxcam:forward``: the onnxcam graph in mode 1 (the model's outputs and the three head
     inputs; the gradient branch skipped);
-  * ``onnxcam:raw``: what ``Explainer.detect`` runs, without the runtime: one mode-0 run whose
-    default seed is the graph's own detections (decode, class-wise NMS, the ``--top`` best at
-    ``--conf``), returning them with one gradient row each at every head input;
+  * ``onnxcam:raw``: one mode-0 run whose default seed is the graph's own detections (decode,
+    class-wise NMS, the ``--top`` best at ``--conf``), returning them with one gradient row
+    each at every head input (whole maps: what any onnxruntime client gets);
+  * ``onnxcam:windows``: what ``Explainer.detect`` runs, without the runtime: the same in
+    mode 3, each row's gradient in its window (``contract.GradientWindow``; the default,
+    direct gradients only);
   * ``onnxcam:detect``: ``Explainer.detect`` of the same detections (that run, LayerCAM per
     scale at the input size, fused per detection and per image);
   * both again from the graph exported with ``detect_gradients="total"`` (``…:total``: the
@@ -91,6 +94,16 @@ def make_variants(yolo, cams: dict[str, Path], image: np.ndarray, args):
         raw = functools.partial(cam.run, explain, {"images": x, **chosen})
         variants[f"onnxcam:raw{tag}"] = raw
         explained[f"onnxcam:raw{tag}"] = len(raw()[0])
+        if kind == "direct":
+            mode3 = {contract.MODE_INPUT: np.array(contract.MODE_WINDOWS, dtype=np.int64)}
+            wins = [contract.gradient_window_name(k) for k in range(3)]
+            win = functools.partial(
+                cam.run,
+                [contract.DETECTIONS_OUTPUT, *acts, *wins],
+                {"images": x, **chosen, **mode3},
+            )
+            variants["onnxcam:windows"] = win
+            explained["onnxcam:windows"] = len(win()[0])
         ex = Explainer(path, device="cpu", session_options=ort_options())
         detect = functools.partial(
             ex.detect, image, methods="layercam", top=args.top, conf=args.conf
@@ -161,7 +174,7 @@ def main() -> None:
                 "p75_ms": 1000 * float(np.percentile(times[variant], 75)),
                 "vs_plain": t / base,
             }
-            if variant.startswith(("onnxcam:raw", "onnxcam:detect")):
+            if variant.startswith(("onnxcam:raw", "onnxcam:windows", "onnxcam:detect")):
                 row["ultralytics_over"] = ms["ultralytics:cam"] / t
             rows.append(row)
             print(f"{name} {variant:22s} {t:8.1f} ms  ({t / base:5.2f}x plain)", flush=True)

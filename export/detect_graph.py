@@ -68,41 +68,51 @@ def add_detections(
     boxes, scores = boxes_and_scores(b, spec, spec.output)
     scores = b.Cast(scores, to=f32)
     boxes = b.Cast(boxes, to=f32)
-    k_range = b.Reshape(
-        b.Range(_int(b, 0), _int(b, spec.num_classes), _int(b, 1)), b.ints([1, -1])
-    )  # [1, K]
-    allowed = b.Or(
-        b.Unsqueeze(b.Less(sel, _int(b, 0)), b.ints(1)),
-        b.Equal(b.Unsqueeze(sel, b.ints(1)), k_range),
-    )  # [B, K]: the class input (≥ 0) keeps only anchors whose best class it is
+    best, best_k = b.TopK(scores, b.ints([1]), axis=1, outputs=2)  # [B, 1, N] each: each
+    # anchor's best class and its score, kept if the class input (≥ 0) is that class
     # (ultralytics' NMS ``classes`` filter)
-    best_k = b.ArgMax(scores, axis=1, keepdims=1)  # [B, 1, N]: each anchor's best class
-    is_best = b.Equal(b.Unsqueeze(k_range, b.ints(2)), best_k)
-    keep = b.And(is_best, b.Unsqueeze(allowed, b.ints(2)))  # … if it is an allowed class
-    nms_scores = b.Mul(scores, b.Cast(keep, to=f32))
-    masked = nms_scores
+    wanted = b.Reshape(sel, b.ints([-1, 1, 1]))  # [B or 1, 1, 1]
+    ok = b.Or(b.Less(wanted, _int(b, 0)), b.Equal(best_k, wanted))
+    nms_scores = b.Mul(best, b.Cast(ok, to=f32))  # [B, 1, N]
     batch = b.Shape(scores, start=0, end=1)
-    n = b.Shape(scores, start=2, end=3)
+
+    def rows_at(image: str, anchor: str) -> str:
+        """[S, 3] rows (image, class, anchor) of anchors [S, 1] of images [S, 1]."""
+        c = b.GatherND(b.Squeeze(best_k, b.ints(1)), b.Concat(image, anchor, axis=1))
+        return b.Concat(image, b.Unsqueeze(c, b.ints(1)), anchor, axis=1)
 
     def best_rows() -> str:
         """Each image's best (class, anchor): [B, 3] rows (image, class, anchor)."""
-        flat = b.Reshape(masked, b.Concat(batch, b.ints(-1), axis=0))
-        idx = b.ArgMax(flat, axis=1, keepdims=1)  # [B, 1]
-        c, a = b.Div(idx, n), b.Mod(idx, n)
+        anchor = b.ArgMax(b.Squeeze(nms_scores, b.ints(1)), axis=1, keepdims=1)  # [B, 1]
         images = b.Unsqueeze(
             b.Range(_int(b, 0), b.Squeeze(batch, b.ints(0)), _int(b, 1)), b.ints(1)
         )
-        return b.Concat(images, c, a, axis=1)
+        return rows_at(images, anchor)
 
     def kept_rows() -> str:
-        """One image: the ``top`` best after class-wise NMS, or its best prediction."""
-        chosen = b.NonMaxSuppression(boxes, nms_scores, top, iou, conf, center_point_box=1)
+        """One image: the ``top`` best after class-wise NMS, or its best prediction.
+
+        Class-wise NMS as one NMS over each anchor's best class (ultralytics' own): every
+        box is moved by its class times ``span`` (more than any box's extent), so boxes of
+        different classes never overlap — the same boxes kept as one NMS per class, in one
+        pass over the anchors instead of one per class."""
+        span = 4.0 * max(st.spec.height, st.spec.width)
+        off = b.Mul(
+            b.Cast(b.Transpose(best_k, perm=[0, 2, 1]), to=f32),
+            b.const(np.array([span, span, 0, 0], np.float32)),
+        )  # [B, N, 4]: centres moved, sizes kept
+        chosen = b.NonMaxSuppression(
+            b.Add(boxes, off), nms_scores, top, iou, conf, center_point_box=1
+        )  # [M, 3]: (image, 0, anchor)
         count = b.Shape(chosen, start=0, end=1)
 
         def ranked() -> str:
-            values = b.GatherND(nms_scores, chosen)
+            image, _, anchor = b.Split(chosen, b.ints([1, 1, 1]), axis=1, outputs=3)
+            values = b.GatherND(b.Squeeze(nms_scores, b.ints(1)), b.Concat(image, anchor, axis=1))
             _, order = b.TopK(values, b.Min(top, count), axis=0, outputs=2)
-            return b.Gather(chosen, order, axis=0)
+            picked = b.Gather(chosen, order, axis=0)
+            image, _, anchor = b.Split(picked, b.ints([1, 1, 1]), axis=1, outputs=3)
+            return rows_at(image, anchor)
 
         empty = b.Equal(count, b.ints(0))
         return if_else(view, b.Squeeze(empty, b.ints(0)), best_rows, ranked, TensorProto.INT64)
@@ -115,7 +125,8 @@ def add_detections(
     centre, size = b.Split(xywh, b.ints([2, 2]), axis=1, outputs=2)
     half = b.Mul(size, b.const(np.array(0.5, np.float32)))
     score = b.GatherND(scores, rows)  # [S]
-    passed = b.Greater(b.Unsqueeze(b.GatherND(nms_scores, rows), b.ints(1)), conf)
+    at = b.GatherND(b.Squeeze(nms_scores, b.ints(1)), b.Concat(image, anchor, axis=1))
+    passed = b.Greater(b.Unsqueeze(at, b.ints(1)), conf)
     kept = b.Cast(passed, to=f32)  # NMS's own test (> conf), on the filtered best class
     columns = [
         b.Sub(centre, half),

@@ -41,6 +41,8 @@ class Gate:
 
 EXPLAIN = Gate(contract.MODE_EXPLAIN, "backward")
 """The gradients and the in-graph heatmaps (mode 0: explain)."""
+WINDOWS = Gate(contract.MODE_WINDOWS, "windows")
+"""A detector's gradient windows (mode 3)."""
 
 
 def value_of(name: str) -> str:

@@ -13,7 +13,8 @@ checks this list against ``describe()``):
 6. ``add_cam_weights``: The explained score's CAM weights ``onnxcam_cam_weight_k`` (GAP → Linear).
 7. ``add_backward`` (in If mode 0): The gradients dScore/dA_k as outputs ``onnxcam_gradient_k``.
 8. ``add_heatmaps`` (in If mode 0): The requested CAM maps as ``onnxcam_heatmap_<method>_k``.
-9. ``add_heads``: The head alone per target: ``onnxcam_head_input_k`` → ``onnxcam_head_logits_k``.
+9. ``add_windows`` (in If mode 3): Each detection's gradient window: ``onnxcam_gradient_window_k``.
+10. ``add_heads``: The head alone per target: ``onnxcam_head_input_k`` → ``onnxcam_head_logits_k``.
 
 Consecutive passes with the same ``Gate`` share one ``If`` branch, opened before the first
 and closed after the last: the heatmaps are computed in the gradients' branch (one ``If``, no
@@ -28,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from .gating import EXPLAIN, Branch, Gate
+from .gating import EXPLAIN, WINDOWS, Branch, Gate
 from .passes import (
     ExportState,
     add_backward,
@@ -39,6 +40,7 @@ from .passes import (
     add_mode_input,
     add_score,
     add_topk,
+    add_windows,
     expose_activations,
 )
 
@@ -70,6 +72,7 @@ PASSES: tuple[Pass, ...] = (
     Pass(add_cam_weights),
     Pass(add_backward, EXPLAIN),
     Pass(add_heatmaps, EXPLAIN),
+    Pass(add_windows, WINDOWS),
     Pass(add_heads),
 )
 

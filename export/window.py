@@ -238,15 +238,23 @@ def _conv_radius(view: GraphView, n: onnx.NodeProto) -> int | None:
 
 
 def gradients(
-    view: GraphView, windows: list[Window], rows: tuple[str, str, str], consts: dict
+    view: GraphView,
+    windows: list[Window],
+    rows: tuple[str, str, str],
+    consts: dict,
+    placed: bool = True,
 ) -> list[str]:
     """The direct gradients ``[rows, C, H, W]`` at each window's head input of the detections
     ``rows`` = (image, class, anchor), each ``[rows, 1]`` int64: one seed row per detection,
-    at its own scale (zero at the others)."""
-    return [_gradient(view, w, rows, consts, k) for k, w in enumerate(windows)]
+    at its own scale (zero at the others). ``placed=False``: the windows themselves,
+    ``[rows, C, 2r + 1, 2r + 1]`` (centred on the row's anchor; zero off the map and for the
+    rows of other scales)."""
+    return [_gradient(view, w, rows, consts, k, placed) for k, w in enumerate(windows)]
 
 
-def _gradient(view: GraphView, w: Window, rows: tuple[str, str, str], consts: dict, k: int) -> str:
+def _gradient(
+    view: GraphView, w: Window, rows: tuple[str, str, str], consts: dict, k: int, placed: bool
+) -> str:
     b = NodeBuilder(view, f"onnxcam/window{k}", consts)
     image, cls, anchor = rows
     r, size, h, wd = w.radius, 2 * w.radius + 1, w.height, w.width
@@ -305,6 +313,8 @@ def _gradient(view: GraphView, w: Window, rows: tuple[str, str, str], consts: di
         inside, b.Sub(b.CumSum(b.Cast(inside, to=onnx.TensorProto.INT64), i64(0)), i64(1)), count
     )
     g = b.Gather(b.Concat(g, zero, axis=0), at, axis=0)  # [S, C, size, size]
+    if not placed:
+        return g
     # placed back: dense[r, c] = Yᵣᵀ · g[r, c] · Xᵣ, with Yᵣ [size, H] and Xᵣ [size, W] the
     # one-hots of the window's rows and columns (off-map ones match nothing): a product that
     # writes the dense map once (a scatter into zeros writes it three times)

@@ -60,10 +60,13 @@ MODE_INPUT = "onnxcam_mode"
 """int64 scalar, default 0. What a run computes besides the model's own outputs:
 0 (``MODE_EXPLAIN``) activations + gradients; 1 (``MODE_FORWARD``) activations only, the
 gradient subgraph is skipped (gradient outputs are empty); 2 (``MODE_HEAD``) additionally runs
-each target's head on ``onnxcam_head_input_k``."""
+each target's head on ``onnxcam_head_input_k``; 3 (``MODE_WINDOWS``, a detector whose targets
+have a ``GradientWindow``) activations + the graph's own detections with each row's gradient
+in its window only (``onnxcam_gradient_window_k``; the full gradient outputs are empty)."""
 MODE_EXPLAIN = 0
 MODE_FORWARD = 1
 MODE_HEAD = 2
+MODE_WINDOWS = 3
 HEAD_INPUT = "onnxcam_head_input_{k}"
 """float ``[m, C, h, w]`` (target layout): activations to push through target k's head (mode 2)."""
 
@@ -80,6 +83,10 @@ ACTIVATION_OUTPUT = "onnxcam_activation_{k}"
 GRADIENT_OUTPUT = "onnxcam_gradient_{k}"
 """float, d score / d activations of target layer ``k``, same shape as the activations (a
 detector: one row per detection)."""
+GRADIENT_WINDOW_OUTPUT = "onnxcam_gradient_window_{k}"
+"""float ``[rows, C, 2r + 1, 2r + 1]`` (mode 3): each detection's gradient at target ``k`` in
+its window (``GradientWindow``: centred on the row's anchor, zero off the map and for the rows
+of other maps); the rows are the graph's own detections (a fed seed is not read)."""
 DETECTIONS_OUTPUT = "onnxcam_detections"
 """float ``[rows, 8]`` (a detector): x1, y1, x2, y2 (model-input pixels), score, class, anchor,
 kept — the rows the gradients and the score have. One image: the ``top`` best detections
@@ -141,6 +148,11 @@ def activation_name(k: int) -> str:
 def gradient_name(k: int) -> str:
     """Output name of target layer ``k``'s gradients."""
     return GRADIENT_OUTPUT.format(k=k)
+
+
+def gradient_window_name(k: int) -> str:
+    """Output name of target layer ``k``'s gradient windows (mode 3)."""
+    return GRADIENT_WINDOW_OUTPUT.format(k=k)
 
 
 def head_input_name(k: int) -> str:
@@ -360,6 +372,13 @@ class GradientWindow:
 
     first: int
     radius: int
+    output: str = ""
+    """The mode-3 output holding the windows (``onnxcam_gradient_window_k``)."""
+
+    @property
+    def size(self) -> int:
+        """2·radius + 1: the window's side."""
+        return 2 * self.radius + 1
 
     def position(self, anchor: int, height: int, width: int) -> tuple[int, int] | None:
         """(row, column) of ``anchor`` on this ``height`` × ``width`` map, or None when the
@@ -368,7 +387,7 @@ class GradientWindow:
         return divmod(a, width) if 0 <= a < height * width else None
 
     def to_json(self) -> dict:
-        return {"first": self.first, "radius": self.radius}
+        return {"first": self.first, "radius": self.radius, "output": self.output}
 
     @classmethod
     def from_json(cls, d: dict) -> GradientWindow:

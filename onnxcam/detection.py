@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 
 from .contract import DetectSpec, TargetLayer
@@ -118,11 +119,13 @@ def window_map(
     A: np.ndarray,
     G: np.ndarray,
     anchors: np.ndarray,
+    given: bool = False,
 ) -> np.ndarray:
     """A gradient method's maps ``[rows, h, w]`` at a head input whose detection gradients
     are local (``target.window``): each row on this map from its gradient's window alone
     (``terms.WindowTerms``), zero for the rows of other maps (their gradient here is zero).
-    ``A`` is the image's activations [1, C, h, w] (NCHW), ``G`` the gradient output."""
+    ``A`` is the image's activations [1, C, h, w] (NCHW); ``G`` the gradient output: whole
+    maps (mode 0), or with ``given`` the windows themselves ``[rows, C, k, k]`` (mode 3)."""
     h, w = A.shape[2:]
     win = target.window
     found = [(r, win.position(int(a), h, w)) for r, a in enumerate(anchors)]
@@ -130,11 +133,11 @@ def window_map(
     out = np.zeros((len(anchors), h, w), np.float32)
     if not mine:
         return out
-    k = 2 * win.radius + 1
+    k = win.size
     rows = [r for r, _ in mine]
     origin = np.array([(y - win.radius, x - win.radius) for _, (y, x) in mine])
-    G = target.layout.to_nchw(G)
-    out[rows] = formula(WindowTerms(A, windows(G, origin, k, rows), origin))
+    windowed = G[rows] if given else windows(target.layout.to_nchw(G), origin, k, rows)
+    out[rows] = formula(WindowTerms(A, windowed, origin))
     return out
 
 
@@ -152,27 +155,37 @@ def fuse(levels: list[np.ndarray], size: tuple[int, int], how: str, n: int) -> n
         lo = mean.min(axis=(1, 2), keepdims=True)
         span = mean.max(axis=(1, 2), keepdims=True) - lo
         return np.divide(mean - lo, span, out=np.zeros(mean.shape, np.float32), where=span > 0)
-    out = np.zeros((n, *size), np.float32)
+    out = np.empty((n, *size), np.float32)
     touched = np.zeros(n, bool)  # a row's first map is written, the next ones maxed in
     for m in levels:
         if len(m) == 1 and n > 1:  # the same map for every row (Eigen-CAM): resized once
             up = resize(m[0], *size)
             top = up.max()
             if top > 0:
-                np.maximum(out, up / top, out=out)
+                up *= 1 / top
+                for r in range(n):
+                    _max_into(out[r], up, touched[r])
                 touched[:] = True
             continue
         for r in np.flatnonzero(m.reshape(len(m), -1).max(axis=1) > 0):  # in place, per row
-            up = resize(m[r], *size)
+            up = out[r] if not touched[r] else np.empty(size, np.float32)
+            cv2.resize(m[r], size[::-1], dst=up, interpolation=cv2.INTER_LINEAR)
             top = up.max()
             if top <= 0:
                 continue
+            up *= 1 / top
             if touched[r]:
-                np.maximum(out[r], np.multiply(up, 1 / top, out=up), out=out[r])
-            else:
-                np.multiply(up, 1 / top, out=out[r])
-                touched[r] = True
+                np.maximum(out[r], up, out=out[r])
+            touched[r] = True
+    out[~touched] = 0
     return out
+
+
+def _max_into(row: np.ndarray, up: np.ndarray, touched: bool) -> None:
+    if touched:
+        np.maximum(row, up, out=row)
+    else:
+        row[...] = up
 
 
 def draw(rgb: np.ndarray, detections: list[Detection]) -> np.ndarray:

@@ -424,18 +424,28 @@ class Explainer:
         """One run per image (the graph keeps one gradient row per detection of one image;
         ``chosen``: explain these detections instead)."""
         targets = self.info.targets
-        grads = any("gradients" in METHODS[m].needs for m in names)
+        grads = [m for m in names if "gradients" in METHODS[m].needs]
+        # the graph's own detections, every method readable from windows: the gradients as
+        # windows (mode 3: no whole map of zeros per row and scale)
+        windowed = (
+            grads
+            and not chosen
+            and all(t.window is not None and t.window.output for t in targets)
+            and set(grads) <= WINDOWED
+        )
         fetch = [
             contract.DETECTIONS_OUTPUT,
             *(t.activation for t in targets),
-            *((t.gradient for t in targets) if grads else ()),
+            *((t.window.output if windowed else t.gradient for t in targets) if grads else ()),
         ]
         extra = {
             contract.DETECT_CONF_INPUT: np.array([conf], np.float32),
             contract.DETECT_IOU_INPUT: np.array([iou], np.float32),
             contract.DETECT_TOP_INPUT: np.array([top], np.int64),
         }
-        mode = contract.MODE_EXPLAIN if grads else contract.MODE_FORWARD
+        mode = contract.MODE_FORWARD
+        if grads:
+            mode = contract.MODE_WINDOWS if windowed else contract.MODE_EXPLAIN
         cls = None if wanted is None else np.array([wanted])
         spec = self.info.score.detect
         seed = None
@@ -485,7 +495,9 @@ class Explainer:
                 if "gradients" not in METHODS[m].needs:  # one map for every detection
                     raw = METHODS[m].formula(Terms(A))  # (Eigen-CAM): computed once
                 elif t.window is not None and m in WINDOWED:
-                    raw = detection.window_map(METHODS[m].formula, t, A, out[t.gradient], anchors)
+                    given = t.window.output in out  # mode 3: the windows themselves
+                    G = out[t.window.output if given else t.gradient]
+                    raw = detection.window_map(METHODS[m].formula, t, A, G, anchors, given)
                 else:
                     G = t.layout.to_nchw(out[t.gradient])
                     raw = METHODS[m].formula(Terms(np.broadcast_to(A, G.shape), G))
