@@ -534,7 +534,8 @@ def add_heatmaps(st: ExportState) -> None:
             A, G = b.Transpose(A, perm=perm), b.Transpose(G, perm=perm)
         stacked, rows = raw_heatmaps(b, A, G, t.cam_weight, methods, facts)
         finals = postprocess_heatmaps(b, stacked, rows, A, t.spatial, size)
-        dims = [t.shape[0], *(size or t.spatial)]
+        rows = "rows" if st.head.task == "detect" else t.shape[0]  # a detector: per detection
+        dims = [rows, *(size or t.spatial)]
         for m, final in zip(methods, finals, strict=True):
             t.heatmaps[m], t.heatmap_size = contract.heatmap_name(m, k), st.heatmap_size
             branch.output(final, t.heatmaps[m], view.dtype(t.tensor), dims)

@@ -170,3 +170,48 @@ def test_window_contract_roundtrip():
     assert back.window == t.window
     assert back.window.position(25 + 7, 5, 5) == (1, 2)
     assert back.window.position(24, 5, 5) is None and back.window.position(50, 5, 5) is None
+
+
+def test_mode3_windows_are_the_whole_maps_windows(yolo, tmp_path):
+    """Mode 3 returns the detections of mode 0 with each row's gradient window: the window of
+    mode 0's whole-map gradient centred on the row's anchor (zero off the map), and no whole
+    maps."""
+    from onnxcam.export import export_onnx
+    from onnxcam.terms import windows as cut
+
+    path = tmp_path / "direct.onnx"
+    export_onnx(yolo.onnx, path, preset="unit", task="detect")
+    s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = yr.to_input(yr.photos(IMGSZ)[2:3])
+    chosen = {
+        contract.DETECT_CONF_INPUT: np.array([0.0], np.float32),
+        contract.DETECT_TOP_INPUT: np.array([40], np.int64),
+    }
+    grads = [contract.gradient_name(k) for k in range(3)]
+    wins = [contract.gradient_window_name(k) for k in range(3)]
+    rows, *full = s.run([contract.DETECTIONS_OUTPUT, *grads], {"images": x, **chosen})
+    mode3 = {contract.MODE_INPUT: np.array(contract.MODE_WINDOWS, np.int64)}
+    rows3, *got = s.run(
+        [contract.DETECTIONS_OUTPUT, *wins, *grads], {"images": x, **chosen, **mode3}
+    )
+    np.testing.assert_array_equal(rows3, rows)
+    assert all(g.shape[0] == 0 for g in got[3:])  # no whole maps in mode 3
+    start, levels = 0, []
+    for h, w in yolo.grids:
+        levels.append((start, h, w))
+        start += h * w
+    seen = set()
+    for k, (first, h, w) in enumerate(levels):
+        origin = (
+            np.array(
+                [
+                    divmod(int(a) - first, w) if first <= a < first + h * w else (-99, -99)
+                    for a in rows[:, 6]
+                ]
+            )
+            - 2
+        )
+        want = cut(full[k], origin, 5, range(len(rows)))
+        np.testing.assert_allclose(got[k], want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
+        seen |= {r for r in range(len(rows)) if np.any(got[k][r])}
+    assert seen == set(range(len(rows)))  # every row has its window on one scale
