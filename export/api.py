@@ -200,6 +200,8 @@ def export_onnx(
     layer_names: Sequence[str] | None = None,
     layer_notes: Sequence[str | None] | None = None,
     drop_outputs: Sequence[str] = (),
+    input_gradient: bool = False,
+    rules: str | Sequence[str] | None = None,
 ) -> ExportResult:
     """Rewrite an ONNX classifier, segmenter or detector into an explainable graph (contract v3).
 
@@ -213,7 +215,10 @@ def export_onnx(
     uint8 input or an in-graph division by 255 takes raw pixels; the torch preset otherwise).
     ``output`` is written atomically and never equals the input. Front ends may pass
     ``layer_names``/``layer_notes`` (how targets are named and annotated in the metadata) and
-    ``drop_outputs`` (helper outputs removed after verification).
+    ``drop_outputs`` (helper outputs removed after verification). ``input_gradient`` adds the
+    model input as a target (the full backward, for the pixel-space methods: saliency,
+    Integrated Gradients, SmoothGrad …); ``rules`` ('guided', 'deconvnet': ``contract.RULE_SETS``)
+    adds its gradient under those ReLU rules too (Guided Backpropagation, Deconvnet).
 
     Steps: load and upgrade → ``build_state`` → ``pipeline.PASSES`` → metadata → checks
     (forward nodes kept, ``onnx.checker``) → ``verify_forward`` → write.
@@ -239,6 +244,8 @@ def export_onnx(
         heatmap_size=heatmap_size,
         layer_names=layer_names,
         layer_notes=layer_notes,
+        input_gradient=input_gradient,
+        rules=rules,
     )
     forward = forward_nodes(m)
     run_passes(st)
@@ -351,6 +358,8 @@ def build_state(
     scale: float | None = None,
     color: str | None = None,
     preset: str | None = None,
+    input_gradient: bool = False,
+    rules: str | Sequence[str] | None = None,
 ) -> ExportState:
     """What the passes start from, for a model at opset ≥ 17: the image input (``size``
     fixed), its spec, the head, the labels and the target layers (the arguments are
@@ -394,7 +403,44 @@ def build_state(
     st.heatmap_size = heatmap_size
     for t, note in zip(st.targets, layer_notes or [None] * len(st.targets), strict=True):
         t.note = note
+    st.rules = _rule_sets(rules)
+    if input_gradient or st.rules:
+        if head.task == "detect":
+            raise ExportError(
+                "the input gradient is not available for detectors yet; explain their head "
+                "inputs (the default)"
+            )
+        x = _float_input(view, image)
+        k = len(st.targets)
+        pixel = TargetLayer(k, "input", x, layout, view.shape(x), "input", pixels=True)
+        pixel.head_note = "the model input: its head is the whole model"
+        st.targets.append(pixel)
     return st
+
+
+def _rule_sets(rules: str | Sequence[str] | None) -> list[str]:
+    """'guided,deconvnet' | list → ReLU rule sets (``contract.RULE_SETS``), validated."""
+    names = rules.split(",") if isinstance(rules, str) else list(rules or [])
+    names = [n.strip().lower() for n in names if n.strip()]
+    bad = [n for n in names if n not in contract.RULE_SETS]
+    if bad:
+        raise ExportError(f"unknown rule set {bad[0]!r}; choose {', '.join(contract.RULE_SETS)}")
+    return list(dict.fromkeys(names))
+
+
+def _float_input(view: GraphView, image: str) -> str:
+    """The image input if it is float, else the float tensor its ``Cast`` makes (a uint8
+    model's pixels, differentiated as floats)."""
+    if view.is_float(image):
+        return image
+    casts = [n for n in view.consumers.get(image, []) if n.op_type == "Cast"]
+    floats = [n.output[0] for n in casts if view.is_float(n.output[0])]
+    if len(floats) != 1:
+        raise ExportError(
+            f"the input {image!r} is not float and is not cast to float once; the input "
+            "gradient needs the float pixels the model computes with"
+        )
+    return floats[0]
 
 
 QOPERATOR_OPS = {

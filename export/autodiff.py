@@ -38,8 +38,9 @@ def path_nodes(view: GraphView, on_path: set[str]) -> list[onnx.NodeProto]:
     ]
 
 
-def _rule_for(node: onnx.NodeProto):
-    rule = VJP_RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+def _rule_for(node: onnx.NodeProto, rules: Mapping | None = None):
+    table = VJP_RULES if rules is None else {**VJP_RULES, **rules}
+    rule = table.get(node.op_type) if node.domain in ("", "ai.onnx") else None
     if rule is None:
         op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
         raise UnsupportedOpError(
@@ -56,6 +57,7 @@ def build_backward(
     consts: dict | None = None,
     seed_rows: bool = False,
     direct: bool = False,
+    rules: Mapping | None = None,
 ) -> dict[str, str]:
     """Append nodes computing ∂(Σ_y ⟨seed_y, y⟩)/∂x for every x in ``wrt``.
 
@@ -66,6 +68,9 @@ def build_backward(
     ``direct``: each x's gradient holds the other ``wrt`` tensors fixed (a partial
     derivative): paths from one x through another are not walked — a detector's head inputs,
     each read by its own scale's head, without the neck between them.
+
+    ``rules``: op type → rule, replacing ``VJP_RULES``' for those ops (``rules.RULE_SETS``:
+    Guided Backpropagation's ReLU).
 
     ``seeds`` maps forward tensors y to the tensors holding their incoming gradient (for a
     class score that is the one-hot of the explained class over the logits). Returns
@@ -97,7 +102,7 @@ def build_backward(
         if all(g is None for g in gy):
             continue
         need = [bool(i) and i in on_path for i in node.input]
-        rule = _rule_for(node)
+        rule = _rule_for(node, rules)
         b = NodeBuilder.for_node(view, node, consts)
         b.seed_rows = seed_rows
         gx = [*rule(b, node, gy, need), *[None] * len(need)][: len(need)]

@@ -53,6 +53,7 @@ from .heatmaps import postprocess as postprocess_heatmaps
 from .heatmaps import raw_maps as raw_heatmaps
 from .heatmaps import unavailable as heatmap_unavailable
 from .layers import ClassifierHead, Head, LayerInfo, find_gap_linear
+from .rules import RULE_SETS
 
 Target = TargetLayer
 """The exporter fills the contract's record pass by pass (one name for one concept)."""
@@ -88,6 +89,8 @@ class ExportState:
     """A detector's detections (image, class, anchor), ``[rows, 1]`` each (``add_detections``)."""
     windows: list | None = None
     """A detector's windowed backward (``export/window.py``), when its head allows one."""
+    rules: list[str] = field(default_factory=list)
+    """ReLU rule sets (``contract.RULE_SETS``) for the input gradient (``add_rule_gradients``)."""
     pixel_class: str = ""
     """A segmenter's per-pixel argmax class (``_top_class``)."""
     single_logit: str | None = None
@@ -433,6 +436,25 @@ def add_backward(st: ExportState) -> None:
         branch.output(g, t.gradient, view.dtype(t.tensor), shape)
 
 
+def add_rule_gradients(st: ExportState) -> None:
+    """The input gradient under another ReLU rule.
+
+    Output ``onnxcam_gradient_<rule>_k``: one more backward per rule set
+    (``contract.RULE_SETS``: Guided Backpropagation, Deconvnet), from the same seed to the
+    model input, with ``Relu``'s rule replaced (``rules.RULE_SETS``); every other op keeps
+    its exact rule."""
+    pixel = next((t for t in st.targets if t.pixels), None)
+    if pixel is None or not st.rules:
+        return
+    view, branch = st.view, st.gated()
+    for rule in st.rules:
+        seeds = _score_seed(st, [pixel.tensor])
+        g = build_backward(view, seeds, [pixel.tensor], st.consts, rules=RULE_SETS[rule])
+        name = contract.RULE_GRADIENT_OUTPUT.format(rule=rule, k=pixel.index)
+        pixel.rules[rule] = name
+        branch.output(g[pixel.tensor], name, view.dtype(pixel.tensor), pixel.shape)
+
+
 def add_windows(st: ExportState) -> None:
     """Each detection's gradient window: ``onnxcam_gradient_window_k``.
 
@@ -517,6 +539,8 @@ def add_heatmaps(st: ExportState) -> None:
     if st.heatmaps and size is not None and None in size:
         raise ExportError("in-graph heatmaps at input resolution need a fixed input size (--size)")
     for k, t in enumerate(st.targets):
+        if t.pixels:  # the input: pixel-space maps are the runtime's (``methods.PIXEL``)
+            continue
         facts = layer_facts(view, t.tensor, st.pooled.get(k), t.layout, t.shape)
         methods = []
         for m in st.heatmaps:
@@ -555,6 +579,8 @@ def add_heads(st: ExportState) -> None:
     n_cls = st.head.num_classes or 0
     dtype = view.dtype(st.head.logits)
     for k, t in enumerate(st.targets):
+        if t.pixels:  # the model input: its "head" is the whole model (note set on creation)
+            continue
         name_in = contract.head_input_name(k)
         first = len(view.graph.node)
         value = _head_input(st, k, t)

@@ -13,8 +13,9 @@ checks this list against ``describe()``):
 6. ``add_cam_weights``: The explained score's CAM weights ``onnxcam_cam_weight_k`` (GAP → Linear).
 7. ``add_backward`` (in If mode 0): The gradients dScore/dA_k as outputs ``onnxcam_gradient_k``.
 8. ``add_heatmaps`` (in If mode 0): The requested CAM maps as ``onnxcam_heatmap_<method>_k``.
-9. ``add_windows`` (in If mode 3): Each detection's gradient window: ``onnxcam_gradient_window_k``.
-10. ``add_heads``: The head alone per target: ``onnxcam_head_input_k`` → ``onnxcam_head_logits_k``.
+9. ``add_rule_gradients`` (in If mode 0): The input gradient under another ReLU rule.
+10. ``add_windows`` (in If mode 3): Each detection's gradient window: ``onnxcam_gradient_window_k``.
+11. ``add_heads``: The head alone per target: ``onnxcam_head_input_k`` → ``onnxcam_head_logits_k``.
 
 Consecutive passes with the same ``Gate`` share one ``If`` branch, opened before the first
 and closed after the last: the heatmaps are computed in the gradients' branch (one ``If``, no
@@ -38,6 +39,7 @@ from .passes import (
     add_heads,
     add_heatmaps,
     add_mode_input,
+    add_rule_gradients,
     add_score,
     add_topk,
     add_windows,
@@ -72,6 +74,7 @@ PASSES: tuple[Pass, ...] = (
     Pass(add_cam_weights),
     Pass(add_backward, EXPLAIN),
     Pass(add_heatmaps, EXPLAIN),
+    Pass(add_rule_gradients, EXPLAIN),
     Pass(add_windows, WINDOWS),
     Pass(add_heads),
 )

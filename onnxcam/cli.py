@@ -177,6 +177,19 @@ def cli() -> None:
     show_default=True,
     help="Resolution of the in-graph heatmaps.",
 )
+@click.option(
+    "--input-gradient",
+    is_flag=True,
+    help="Add the gradient with respect to the model input (the full backward): the "
+    "pixel-space methods saliency, gradient-input, smoothgrad, integrated-gradients read it.",
+)
+@click.option(
+    "--rules",
+    default=None,
+    metavar="RULES",
+    help="Also the input gradient under other ReLU rules: guided (Guided Backpropagation, "
+    "Guided Grad-CAM), deconvnet; comma-separated (implies --input-gradient).",
+)
 def export_cmd(model: Path, output: Path, layers: tuple[str, ...], **kw: Any) -> None:
     """Write MODEL with activations and gradient outputs (graph contract v3) to -o OUTPUT."""
     res = _exporter().export_onnx(model, output, layers=list(layers) or None, **kw)
@@ -274,6 +287,7 @@ def layers_cmd(model, model_output, task, as_json) -> None:
 @o.recursive_option
 @o.json_option("Print results as JSON (for machines).")
 @o.perturbation_options()
+@o.sampling_options
 def run_cmd(model: Path, images: tuple[Path, ...], output: Path, as_json: bool, **kw: Any) -> None:
     """Explain IMAGES (files or folders) with MODEL; write overlay PNGs to -o OUTPUT."""
     from .runner import run_images, table

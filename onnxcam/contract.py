@@ -83,6 +83,14 @@ ACTIVATION_OUTPUT = "onnxcam_activation_{k}"
 GRADIENT_OUTPUT = "onnxcam_gradient_{k}"
 """float, d score / d activations of target layer ``k``, same shape as the activations (a
 detector: one row per detection)."""
+RULE_SETS = ("guided", "deconvnet")
+"""Other backward rules for ReLU, for the input gradient (``export --rules``): ``guided``
+(Guided Backpropagation, Springenberg et al., arXiv 1412.6806: dx = [x > 0] · max(g, 0)) and
+``deconvnet`` (Zeiler & Fergus, arXiv 1311.2901: dx = max(g, 0)); every other op keeps its
+exact rule. As captum's ``GuidedBackprop``/``Deconvolution`` and pytorch-grad-cam's
+``GuidedBackpropReLUModel``, which override ``nn.ReLU`` only."""
+RULE_GRADIENT_OUTPUT = "onnxcam_gradient_{rule}_{k}"
+"""float, the input's shape: target ``k``'s (the input's) gradient under ReLU rule ``rule``."""
 GRADIENT_WINDOW_OUTPUT = "onnxcam_gradient_window_{k}"
 """float ``[rows, C, 2r + 1, 2r + 1]`` (mode 3): each detection's gradient at target ``k`` in
 its window (``GradientWindow``: centred on the row's anchor, zero off the map and for the rows
@@ -431,10 +439,16 @@ class TargetLayer:
     on the image grid to make the NHWC activation and gradient outputs; None for a map."""
     window: GradientWindow | None = None
     """A detector's head input whose detection rows have local gradients (``GradientWindow``)."""
+    pixels: bool = False
+    """The model input itself (``export --input-gradient``): ``tensor`` is the image input (or
+    the float tensor its cast makes), the activation output the input, the gradient output
+    ∂score/∂input — what the pixel-space methods read (``methods.PIXEL``)."""
+    rules: dict[str, str] = field(default_factory=dict)
+    """The pixel target's gradients under other ReLU rules (``RULE_SETS``): rule → output."""
 
     _JSON_KEYS = {"head_output": "head_logits"}  # noqa: RUF012 (a class constant)
     """Field → JSON key where they differ (the key is the name graphs have carried since v2)."""
-    _OMIT_EMPTY = ("note", "head_note", "tokens", "window")
+    _OMIT_EMPTY = ("note", "head_note", "tokens", "window", "pixels", "rules")
 
     def __post_init__(self) -> None:
         self.layout = layout_of(self.layout)
@@ -469,6 +483,8 @@ class TargetLayer:
         d = {back.get(k, k): v for k, v in d.items()}
         d["heatmaps"] = d.get("heatmaps") or {}
         d["gradient_pooled"] = bool(d.get("gradient_pooled", False))
+        d["pixels"] = bool(d.get("pixels", False))
+        d["rules"] = d.get("rules") or {}
         d["shape"] = tuple(d["shape"])
         if d.get("tokens"):
             d["tokens"] = TokenGrid.from_json(d["tokens"])

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import contract, detection, postprocess
+from . import contract, detection, image, postprocess
 from .detection import DetectionResult
 from .devices import DEVICE_NAMES
 from .errors import ContractError, ImageError, MethodError, OnnxcamError
@@ -36,7 +36,7 @@ from .registry import METHODS, resolve_methods
 from .results import CamMap, Explanation, Failure, Prediction
 from .scoring import Progress, Scorer, image_rng
 from .targets import ClassLogit, Detection, Region, Target
-from .terms import Terms
+from .terms import PathGradients, Terms
 
 ImageSource = str | os.PathLike | np.ndarray
 _DEFAULT = ExplainOptions()
@@ -278,6 +278,8 @@ class Explainer:
         smooth_samples: int = _DEFAULT.smooth_samples,
         smooth_noise: float = _DEFAULT.smooth_noise,
         seed: int = _DEFAULT.seed,
+        ig_steps: int = _DEFAULT.ig_steps,
+        ig_baseline: str = _DEFAULT.ig_baseline,
         perturbation: PerturbationOptions | None = _DEFAULT.perturbation,
         keep_tensors: bool = _DEFAULT.keep_tensors,
         progress: Callable[[int], None] | None = None,
@@ -661,7 +663,8 @@ class Explainer:
         results = []
         for arrays, explained, secs in rounds:
             noisy = self._noisy_gradients(x, explained, plan, seed) if plan.noisy else None
-            maps = self._maps(arrays, noisy, plan, batch, x, explained, progress)
+            path = self._path_gradients(x, explained, plan, seed, batch) if plan.path else None
+            maps = self._maps(arrays, noisy, plan, batch, x, explained, progress, path)
             for i, it in enumerate(batch):
                 c = int(explained[i])
                 target = next((p for p in preds[i] if p.index == c), None)
@@ -700,6 +703,56 @@ class Explainer:
         out = self._run(xs, np.repeat(cls, n), plan.noisy, contract.MODE_EXPLAIN, seeds)
         return {k: v.reshape(len(x), n, *v.shape[1:]) for k, v in out.items()}
 
+    def _path_gradients(
+        self,
+        x: np.ndarray,
+        cls: np.ndarray,
+        plan: Plan,
+        seed: np.ndarray | None,
+        batch: list[BatchInput],
+    ) -> PathGradients:
+        """Integrated Gradients' runs: each image's input gradient at baseline + α_k (x −
+        baseline) for the Gauss–Legendre points α_k, plus the score at the baseline and at x
+        (α = 0, 1), in runs of ``batch_size`` rows."""
+        opts = plan.options
+        nodes, w = np.polynomial.legendre.leggauss(opts.ig_steps)
+        alphas, weights = (1 + nodes) / 2, w / 2  # on [0, 1]; the weights sum to 1
+        base = np.stack([self._baseline(xi, it, opts) for xi, it in zip(x, batch, strict=True)])
+        a = np.concatenate([alphas, [0.0, 1.0]]).astype(np.float32)[None, :, None, None, None]
+        xs = (base[:, None] + a * (x - base)[:, None]).reshape(-1, *x.shape[1:])
+        n = len(alphas) + 2
+        rows = np.repeat(cls, n)
+        seeds = None if seed is None else np.repeat(seed, n, axis=0)
+        fetch = [plan.path, contract.SCORE_OUTPUT]
+        step = max(opts.batch_size, 1)
+        parts = [
+            self._run(
+                xs[i : i + step],
+                rows[i : i + step],
+                fetch,
+                contract.MODE_EXPLAIN,
+                None if seeds is None else seeds[i : i + step],
+            )
+            for i in range(0, len(xs), step)
+        ]
+        G = np.concatenate([p[plan.path] for p in parts]).reshape(len(x), n, *x.shape[1:])
+        score = np.concatenate([p[contract.SCORE_OUTPUT] for p in parts]).reshape(len(x), n)
+        return PathGradients(G[:, :-2], weights, base, score[:, -2], score[:, -1])
+
+    def _baseline(self, xi: np.ndarray, it: BatchInput, opts: ExplainOptions) -> np.ndarray:
+        """Integrated Gradients' baseline for model input ``xi`` (``ig_baseline``), in the
+        model's input space: black pixels, the input blurred, or uniform pixel noise."""
+        spec = self.info.input
+        if opts.ig_baseline == "blur":  # per channel: blur commutes with (p·scale − mean)/std
+            return image.blur(xi, spec)
+        h, w = (spec.height, spec.width)
+        if opts.ig_baseline == "black":
+            pixels = np.zeros((1, h, w, 3), np.float32)
+        else:
+            rng = image_rng(opts.seed, xi)
+            pixels = rng.uniform(0, 255, size=(1, h, w, 3)).astype(np.float32)
+        return preprocess(list(pixels), spec)[0]
+
     def _maps(
         self,
         arrays: dict[str, np.ndarray],
@@ -709,6 +762,7 @@ class Explainer:
         x: np.ndarray,
         classes: np.ndarray,
         progress: Progress | None,
+        path: PathGradients | None = None,
     ) -> dict[str, list[CamMap]]:
         """Every requested method on every target layer (fused when asked) → per-image maps."""
         spec = self.info.input
@@ -720,19 +774,26 @@ class Explainer:
         for call in plan.calls:
             per_layer = []
             t0 = time.perf_counter()
-            for k, (t, li) in enumerate(zip(plan.targets, plan.inputs, strict=True)):
+            stats: dict[str, np.ndarray] = {}
+            for j, k in enumerate(call.layers):
+                t, li = plan.targets[k], plan.inputs[k]
                 if call.graph:  # computed inside the model (export --heatmaps): take it as is
-                    feat = arrays[call.graph[k]]
+                    feat = arrays[call.graph[j]]
                     per_layer.append((t, feat, feat))
                     continue
                 if call.scored:
                     arg = self._perturbation_inputs(call, li, arrays, x, classes, plan, progress)
                 else:
                     if k not in terms:
-                        terms[k] = _terms(li, arrays, noisy)
+                        terms[k] = _terms(li, arrays, noisy, path)
                     arg = terms[k]
                 raw = np.asarray(call.spec.formula(arg), dtype=np.float32)
-                feat = postprocess.normalize(postprocess.relu(raw) if opts.relu else raw)
+                if call.spec.stats is not None:
+                    stats = call.spec.stats(arg, raw)
+                if call.spec.display == "attribution":
+                    feat = postprocess.attribution(raw)
+                else:
+                    feat = postprocess.normalize(postprocess.relu(raw) if opts.relu else raw)
                 per_layer.append((t, raw, feat))
             if opts.fuse and len(per_layer) > 1:  # pytorch-grad-cam's multi-layer aggregation
                 up = np.stack([postprocess.resize(f, *size) for _, _, f in per_layer])
@@ -744,7 +805,17 @@ class Explainer:
                 key = m if t is None or len(per_layer) == 1 else f"{m}@{t.name}"
                 layer = "fused" if t is None else t.name
                 result[key] = [
-                    CamMap(m, layer, raw[i], feat[i], size, sizes[i], dt) for i in range(len(batch))
+                    CamMap(
+                        m,
+                        layer,
+                        raw[i],
+                        feat[i],
+                        size,
+                        sizes[i],
+                        dt,
+                        {name: float(v[i]) for name, v in stats.items()},
+                    )
+                    for i in range(len(batch))
                 ]
         return result
 
@@ -782,7 +853,12 @@ def _all_or_raise(stream: Iterable) -> list:
     return results
 
 
-def _terms(li: LayerInputs, arrays: dict[str, np.ndarray], noisy: dict | None) -> Terms:
+def _terms(
+    li: LayerInputs,
+    arrays: dict[str, np.ndarray],
+    noisy: dict | None,
+    path: PathGradients | None = None,
+) -> Terms:
     """One target layer's ``Terms`` (NCHW) from a run's outputs."""
     layout = li.layer.layout  # [B, (layout)] → [B, C, h, w] (views)
     A = G = w = Gs = None
@@ -794,9 +870,15 @@ def _terms(li: LayerInputs, arrays: dict[str, np.ndarray], noisy: dict | None) -
             G = G[:, :, :1, :1]
     if li.cam_weight:
         w = arrays[li.cam_weight]
-    if noisy is not None:
+    if noisy is not None and li.layer.gradient in noisy:
         Gs = layout.to_nchw(noisy[li.layer.gradient])  # [B, n, C, h, w]
-    return Terms(A, G, w, Gs)
+    R = {rule: layout.to_nchw(arrays[name]) for rule, name in li.rules}
+    if path is not None and li.layer.pixels:
+        path = PathGradients(
+            layout.to_nchw(path.G), path.weights, layout.to_nchw(path.baseline),
+            path.baseline_score, path.score,
+        )  # fmt: skip
+    return Terms(A, G, w, Gs, R, path if li.layer.pixels else None)
 
 
 @dataclass(frozen=True)

@@ -124,6 +124,18 @@ def preprocess(images: Sequence[np.ndarray], spec: InputSpec) -> np.ndarray:
     return batch
 
 
+def blur(x: np.ndarray, spec: InputSpec, fraction: float = 0.05) -> np.ndarray:
+    """One model input ``x`` (the spec's layout) blurred per channel by a Gaussian of σ =
+    ``fraction`` of its width (Integrated Gradients' blur baseline). A blur commutes with the
+    per-channel ``(p · scale − mean) / std``, so this is the preprocessed blurred image."""
+    planar = spec.layout == NCHW
+    hwc = np.ascontiguousarray(x.transpose(1, 2, 0) if planar else x)
+    sigma = fraction * hwc.shape[1]
+    out = cv2.GaussianBlur(hwc, (0, 0), sigmaX=sigma, borderType=cv2.BORDER_REFLECT)
+    out = out.reshape(hwc.shape)
+    return np.ascontiguousarray(out.transpose(2, 0, 1) if planar else out, dtype=np.float32)
+
+
 def list_images(paths: Iterable[str | os.PathLike], recursive: bool = False) -> list[Path]:
     """Files given directly, plus image files inside given folders (sorted)."""
     found: list[Path] = []

@@ -195,7 +195,7 @@ def __getattr__(name: str):
     """``METHODS`` and ``resolve_methods`` (PEP 562) with every family registered: the
     perturbation family is imported on first use (it does not import this module)."""
     if name in ("METHODS", "resolve_methods"):
-        from . import perturbation  # noqa: F401  (registers the perturbation family)
+        from . import attribution, perturbation  # noqa: F401  (register their families)
 
         return getattr(registry, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

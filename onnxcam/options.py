@@ -292,16 +292,20 @@ def _checked(cls: type, name: str) -> Callable[[click.Context, click.Parameter, 
 
 
 def dataclass_options(
-    cls: type, prefix: str, help: Mapping[str, str] | None = None
+    cls: type,
+    prefix: str,
+    help: Mapping[str, str] | None = None,
+    only: Sequence[str] | None = None,
 ) -> list[Option]:
-    """One option per field of ``cls``: ``--field-name``, the field's type and default, help from
-    ``help``, the field's metadata ("help") or its docstring, in that order."""
+    """One option per field of ``cls`` (or of its fields ``only``): ``--field-name``, the
+    field's type and default, help from ``help``, the field's metadata ("help") or its
+    docstring, in that order."""
     help = help or {}
     hints = typing.get_type_hints(cls)
     docs = field_docs(cls)
     out = []
     for f in dataclasses.fields(cls):
-        if not f.init:
+        if not f.init or (only is not None and f.name not in only):
             continue
         kind = _base_type(hints[f.name])
         flag = "--" + f.name.replace("_", "-")
@@ -493,3 +497,30 @@ def detect_options(f: F) -> F:
     for flag in reversed(detection_options):
         f = flag(f)
     return f
+
+
+_SAMPLING = "sampling__"
+SAMPLING_FIELDS = ("smooth_samples", "smooth_noise", "ig_steps", "ig_baseline")
+"""The ``ExplainOptions`` fields of the sampled methods (Smooth Grad-CAM++, SmoothGrad,
+Integrated Gradients) that ``onnxcam run`` exposes."""
+
+
+def sampling_options(f: F) -> F:
+    """``--smooth-samples --smooth-noise --ig-steps --ig-baseline``, built like
+    ``perturbation_options`` from ``ExplainOptions``' fields (defaults, types, help); the
+    command receives them as one ``sampling=`` dict."""
+
+    def factory() -> list[click.Parameter]:
+        from .plan import ExplainOptions
+
+        return list(dataclass_options(ExplainOptions, _SAMPLING, only=SAMPLING_FIELDS))
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        chosen = {
+            k[len(_SAMPLING) :]: kwargs.pop(k) for k in list(kwargs) if k.startswith(_SAMPLING)
+        }
+        return f(*args, sampling=chosen, **kwargs)
+
+    setattr(wrapper, _DEFERRED, [*getattr(f, _DEFERRED, ()), factory])
+    return typing.cast(F, wrapper)

@@ -18,13 +18,14 @@ from .errors import MethodError
 from .methods import resolve_methods
 from .model import ModelInfo
 from .perturbation import PerturbationOptions
-from .registry import METHODS, NEEDS, MethodSpec
+from .registry import METHODS, NEEDS, MethodSpec, Need
 
 LayerChoice = int | str | Sequence[int | str] | None
 """Target layers by index or name; None → the first; 'all' → every exported layer."""
 
 LAYER_OUTPUTS = ("activation", "gradient", "cam_weight")
 """The per-layer graph outputs a method may read (``TargetLayer`` fields), in fetch order."""
+IG_BASELINES = ("black", "blur", "uniform")
 
 
 @dataclass(frozen=True)
@@ -40,10 +41,16 @@ class ExplainOptions:
     batch_size: int = 8
     """Images per ``session.run``."""
     smooth_samples: int = 8
-    """Noisy copies per image for Smooth Grad-CAM++."""
+    """Noisy copies per image for Smooth Grad-CAM++ and SmoothGrad."""
     smooth_noise: float = 0.15
     """Their noise σ, as a fraction of each image's value range."""
     seed: int = 0
+    ig_steps: int = 32
+    """Integrated Gradients' quadrature points (Gauss–Legendre, captum's default method)."""
+    ig_baseline: str = "black"
+    """Integrated Gradients' baseline: ``black`` (pixels 0), ``blur`` (the input blurred,
+    Gaussian σ = 1/20 of its width) or ``uniform`` (uniform noise over the pixel range, seeded
+    by the image)."""
     perturbation: PerturbationOptions | None = None
     """Knobs of the perturbation methods (None: the defaults, seeded with ``seed``)."""
     keep_tensors: bool = False
@@ -52,8 +59,12 @@ class ExplainOptions:
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise MethodError("batch_size must be at least 1")
-        if self.topk < 1 or self.smooth_samples < 1:
-            raise MethodError("topk and smooth_samples must be at least 1")
+        if self.topk < 1 or self.smooth_samples < 1 or self.ig_steps < 1:
+            raise MethodError("topk, smooth_samples and ig_steps must be at least 1")
+        if self.ig_baseline not in IG_BASELINES:
+            raise MethodError(
+                f"unknown ig_baseline {self.ig_baseline!r}; choose {', '.join(IG_BASELINES)}"
+            )
 
 
 @dataclass(frozen=True)
@@ -66,6 +77,8 @@ class LayerInputs:
     cam_weight: str | None = None
     pooled: bool = False
     """The gradient is the same at every position: methods get it per channel [B, C, 1, 1]."""
+    rules: tuple[tuple[str, str], ...] = ()
+    """(rule, output) of the input gradients under other ReLU rules it reads (``Terms.R``)."""
 
 
 @dataclass(frozen=True)
@@ -78,6 +91,8 @@ class MethodCall:
     """The in-graph heatmap output of each target layer; empty: computed on the host."""
     scored: bool = False
     """Called with ``PerturbationInputs`` (else with its layer's ``Terms``)."""
+    layers: tuple[int, ...] = ()
+    """The ``Plan.targets`` it runs at: the chosen feature layers, or the pixel target."""
 
 
 @dataclass(frozen=True)
@@ -96,7 +111,11 @@ class Plan:
     inputs: tuple[LayerInputs, ...]
     """Per target layer: where its ``Terms`` arrays are."""
     noisy: tuple[str, ...] = ()
-    """Gradient outputs of the noisy copies (Smooth Grad-CAM++); empty: no such run."""
+    """Gradient outputs of the noisy copies (Smooth Grad-CAM++, SmoothGrad); empty: no such
+    run."""
+    path: str | None = None
+    """The input gradient output read along a baseline → input path (Integrated Gradients);
+    None: no such run."""
     keep: tuple[str, ...] = ()
     """Outputs returned per image in ``Explanation.tensors`` (``keep_tensors``)."""
     perturbation: PerturbationOptions = field(default_factory=PerturbationOptions)
@@ -150,18 +169,37 @@ def make_plan(
     (CAM without a GAP → Linear head).
     """
     names = resolve_methods(methods, info.has_cam_weights)
-    targets = tuple(select_layers(info.targets, options.layers))
+    features = [t for t in info.targets if not t.pixels]
+    pixel = next((t for t in info.targets if t.pixels), None)
+    at_pixels = [m for m in names if METHODS[m].pixels]
+    if at_pixels and pixel is None:
+        raise MethodError(_missing(NEEDS["input_gradients"], at_pixels[0], ""))
+    chosen = select_layers(features, options.layers) if len(at_pixels) < len(names) else []
+    targets = tuple(chosen + ([pixel] if at_pixels else []))
+    feature_ids = tuple(range(len(chosen)))
     calls = tuple(
-        MethodCall(m, METHODS[m], graph_heatmaps(m, targets, options), METHODS[m].scored)
+        MethodCall(
+            m,
+            METHODS[m],
+            () if METHODS[m].pixels else graph_heatmaps(m, chosen, options),
+            METHODS[m].scored,
+            (len(chosen),) if METHODS[m].pixels else feature_ids,
+        )
         for m in names
     )
     host = [c for c in calls if not c.graph]
     from_graph = [h for c in calls for h in c.graph]
-    needs = [NEEDS[n] for n in dict.fromkeys(n for c in host for n in c.spec.needs)]
+    per_target: list[list[tuple[str, Need]]] = [[] for _ in targets]
+    for c in host:
+        for n in c.spec.needs:
+            for k in c.layers:
+                per_target[k].append((c.name, NEEDS[n]))
     if options.keep_tensors:  # the raw tensors, even when every map is in the graph
-        needs += [NEEDS["activations"], NEEDS["gradients"]]
-    reads = {n.output for n in needs}
-    inputs = tuple(_layer_inputs(t, reads) for t in targets)
+        for found in per_target:
+            found += [("", NEEDS["activations"]), ("", NEEDS["gradients"])]
+    inputs = tuple(
+        _layer_inputs(t, found, pixel) for t, found in zip(targets, per_target, strict=True)
+    )
     kept = (
         [n for li in inputs for n in (li.activation, li.gradient, li.layer.cam_weight) if n]
         if options.keep_tensors
@@ -172,10 +210,17 @@ def make_plan(
         *predicting,
         contract.CLASS_OUTPUT,
         *(getattr(li, f) for li in inputs for f in LAYER_OUTPUTS if getattr(li, f)),
+        *(name for li in inputs for _, name in li.rules),
         *from_graph,  # the heatmaps live in the gradient branch (mode 0)
         *kept,
     ]
+    needs = [n for found in per_target for _, n in found]
     gradients = bool(from_graph) or any(n.gradients for n in needs)
+    noisy = [
+        t.gradient
+        for t, found in zip(targets, per_target, strict=True)
+        if any(n.noisy for _, n in found)
+    ]
     return Plan(
         options=options,
         targets=targets,
@@ -184,20 +229,35 @@ def make_plan(
         predicting=len(predicting),
         mode=contract.MODE_EXPLAIN if gradients else contract.MODE_FORWARD,
         inputs=inputs,
-        noisy=tuple(t.gradient for t in targets) if any(n.noisy for n in needs) else (),
+        noisy=tuple(noisy),
+        path=pixel.gradient if any(n.path for n in needs) else None,
         keep=tuple(kept),
         perturbation=options.perturbation or PerturbationOptions(seed=options.seed),
     )
 
 
-def _layer_inputs(t: TargetLayer, reads: set[str | None]) -> LayerInputs:
-    """Where ``t``'s arrays are, for the ``reads`` among ``LAYER_OUTPUTS``."""
+def _missing(need: Need, method: str, layer: str) -> str:
+    return need.missing.format(layer=layer, method=method, rule=need.rule)
+
+
+def _layer_inputs(
+    t: TargetLayer, found: list[tuple[str, Need]], pixel: TargetLayer | None
+) -> LayerInputs:
+    """Where ``t``'s arrays are, for the (method, need) pairs its methods read."""
     names = {}
+    reads = {n.output for _, n in found}
     for f in LAYER_OUTPUTS:
         if f in reads:
             name = getattr(t, f)
             if not name:
-                need = next(n for n in NEEDS.values() if n.output == f)
-                raise MethodError(need.missing.format(layer=t.name))
+                method, need = next((m, n) for m, n in found if n.output == f)
+                raise MethodError(_missing(need, method, t.name))
             names[f] = name
-    return LayerInputs(t, **names, pooled=t.gradient_pooled)
+    rules = {}
+    for method, need in found:
+        if need.rule:  # the input's gradient under that rule (a feature layer reads the input's)
+            owner = t if t.pixels else pixel
+            if owner is None or need.rule not in owner.rules:
+                raise MethodError(_missing(need, method, t.name))
+            rules[need.rule] = owner.rules[need.rule]
+    return LayerInputs(t, **names, pooled=t.gradient_pooled, rules=tuple(rules.items()))

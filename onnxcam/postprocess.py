@@ -34,6 +34,23 @@ def normalize(maps: np.ndarray) -> np.ndarray:
     return _minmax(m)
 
 
+def attribution(maps: np.ndarray, outlier_perc: float = 2.0) -> np.ndarray:
+    """Signed pixel attributions [B, H, W] → [0, 1] as captum's ``visualize_image_attr``
+    shows them by default (``sign="absolute_value"``, ``outlier_perc=2``): |a| divided by the
+    value where the cumulative sum of the sorted |a| reaches 98% of the total, clipped to 1.
+    An all-zero map stays zero."""
+    m = np.abs(np.nan_to_num(np.asarray(maps, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0))
+    out = np.zeros_like(m)
+    for src, dst in zip(m.reshape(-1, *m.shape[-2:]), out.reshape(-1, *m.shape[-2:]), strict=True):
+        values = np.sort(src, axis=None)
+        cum = np.cumsum(values, dtype=np.float64)
+        if cum[-1] <= 0:
+            continue
+        threshold = values[np.searchsorted(cum, cum[-1] * 0.01 * (100 - outlier_perc))]
+        np.minimum(src / threshold, 1, out=dst)
+    return out
+
+
 def _minmax(m: np.ndarray) -> np.ndarray:
     """Min-max of finite float32 maps (the caller guarantees finiteness), map by map:
     OpenCV's ``minMaxLoc`` for the extremes (one SIMD pass), then (m − lo) / span in float32 in

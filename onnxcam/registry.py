@@ -38,7 +38,19 @@ class Need:
     """The method scores perturbed inputs: it gets ``PerturbationInputs`` instead of ``Terms``."""
     missing: str = ""
     """The error when a target layer lacks ``output`` (``{layer}``: the layer's name)."""
+    pixels: bool = False
+    """Read at the model input (the pixel target, ``export --input-gradient``): the method runs
+    there, not at the feature layers."""
+    rule: str = ""
+    """The input gradient under this ReLU rule (``contract.RULE_SETS``), into ``Terms.R``."""
+    path: bool = False
+    """A second run along a path from a baseline to the input (Integrated Gradients)."""
 
+
+_NO_PIXELS = (
+    "{method} explains pixels: it needs the input gradient; export the model with --input-gradient"
+)
+_NO_RULE = "{method} needs the {rule} input gradient; export the model with --rules {rule}"
 
 NEEDS: dict[str, Need] = {
     "activations": Need("activation", "A"),
@@ -50,10 +62,20 @@ NEEDS: dict[str, Need] = {
     ),
     "noisy_gradients": Need(None, "Gs", noisy=True),
     "perturbation": Need("activation", scored=True),
+    "input": Need("activation", "A", pixels=True, missing=_NO_PIXELS),
+    "input_gradients": Need("gradient", "G", gradients=True, pixels=True, missing=_NO_PIXELS),
+    "noisy_input_gradients": Need(None, "Gs", noisy=True, pixels=True, missing=_NO_PIXELS),
+    "path_gradients": Need(None, "Gp", path=True, pixels=True, missing=_NO_PIXELS),
+    "guided_gradients": Need(None, "R", True, pixels=True, rule="guided", missing=_NO_RULE),
+    "deconvnet_gradients": Need(None, "R", True, pixels=True, rule="deconvnet", missing=_NO_RULE),
+    "guided_input": Need(None, "R", gradients=True, rule="guided", missing=_NO_RULE),
 }
 """Every name a method may list in ``needs``: the target activations ``A``, the gradients of
 the explained score ``G = dScore/dA``, the explained class's classifier row ``w``, gradients of
-noisy copies of the input ``Gs``, and ``perturbation`` (model inputs, activations, a scorer)."""
+noisy copies of the input ``Gs``, and ``perturbation`` (model inputs, activations, a scorer);
+at the model input (the pixel target): the input ``A`` and its gradient ``G``, noisy copies'
+``Gs``, gradients along a path from a baseline ``Gp``, and the gradients under other ReLU rules
+``R`` (also for a feature layer's method: ``guided_input``, Guided Grad-CAM)."""
 
 
 @dataclass(frozen=True)
@@ -66,7 +88,7 @@ class MethodSpec:
     needs: tuple[str, ...]
     """Keys of ``NEEDS``; the engine fetches exactly what the requested methods need."""
     family: str
-    """gradient | activation | classifier | sampling | perturbation (for people: docs and
+    """gradient | activation | classifier | sampling | perturbation | pixel (for people: docs and
     tests group methods by it; the engine never reads it)."""
     paper: str
     formula: Callable[[Any], np.ndarray] | None = None
@@ -76,6 +98,13 @@ class MethodSpec:
     """Whether ``all`` includes it (perturbation methods are opt-in: many forward passes)."""
     map_size: str = "feature"
     """Where its raw map lives: ``feature`` (the target layer's resolution) or ``input``."""
+    stats: Callable[[Any, np.ndarray], dict[str, np.ndarray]] | None = None
+    """Checks reported with its maps (``CamMap.stats``): f(terms, raw maps) → name → [B]
+    (Integrated Gradients' completeness error)."""
+    display: str = "cam"
+    """How its map is shown: ``cam`` (ReLU, then min-max to [0, 1]) or ``attribution`` (a
+    signed pixel attribution: its absolute value over the 98th percentile of the cumulative
+    sum, clipped to [0, 1]: captum's ``visualize_image_attr`` default)."""
 
     scored: bool = field(init=False)
     """It gets ``PerturbationInputs`` (it scores perturbed inputs; from ``needs``)."""
@@ -87,6 +116,11 @@ class MethodSpec:
         if self.formula is None:
             object.__setattr__(self, "formula", self.fn)
         object.__setattr__(self, "scored", any(NEEDS[n].scored for n in self.needs))
+
+    @property
+    def pixels(self) -> bool:
+        """It explains pixels: it runs at the model input (the pixel target)."""
+        return any(NEEDS[n].pixels for n in self.needs)
 
 
 METHODS: dict[str, MethodSpec] = {}
@@ -103,12 +137,16 @@ def method(
     in_all: bool = True,
     map_size: str = "feature",
     formula: Callable[[Any], np.ndarray] | None = None,
+    display: str = "cam",
+    stats: Callable[[Any, np.ndarray], dict[str, np.ndarray]] | None = None,
 ):
     """Register the decorated function under ``name`` (``formula``: what the engine calls
     instead, when the decorated function is an array-level wrapper of it)."""
 
     def register(fn: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
-        METHODS[name] = MethodSpec(fn, needs, family, paper, formula, in_all, map_size)
+        METHODS[name] = MethodSpec(
+            fn, needs, family, paper, formula, in_all, map_size, stats, display
+        )
         ordered = sorted(METHODS.items(), key=lambda kv: not kv[1].in_all)  # stable
         METHODS.clear()
         METHODS.update(ordered)

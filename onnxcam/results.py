@@ -35,6 +35,9 @@ class CamMap:
     original_size: tuple[int, int]
     seconds: float = 0.0
     """Host time this method took per image (inference not included)."""
+    stats: dict[str, float] = field(default_factory=dict)
+    """The method's own checks for this image (Integrated Gradients: ``completeness_error``,
+    Σ attributions − (S(x) − S(baseline)), and ``completeness_relative``)."""
 
     @cached_property
     def input(self) -> np.ndarray:

@@ -123,6 +123,7 @@ def run_images(
     conf: float = 0.25,
     iou: float = 0.45,
     scale_fusion: str = "max",
+    sampling: dict[str, Any] | None = None,
     note: Note = _ignore,
     on_failure: Callable[[Failure], None] = _ignore,
     progress: ImagesProgress = _ignore,
@@ -133,7 +134,9 @@ def run_images(
     ``target``: a class (index or name), or a ``TargetRequest`` (``onnxcam run``'s target
     flags). A detector's images get ``<stem>_detections_<method>.png`` (every kept box over
     the fusion of their maps) and ``<stem>_det<j>-<label>_<method>.png`` per detection
-    (``top``, ``conf``, ``iou``, ``scale_fusion``: ``Explainer.iter_detect``).
+    (``top``, ``conf``, ``iou``, ``scale_fusion``: ``Explainer.iter_detect``). ``sampling``:
+    the sampled methods' options (``smooth_samples``, ``smooth_noise``, ``ig_steps``,
+    ``ig_baseline``: ``ExplainOptions``).
 
     The batch size is ``perturbation.batch_size``. Ctrl-C stops after the files already written
     (they stay): the result comes back with ``interrupted`` set.
@@ -176,6 +179,7 @@ def run_images(
             perturbation=perturbation,
             method_progress=method_progress,
             keep_tensors=save_tensors,
+            **(sampling or {}),
         )
         for r in stream:
             if isinstance(r, Failure):
@@ -321,6 +325,11 @@ def _save(
         "inference_ms": round(1000 * r.inference_seconds, 3),
         "overlays": files,
         **({"boxes": boxes} if box_threshold is not None else {}),
+        **(
+            {"checks": {k: m.stats for k, m in r.maps.items() if m.stats}}
+            if any(m.stats for m in r.maps.values())
+            else {}
+        ),
     }
 
 

@@ -13,6 +13,7 @@ formulas only.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -53,6 +54,20 @@ def _channel_sum(X: np.ndarray) -> np.ndarray:
     return (np.ones(c, dtype=X.dtype) @ X.reshape(b, c, h * w)).reshape(b, h, w)
 
 
+@dataclass(frozen=True)
+class PathGradients:
+    """Gradients along straight paths from a baseline to each input (Integrated Gradients):
+    ``G`` [B, n, C, H, W] at ``baseline + α_k (x − baseline)``, the quadrature ``weights``
+    [n] (they sum to 1), the ``baseline`` [B, C, H, W] and the score there ``baseline_score``
+    [B] (the input's own score is ``score``)."""
+
+    G: np.ndarray
+    weights: np.ndarray
+    baseline: np.ndarray
+    baseline_score: np.ndarray
+    score: np.ndarray
+
+
 class Terms:
     """A layer's ``A`` [B, C, h, w], ``G`` (same shape, or per channel [B, C, 1, 1]), ``w``
     [B, C] and ``Gs`` [B, n, C, h, w] (each None when not fetched), and their shared terms.
@@ -67,8 +82,14 @@ class Terms:
         G: np.ndarray | None = None,
         w: np.ndarray | None = None,
         Gs: np.ndarray | None = None,
+        R: dict[str, np.ndarray] | None = None,
+        path: PathGradients | None = None,
     ) -> None:
         self.A, self.G, self.w, self.Gs = A, G, w, Gs
+        self.R = R or {}
+        """The input's gradients under other ReLU rules (rule → [B, C, H, W])."""
+        self.path = path
+        """Integrated Gradients' path run (the pixel target)."""
 
     @classmethod
     def of(cls, needs: Sequence[str], arrays: Sequence[np.ndarray]) -> Terms:

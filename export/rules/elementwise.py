@@ -52,6 +52,22 @@ def _relu(b, n, gy, need):
     return [b.Where(b.Greater(y, _zero(b, y)), gy[0], _zero(b, y))]
 
 
+def _guided_relu(b, n, gy, need):
+    # Guided Backpropagation: dx = [y > 0] · max(g, 0)
+    y, g = n.output[0], gy[0]
+    zero = _zero(b, y)
+    return [b.Where(b.And(b.Greater(y, zero), b.Greater(g, zero)), g, zero)]
+
+
+def _deconvnet_relu(b, n, gy, need):
+    # Deconvnet: dx = max(g, 0), whatever the forward's sign
+    return [b.Relu(gy[0])]
+
+
+RELU_RULES = {"guided": {"Relu": _guided_relu}, "deconvnet": {"Relu": _deconvnet_relu}}
+"""The alternative ReLU rules of ``contract.RULE_SETS`` (``autodiff.build_backward(rules=)``)."""
+
+
 @vjp("LeakyRelu")
 def _leaky_relu(b, n, gy, need):
     # dx = g if x > 0 else alpha · g
