@@ -251,3 +251,48 @@ def test_bad_rule_set_is_refused(tmp_path):
     torch.onnx.export(net, torch.randn(1, 3, 64, 64), str(src), opset_version=17, dynamo=False)
     with pytest.raises(OnnxcamError, match="unknown rule set 'lrp'"):
         export_onnx(src, tmp_path / "o.onnx", rules="guided,lrp")
+
+
+class _GuidedReLU6(torch.autograd.Function):
+    """Guided Backpropagation through ReLU6: dx = [0 < x < 6] · max(g, 0)."""
+
+    @staticmethod
+    def forward(ctx, i):
+        ctx.save_for_backward(i)
+        return i.clamp(0, 6)
+
+    @staticmethod
+    def backward(ctx, g):
+        (i,) = ctx.saved_tensors
+        return g * ((i > 0) & (i < 6) & (g > 0))
+
+
+def test_guided_rule_covers_relu6(tmp_path):
+    """``--rules guided`` treats Clip(0, 6) as a rectifier too (captum and pytorch-grad-cam
+    only swap ``nn.ReLU``, so on a ReLU6 network theirs is the plain gradient): mobilenet_v2's
+    guided gradient = autograd with every ReLU6 made guided."""
+    import copy
+
+    from onnxcam.export import export_onnx
+
+    torch.manual_seed(0)
+    net = torchvision.models.mobilenet_v2(weights=None).eval()
+    x = torch.randn(1, 3, 64, 64)
+    src, out = tmp_path / "m.onnx", tmp_path / "m.cam.onnx"
+    torch.onnx.export(net, x, str(src), input_names=["input"], opset_version=17, dynamo=False)
+    export_onnx(src, out, preset="torch", rules="guided")
+    ex = Explainer(out, device="cpu")
+    (r,) = ex.explain_tensor(x.numpy(), "guided-backprop")
+
+    class Guided(torch.nn.Module):
+        def forward(self, i):
+            return _GuidedReLU6.apply(i)
+
+    ref = copy.deepcopy(net).double()
+    for mod in list(ref.modules()):
+        for name, child in list(mod.named_children()):
+            if isinstance(child, torch.nn.ReLU6):
+                setattr(mod, name, Guided())
+    xd = x.double().requires_grad_(True)
+    ref(xd)[0, r.target.index].backward()
+    assert _relative(r.maps["guided-backprop"].raw, xd.grad.numpy()[0].sum(axis=0)) <= TOL

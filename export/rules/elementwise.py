@@ -64,10 +64,6 @@ def _deconvnet_relu(b, n, gy, need):
     return [b.Relu(gy[0])]
 
 
-RELU_RULES = {"guided": {"Relu": _guided_relu}, "deconvnet": {"Relu": _deconvnet_relu}}
-"""The alternative ReLU rules of ``contract.RULE_SETS`` (``autodiff.build_backward(rules=)``)."""
-
-
 @vjp("LeakyRelu")
 def _leaky_relu(b, n, gy, need):
     # dx = g if x > 0 else alpha · g
@@ -110,24 +106,67 @@ def _softplus(b, n, gy, need):
     return [b.Mul(gy[0], b.Sigmoid(n.input[0]))]
 
 
-@vjp("Clip")
-def _clip(b, n, gy, need):
-    # dx = g · [min < x < max]  (torch's hardtanh/ReLU6 convention at the bounds)
-    x, g = n.input[0], gy[0]
+def _clip_bounds(b, n) -> tuple[str | None, str | None]:
+    x = n.input[0]
     lo, hi = input_or_none(n, 1), input_or_none(n, 2)
     if lo is None and hi is None:  # opset < 11 keeps the bounds in attributes
         lo_v, hi_v = attr(n, "min"), attr(n, "max")
         lo = None if lo_v is None else b.scalar(lo_v, x)
         hi = None if hi_v is None else b.scalar(hi_v, x)
+    return lo, hi
+
+
+def _clip_mask(b, n, lo: str | None, hi: str | None) -> str | None:
+    """[min < x < max], read from the output y (the same set: y = x there, y = a bound
+    elsewhere), so a Conv → Clip pair stays fusible when a backward reads it."""
+    y = n.output[0]
     masks = []
     if lo is not None:
-        masks.append(b.Greater(x, lo))
+        masks.append(b.Greater(y, lo))
     if hi is not None:
-        masks.append(b.Less(x, hi))
+        masks.append(b.Less(y, hi))
     if not masks:
+        return None
+    return masks[0] if len(masks) == 1 else b.And(*masks)
+
+
+@vjp("Clip")
+def _clip(b, n, gy, need):
+    # dx = g · [min < x < max]  (torch's hardtanh/ReLU6 convention at the bounds)
+    g = gy[0]
+    mask = _clip_mask(b, n, *_clip_bounds(b, n))
+    if mask is None:
         return [g, None, None]
-    mask = masks[0] if len(masks) == 1 else b.And(*masks)
-    return [b.Where(mask, g, _zero(b, x)), None, None]
+    return [b.Where(mask, g, _zero(b, n.output[0])), None, None]
+
+
+def _rectifier_clip(n, b) -> tuple[str | None, str | None] | None:
+    """A Clip with min 0 (ReLU6): its bounds; None for another Clip (keeps its exact rule)."""
+    lo, hi = _clip_bounds(b, n)
+    value = None if lo is None else b.view.const(lo)
+    return (lo, hi) if value is not None and float(value) == 0.0 else None
+
+
+def _guided_clip(b, n, gy, need):
+    # Guided Backpropagation through ReLU6: dx = [0 < x < max] · max(g, 0)
+    bounds = _rectifier_clip(n, b)
+    if bounds is None:
+        return _clip(b, n, gy, need)
+    g, zero = gy[0], _zero(b, n.output[0])
+    mask = b.And(_clip_mask(b, n, *bounds), b.Greater(g, zero))
+    return [b.Where(mask, g, zero), None, None]
+
+
+def _deconvnet_clip(b, n, gy, need):
+    # Deconvnet through ReLU6: dx = max(g, 0) · [x < max] (the rectifier ignores x's sign)
+    bounds = _rectifier_clip(n, b)
+    if bounds is None:
+        return _clip(b, n, gy, need)
+    g = b.Relu(gy[0])
+    if bounds[1] is None:
+        return [g, None, None]
+    cap = b.Less(n.output[0], bounds[1])
+    return [b.Where(cap, g, _zero(b, n.output[0])), None, None]
 
 
 @vjp("Sigmoid")
@@ -326,3 +365,11 @@ def _where(b, n, gy, need):
 @vjp("Expand", broadcasting=True)
 def _expand(b, n, gy, need):
     return [gy[0], None]
+
+
+RELU_RULES = {
+    "guided": {"Relu": _guided_relu, "Clip": _guided_clip},
+    "deconvnet": {"Relu": _deconvnet_relu, "Clip": _deconvnet_clip},
+}
+"""The alternative rectifier rules of ``contract.RULE_SETS`` (``autodiff.build_backward(rules=)``):
+``Relu``, and ``Clip`` with min 0 (ReLU6; another Clip keeps its exact rule)."""
