@@ -296,3 +296,25 @@ def test_guided_rule_covers_relu6(tmp_path):
     xd = x.double().requires_grad_(True)
     ref(xd)[0, r.target.index].backward()
     assert _relative(r.maps["guided-backprop"].raw, xd.grad.numpy()[0].sum(axis=0)) <= TOL
+
+
+def test_input_gradient_equals_onnx_ad(model, x):
+    """A second, independent oracle for the full-network gradient: onnx-ad's reverse pass of
+    the plain ONNX model (its own VJP rules; batch fixed at 1, shapes inferred)."""
+    import onnx
+
+    onnx_ad = pytest.importorskip("onnx_ad")
+    _, _, path = model
+    plain = onnx.load(str(path.parent / "model.onnx"))
+    for v in [*plain.graph.input, *plain.graph.output]:
+        v.type.tensor_type.shape.dim[0].dim_value = 1
+    adjoint = onnx_ad.reverse(onnx.shape_inference.infer_shapes(plain))
+    s = ort.InferenceSession(adjoint.SerializeToString(), providers=["CPUExecutionProvider"])
+    ex = Explainer(path, device="cpu")
+    k = len(ex.info.targets) - 1
+    res = ex.explain_tensor(x[:1], "saliency", keep_tensors=True)
+    ours = res[0].tensors[contract.gradient_name(k)][0]
+    seed = np.zeros((1, ex.info.num_classes), np.float32)
+    seed[0, res[0].target.index] = 1
+    theirs = s.run(["adj_input"], {"input": x[:1], "adj_logits": seed})[0].reshape(ours.shape)
+    assert np.abs(ours - theirs).max() <= 1e-4 * np.abs(theirs).max()
