@@ -21,6 +21,13 @@ def _zero(b, like):
     return b.scalar(0.0, like)
 
 
+def _keep(b, g: str, mask: str, like: str) -> str:
+    """g where ``mask``, else 0: g · float(mask). A ``Where`` against a scalar 0 takes
+    onnxruntime's broadcasting path, 4× slower on a [1, 96, 112, 112] map (10.3 vs 2.3 ms) —
+    the ReLU6 masks of EfficientNet-Lite0's input gradient cost 26 ms that way."""
+    return b.Mul(g, b.Cast(mask, to=b.view.dtype(like)))
+
+
 @vjp("Identity")
 def _identity(b, n, gy, need):
     return [gy[0]]
@@ -49,14 +56,14 @@ def _neg(b, n, gy, need):
 def _relu(b, n, gy, need):
     # dx = g · [y > 0]
     y = n.output[0]
-    return [b.Where(b.Greater(y, _zero(b, y)), gy[0], _zero(b, y))]
+    return [_keep(b, gy[0], b.Greater(y, _zero(b, y)), y)]
 
 
 def _guided_relu(b, n, gy, need):
     # Guided Backpropagation: dx = [y > 0] · max(g, 0)
     y, g = n.output[0], gy[0]
     zero = _zero(b, y)
-    return [b.Where(b.And(b.Greater(y, zero), b.Greater(g, zero)), g, zero)]
+    return [_keep(b, g, b.And(b.Greater(y, zero), b.Greater(g, zero)), y)]
 
 
 def _deconvnet_relu(b, n, gy, need):
@@ -137,7 +144,7 @@ def _clip(b, n, gy, need):
     mask = _clip_mask(b, n, *_clip_bounds(b, n))
     if mask is None:
         return [g, None, None]
-    return [b.Where(mask, g, _zero(b, n.output[0])), None, None]
+    return [_keep(b, g, mask, n.output[0]), None, None]
 
 
 def _rectifier_clip(n, b) -> tuple[str | None, str | None] | None:
@@ -154,7 +161,7 @@ def _guided_clip(b, n, gy, need):
         return _clip(b, n, gy, need)
     g, zero = gy[0], _zero(b, n.output[0])
     mask = b.And(_clip_mask(b, n, *bounds), b.Greater(g, zero))
-    return [b.Where(mask, g, zero), None, None]
+    return [_keep(b, g, mask, n.output[0]), None, None]
 
 
 def _deconvnet_clip(b, n, gy, need):
@@ -166,7 +173,7 @@ def _deconvnet_clip(b, n, gy, need):
     if bounds[1] is None:
         return [g, None, None]
     cap = b.Less(n.output[0], bounds[1])
-    return [b.Where(cap, g, _zero(b, n.output[0])), None, None]
+    return [_keep(b, g, cap, n.output[0]), None, None]
 
 
 @vjp("Sigmoid")
@@ -183,7 +190,7 @@ def _hard_sigmoid(b, n, gy, need):
     alpha, beta = attr(n, "alpha", 0.2), attr(n, "beta", 0.5)
     t = b.Add(b.Mul(x, b.scalar(alpha, x)), b.scalar(beta, x))
     inside = b.And(b.Greater(t, _zero(b, x)), b.Less(t, b.scalar(1.0, x)))
-    return [b.Where(inside, b.Mul(g, b.scalar(alpha, x)), _zero(b, x))]
+    return [_keep(b, b.Mul(g, b.scalar(alpha, x)), inside, x)]
 
 
 @vjp("HardSwish")
