@@ -16,29 +16,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from .registry import method
-from .terms import Terms
+from .terms import Terms, host_method
 
 
 def _attribution(name: str, needs: tuple[str, ...], paper: str, stats=None):
-    """Register a pixel-space formula on ``Terms``: its map at the input's resolution, shown
-    as an attribution; opt-in (``all`` is the CAM methods: these need an ``--input-gradient``
-    export)."""
-
-    def register(formula):
-        return method(
-            name,
-            needs,
-            "pixel",
-            paper,
-            in_all=False,
-            map_size="input",
-            formula=formula,
-            display="attribution",
-            stats=stats,
-        )(formula)
-
-    return register
+    """Register a pixel-space formula on ``Terms`` (``terms.host_method``): its map at the
+    input's resolution, shown as an attribution; opt-in (``all`` is the CAM methods: these
+    need an ``--input-gradient`` export)."""
+    return host_method(
+        name, needs, "pixel", paper,
+        in_all=False, map_size="input", display="attribution", stats=stats,
+    )  # fmt: skip
 
 
 def _channels(a: np.ndarray) -> np.ndarray:
@@ -116,7 +104,7 @@ def deconvnet(t: Terms) -> np.ndarray:
     return _channels(t.R["deconvnet"])
 
 
-@method(
+@host_method(
     "guided-gradcam",
     ("activations", "gradients", "guided_input"),
     "pixel",

@@ -15,31 +15,14 @@ families registered, and the CLI's ``--method`` choices are ``METHODS``' keys.
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
-
 import numpy as np
 
 from . import registry
 from .registry import MethodSpec, method
-from .terms import Terms
+from .terms import Terms, host_method
 
 
-def _host_method(name: str, needs: tuple[str, ...], family: str, paper: str):
-    """Register a formula on ``Terms``; the decorated name becomes its array-level function
-    (``gradcam(A, G)``, as ``METHODS[name].fn``)."""
-
-    def register(formula: Callable[[Terms], np.ndarray]) -> Callable[..., np.ndarray]:
-        @functools.wraps(formula)
-        def on_arrays(*arrays: np.ndarray) -> np.ndarray:
-            return formula(Terms.of(needs, arrays))
-
-        return method(name, needs, family, paper, formula=formula)(on_arrays)
-
-    return register
-
-
-@_host_method("cam", ("activations", "cam_weights"), "classifier", "arXiv:1512.04150")
+@host_method("cam", ("activations", "cam_weights"), "classifier", "arXiv:1512.04150")
 def cam(t: Terms) -> np.ndarray:
     """CAM (Zhou et al. 2016): L = Σ_c w_c^k A_c, with w^k the classifier row of class k.
 
@@ -48,13 +31,13 @@ def cam(t: Terms) -> np.ndarray:
     return t.weighted_sum(t.w)
 
 
-@_host_method("gradcam", ("activations", "gradients"), "gradient", "arXiv:1610.02391")
+@host_method("gradcam", ("activations", "gradients"), "gradient", "arXiv:1610.02391")
 def gradcam(t: Terms) -> np.ndarray:
     """Grad-CAM (Selvaraju et al. 2017): α_c = mean_ij G_cij;  L = Σ_c α_c A_c."""
     return t.weighted_sum(t.mean_g)
 
 
-@_host_method("gradcam++", ("activations", "gradients"), "gradient", "arXiv:1710.11063")
+@host_method("gradcam++", ("activations", "gradients"), "gradient", "arXiv:1710.11063")
 def gradcam_plusplus(t: Terms) -> np.ndarray:
     """Grad-CAM++ (Chattopadhyay et al. 2018), closed form with first-order gradients.
 
@@ -70,25 +53,25 @@ def gradcam_plusplus(t: Terms) -> np.ndarray:
     return t.weighted_sum(t.position_sum(r3 / denom))
 
 
-@_host_method("xgradcam", ("activations", "gradients"), "gradient", "arXiv:2008.02312")
+@host_method("xgradcam", ("activations", "gradients"), "gradient", "arXiv:2008.02312")
 def xgradcam(t: Terms) -> np.ndarray:
     """XGrad-CAM (Fu et al. 2020): α_c = Σ_ij G_cij · A_cij / Σ_ij A_cij;  L = Σ_c α_c A_c."""
     return t.weighted_sum(t.sum_ga / (t.sum_a + np.float32(1e-7)))
 
 
-@_host_method("layercam", ("activations", "gradients"), "gradient", "arXiv:2107.07624")
+@host_method("layercam", ("activations", "gradients"), "gradient", "arXiv:2107.07624")
 def layercam(t: Terms) -> np.ndarray:
     """Layer-CAM (Jiang et al. 2021): L = Σ_c ReLU(G_c) ⊙ A_c (element-wise weights)."""
     return t.product_sum(t.relu_g)
 
 
-@_host_method("hirescam", ("activations", "gradients"), "gradient", "arXiv:2011.08891")
+@host_method("hirescam", ("activations", "gradients"), "gradient", "arXiv:2011.08891")
 def hirescam(t: Terms) -> np.ndarray:
     """HiResCAM (Draelos & Carin 2020): L = Σ_c G_c ⊙ A_c (no spatial averaging)."""
     return t.product_sum(t.G)
 
 
-@_host_method("gradcam-elementwise", ("activations", "gradients"), "gradient", "arXiv:2011.08891")
+@host_method("gradcam-elementwise", ("activations", "gradients"), "gradient", "arXiv:2011.08891")
 def gradcam_elementwise(t: Terms) -> np.ndarray:
     """Element-wise Grad-CAM (pytorch-grad-cam's GradCAMElementWise): L = Σ_c ReLU(G_c ⊙ A_c)."""
     return t.relu_product_sum(t.G)
@@ -159,7 +142,7 @@ def _first_component(X: np.ndarray) -> np.ndarray:
     return proj.reshape(b, h, w).astype(np.float32)
 
 
-@_host_method("eigencam", ("activations",), "activation", "arXiv:2008.00299")
+@host_method("eigencam", ("activations",), "activation", "arXiv:2008.00299")
 def eigencam(t: Terms) -> np.ndarray:
     """Eigen-CAM (Muhammad & Yeasin 2020): first principal component of the activations.
 
@@ -170,13 +153,13 @@ def eigencam(t: Terms) -> np.ndarray:
     return _first_component(t.A)
 
 
-@_host_method("eigengradcam", ("activations", "gradients"), "gradient", "arXiv:2008.00299")
+@host_method("eigengradcam", ("activations", "gradients"), "gradient", "arXiv:2008.00299")
 def eigengradcam(t: Terms) -> np.ndarray:
     """EigenGrad-CAM (pytorch-grad-cam): first principal component of G ⊙ A (class-specific)."""
     return _first_component(t.ga)
 
 
-@_host_method("smoothgradcam++", ("activations", "noisy_gradients"), "sampling", "arXiv:1908.01224")
+@host_method("smoothgradcam++", ("activations", "noisy_gradients"), "sampling", "arXiv:1908.01224")
 def smoothgradcam_plusplus(t: Terms) -> np.ndarray:
     """Smooth Grad-CAM++ (Omeiza et al. 2019): Grad-CAM++ with gradients averaged over noise.
 

@@ -125,7 +125,15 @@ class MethodSpec:
 
 METHODS: dict[str, MethodSpec] = {}
 """name → spec. Listing order (``all``, the CLI's choices): the methods ``all`` runs, then the
-opt-in ones, each in registration order — whichever family module is imported first."""
+opt-in ones (pixel-space, then perturbation), each in registration order — whichever family
+module is imported first (``_listing_key``)."""
+
+
+def _listing_key(item: tuple[str, MethodSpec]) -> tuple[bool, bool]:
+    """``METHODS``' order: the methods ``all`` runs, then the opt-in pixel-space ones, then
+    the perturbation ones (each in registration order), whichever module registers first."""
+    spec = item[1]
+    return (not spec.in_all, spec.scored)
 
 
 def method(
@@ -147,7 +155,7 @@ def method(
         METHODS[name] = MethodSpec(
             fn, needs, family, paper, formula, in_all, map_size, stats, display
         )
-        ordered = sorted(METHODS.items(), key=lambda kv: not kv[1].in_all)  # stable
+        ordered = sorted(METHODS.items(), key=_listing_key)  # stable
         METHODS.clear()
         METHODS.update(ordered)
         return fn

@@ -12,13 +12,14 @@ formulas only.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .registry import NEEDS
+from .registry import NEEDS, method
 
 
 class _Term:
@@ -94,7 +95,16 @@ class Terms:
     @classmethod
     def of(cls, needs: Sequence[str], arrays: Sequence[np.ndarray]) -> Terms:
         """The terms of a method's positional arrays (``gradcam(A, G)``: needs order)."""
-        return cls(**{NEEDS[n].term: a for n, a in zip(needs, arrays, strict=True)})
+        t = cls()
+        for n, a in zip(needs, arrays, strict=True):
+            need = NEEDS[n]
+            if need.rule:  # the input gradient under a ReLU rule
+                t.R[need.rule] = a
+            elif need.path:  # Integrated Gradients' path run (a PathGradients)
+                t.path = a
+            else:
+                setattr(t, need.term, a)
+        return t
 
     # --- shared terms (each computed once per layer and batch) ----------------------------------
     @_Term
@@ -235,3 +245,17 @@ def windows(
             (0 if rows is None else rows[r], slice(None), *on_map)
         ]
     return out
+
+
+def host_method(name: str, needs: tuple[str, ...], family: str, paper: str, **spec):
+    """Register a formula on ``Terms``; the decorated name becomes its array-level function
+    (``gradcam(A, G)``, as ``METHODS[name].fn``). ``spec``: ``registry.method``'s options."""
+
+    def register(formula: Callable[[Terms], np.ndarray]) -> Callable[..., np.ndarray]:
+        @functools.wraps(formula)
+        def on_arrays(*arrays: np.ndarray) -> np.ndarray:
+            return formula(Terms.of(needs, arrays))
+
+        return method(name, needs, family, paper, formula=formula, **spec)(on_arrays)
+
+    return register

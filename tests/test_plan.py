@@ -158,8 +158,10 @@ def test_layers_are_chosen_by_index_name_or_tensor() -> None:
 def test_options_are_validated_once_in_the_options_object() -> None:
     with pytest.raises(MethodError, match="batch_size"):
         ExplainOptions(batch_size=0)
-    with pytest.raises(MethodError, match="topk and smooth_samples"):
+    with pytest.raises(MethodError, match="topk, smooth_samples and ig_steps"):
         ExplainOptions(topk=0)
+    with pytest.raises(MethodError, match="unknown ig_baseline 'grey'"):
+        ExplainOptions(ig_baseline="grey")
     with pytest.raises(MethodError, match="unknown method 'nope'"):
         make_plan("gradcam,nope", ExplainOptions(), _info())
 
@@ -178,9 +180,12 @@ def test_every_method_is_described_by_data() -> None:
         assert set(spec.needs) <= set(NEEDS), name
         assert spec.paper and spec.fn.__doc__, name
         assert spec.scored == (spec.family == "perturbation"), name
-        assert spec.in_all == (not spec.scored), name
-    assert METHODS["occlusion"].map_size == "input"
-    assert {s.map_size for m, s in METHODS.items() if m != "occlusion"} == {"feature"}
+        # `all` is the CAM methods of the run: not the scored ones, not the pixel-space ones
+        # (they need an --input-gradient export)
+        assert spec.in_all == (not spec.scored and spec.family != "pixel"), name
+        assert (spec.display == "attribution") == (spec.family == "pixel"), name
+    at_input = {m for m, s in METHODS.items() if s.map_size == "input"}
+    assert at_input == {"occlusion"} | {m for m, s in METHODS.items() if s.family == "pixel"}
     # the methods `all` runs are listed first, whichever family registered first
     flags = [s.in_all for s in METHODS.values()]
     assert flags == sorted(flags, reverse=True)
