@@ -275,6 +275,10 @@ def test_every_method_runs_on_the_default_token_layer(method: str) -> None:
         with pytest.raises(MethodError, match=r"CAM needs a GAP → Linear classifier head"):
             ex.explain_tensor(x, [method])
         return
+    if METHODS[method].family == "pixel":  # they need an --input-gradient / --rules export
+        with pytest.raises(MethodError, match=r"export the model with --(input-gradient|rules)"):
+            ex.explain_tensor(x, [method])
+        return
     exps = ex.explain_tensor(x, [method], perturbation=FAST)
     size = (96, 64) if METHODS[method].map_size == "input" else (6, 4)
     for e in exps:
