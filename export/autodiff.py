@@ -38,8 +38,7 @@ def path_nodes(view: GraphView, on_path: set[str]) -> list[onnx.NodeProto]:
     ]
 
 
-def _rule_for(node: onnx.NodeProto, rules: Mapping | None = None):
-    table = VJP_RULES if rules is None else {**VJP_RULES, **rules}
+def _rule_for(node: onnx.NodeProto, table: Mapping = VJP_RULES):
     rule = table.get(node.op_type) if node.domain in ("", "ai.onnx") else None
     if rule is None:
         op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
@@ -85,6 +84,7 @@ def build_backward(
             raise ExportError(f"tensor {x!r} does not influence the score: no gradient path")
     grads: dict[str, list[str]] = {y: [g] for y, g in seeds.items()}
     acc = NodeBuilder(view, "onnxcam/accumulate", consts)
+    table = VJP_RULES if rules is None else {**VJP_RULES, **rules}
 
     def total(t: str) -> str | None:
         parts = grads.get(t)
@@ -102,7 +102,7 @@ def build_backward(
         if all(g is None for g in gy):
             continue
         need = [bool(i) and i in on_path for i in node.input]
-        rule = _rule_for(node, rules)
+        rule = _rule_for(node, table)
         b = NodeBuilder.for_node(view, node, consts)
         b.seed_rows = seed_rows
         gx = [*rule(b, node, gy, need), *[None] * len(need)][: len(need)]

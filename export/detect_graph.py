@@ -74,16 +74,18 @@ def add_detections(
     wanted = b.Reshape(sel, b.ints([-1, 1, 1]))  # [B or 1, 1, 1]
     ok = b.Or(b.Less(wanted, _int(b, 0)), b.Equal(best_k, wanted))
     nms_scores = b.Mul(best, b.Cast(ok, to=f32))  # [B, 1, N]
+    per_anchor = b.Squeeze(nms_scores, b.ints(1))  # [B, N]
+    best_class = b.Squeeze(best_k, b.ints(1))  # [B, N]
     batch = b.Shape(scores, start=0, end=1)
 
     def rows_at(image: str, anchor: str) -> str:
         """[S, 3] rows (image, class, anchor) of anchors [S, 1] of images [S, 1]."""
-        c = b.GatherND(b.Squeeze(best_k, b.ints(1)), b.Concat(image, anchor, axis=1))
+        c = b.GatherND(best_class, b.Concat(image, anchor, axis=1))
         return b.Concat(image, b.Unsqueeze(c, b.ints(1)), anchor, axis=1)
 
     def best_rows() -> str:
         """Each image's best (class, anchor): [B, 3] rows (image, class, anchor)."""
-        anchor = b.ArgMax(b.Squeeze(nms_scores, b.ints(1)), axis=1, keepdims=1)  # [B, 1]
+        anchor = b.ArgMax(per_anchor, axis=1, keepdims=1)  # [B, 1]
         images = b.Unsqueeze(
             b.Range(_int(b, 0), b.Squeeze(batch, b.ints(0)), _int(b, 1)), b.ints(1)
         )
@@ -108,7 +110,7 @@ def add_detections(
 
         def ranked() -> str:
             image, _, anchor = b.Split(chosen, b.ints([1, 1, 1]), axis=1, outputs=3)
-            values = b.GatherND(b.Squeeze(nms_scores, b.ints(1)), b.Concat(image, anchor, axis=1))
+            values = b.GatherND(per_anchor, b.Concat(image, anchor, axis=1))
             _, order = b.TopK(values, b.Min(top, count), axis=0, outputs=2)
             picked = b.Gather(chosen, order, axis=0)
             image, _, anchor = b.Split(picked, b.ints([1, 1, 1]), axis=1, outputs=3)
@@ -125,7 +127,7 @@ def add_detections(
     centre, size = b.Split(xywh, b.ints([2, 2]), axis=1, outputs=2)
     half = b.Mul(size, b.const(np.array(0.5, np.float32)))
     score = b.GatherND(scores, rows)  # [S]
-    at = b.GatherND(b.Squeeze(nms_scores, b.ints(1)), b.Concat(image, anchor, axis=1))
+    at = b.GatherND(per_anchor, b.Concat(image, anchor, axis=1))
     passed = b.Greater(b.Unsqueeze(at, b.ints(1)), conf)
     kept = b.Cast(passed, to=f32)  # NMS's own test (> conf), on the filtered best class
     columns = [

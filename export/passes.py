@@ -91,6 +91,8 @@ class ExportState:
     """A detector's windowed backward (``export/window.py``), when its head allows one."""
     rules: list[str] = field(default_factory=list)
     """ReLU rule sets (``contract.RULE_SETS``) for the input gradient (``add_rule_gradients``)."""
+    score_seeds: dict[str, str] = field(default_factory=dict)
+    """Where the gradients' backward starts (``_score_seed``; ``add_backward``)."""
     pixel_class: str = ""
     """A segmenter's per-pixel argmax class (``_top_class``)."""
     single_logit: str | None = None
@@ -421,8 +423,8 @@ def add_backward(st: ExportState) -> None:
         for k, (t, w) in enumerate(zip(st.targets, st.windows, strict=True)):
             t.window = GradientWindow(w.anchor, w.radius, contract.gradient_window_name(k))
     else:
-        seeds = _score_seed(st, wrt)
-        grads = build_backward(view, seeds, wrt, st.consts, seed_rows=rows, direct=direct)
+        st.score_seeds = _score_seed(st, wrt)
+        grads = build_backward(view, st.score_seeds, wrt, st.consts, seed_rows=rows, direct=direct)
     for k, t in enumerate(st.targets):
         g = grads[t.tensor]
         if t.tokens is not None:
@@ -447,9 +449,8 @@ def add_rule_gradients(st: ExportState) -> None:
     if pixel is None or not st.rules:
         return
     view, branch = st.view, st.gated()
-    for rule in st.rules:
-        seeds = _score_seed(st, [pixel.tensor])
-        g = build_backward(view, seeds, [pixel.tensor], st.consts, rules=RULE_SETS[rule])
+    for rule in st.rules:  # from the gradients' own seed (``add_backward``, same branch)
+        g = build_backward(view, st.score_seeds, [pixel.tensor], st.consts, rules=RULE_SETS[rule])
         name = contract.RULE_GRADIENT_OUTPUT.format(rule=rule, k=pixel.index)
         pixel.rules[rule] = name
         branch.output(g[pixel.tensor], name, view.dtype(pixel.tensor), pixel.shape)

@@ -150,8 +150,6 @@ def _sources(view: GraphView, t: str, lo: int, k: int, anchor: int):
         src = _sizes(view, n.input[0])
         if src and len(src) == 4 and src[1] == shape[1] and src[2] * src[3] == shape[2]:
             return [(n.input[0], lo, anchor)] if _is_end(view, n.input[0]) else None
-    if rank == 4 and _is_end(view, t):
-        return None  # a 4-D tensor not reshaped to anchors
     return None
 
 

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import contract, detection, image, postprocess
+from . import contract, detection, postprocess
 from .detection import DetectionResult
 from .devices import DEVICE_NAMES
 from .errors import ContractError, ImageError, MethodError, OnnxcamError
-from .image import as_rgb_array, preprocess, read_image
+from .image import as_rgb_array, blur, preprocess, read_image
 from .methods import WINDOWED
 from .model import ModelInfo, TargetLayer, open_session, parse_contract
 from .perturbation import PerturbationInputs, PerturbationOptions
@@ -663,7 +663,7 @@ class Explainer:
         results = []
         for arrays, explained, secs in rounds:
             noisy = self._noisy_gradients(x, explained, plan, seed) if plan.noisy else None
-            path = self._path_gradients(x, explained, plan, seed, batch) if plan.path else None
+            path = self._path_gradients(x, explained, plan, seed) if plan.path else None
             maps = self._maps(arrays, noisy, plan, batch, x, explained, progress, path)
             for i, it in enumerate(batch):
                 c = int(explained[i])
@@ -709,7 +709,6 @@ class Explainer:
         cls: np.ndarray,
         plan: Plan,
         seed: np.ndarray | None,
-        batch: list[BatchInput],
     ) -> PathGradients:
         """Integrated Gradients' runs: each image's input gradient at baseline + α_k (x −
         baseline) for the Gauss–Legendre points α_k, plus the score at the baseline and at x
@@ -717,7 +716,7 @@ class Explainer:
         opts = plan.options
         nodes, w = np.polynomial.legendre.leggauss(opts.ig_steps)
         alphas, weights = (1 + nodes) / 2, w / 2  # on [0, 1]; the weights sum to 1
-        base = np.stack([self._baseline(xi, it, opts) for xi, it in zip(x, batch, strict=True)])
+        base = np.stack([self._baseline(xi, opts) for xi in x])
         a = np.concatenate([alphas, [0.0, 1.0]]).astype(np.float32)[None, :, None, None, None]
         xs = (base[:, None] + a * (x - base)[:, None]).reshape(-1, *x.shape[1:])
         n = len(alphas) + 2
@@ -739,12 +738,12 @@ class Explainer:
         score = np.concatenate([p[contract.SCORE_OUTPUT] for p in parts]).reshape(len(x), n)
         return PathGradients(G[:, :-2], weights, base, score[:, -2], score[:, -1])
 
-    def _baseline(self, xi: np.ndarray, it: BatchInput, opts: ExplainOptions) -> np.ndarray:
+    def _baseline(self, xi: np.ndarray, opts: ExplainOptions) -> np.ndarray:
         """Integrated Gradients' baseline for model input ``xi`` (``ig_baseline``), in the
         model's input space: black pixels, the input blurred, or uniform pixel noise."""
         spec = self.info.input
         if opts.ig_baseline == "blur":  # per channel: blur commutes with (p·scale − mean)/std
-            return image.blur(xi, spec)
+            return blur(xi, spec)
         h, w = (spec.height, spec.width)
         if opts.ig_baseline == "black":
             pixels = np.zeros((1, h, w, 3), np.float32)

@@ -333,6 +333,25 @@ def dataclass_options(
     return out
 
 
+def _option_group(
+    prefix: str, factory: ParamFactory, name: str, build: Callable[[dict[str, Any]], Any]
+) -> Callable[[F], F]:
+    """A decorator adding the options ``factory`` makes (parameter names ``prefix`` + field),
+    built when the command is first parsed or shown (``Command``); the command receives them
+    as one ``name=build({field: value})`` argument."""
+
+    def decorate(f: F) -> F:
+        @functools.wraps(f)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            fields = {k[len(prefix) :]: kwargs.pop(k) for k in list(kwargs) if k.startswith(prefix)}
+            return f(*args, **{name: build(fields)}, **kwargs)
+
+        setattr(wrapper, _DEFERRED, [*getattr(f, _DEFERRED, ()), factory])
+        return typing.cast(F, wrapper)
+
+    return decorate
+
+
 def perturbation_options(help: Mapping[str, str] | None = None) -> Callable[[F], F]:
     """Every ``PerturbationOptions`` field as an option (``--batch-size``, ``--scorecam-topk``,
     ``--ss-samples`` ...); the command receives them as one ``perturbation=`` object.
@@ -345,22 +364,30 @@ def perturbation_options(help: Mapping[str, str] | None = None) -> Callable[[F],
 
         return list(dataclass_options(PerturbationOptions, _PERTURBATION, help))
 
-    def decorate(f: F) -> F:
-        @functools.wraps(f)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            from .perturbation import PerturbationOptions
+    def build(fields: dict[str, Any]) -> Any:
+        from .perturbation import PerturbationOptions
 
-            fields = {
-                k[len(_PERTURBATION) :]: kwargs.pop(k)
-                for k in list(kwargs)
-                if k.startswith(_PERTURBATION)
-            }
-            return f(*args, perturbation=PerturbationOptions(**fields), **kwargs)
+        return PerturbationOptions(**fields)
 
-        setattr(wrapper, _DEFERRED, [*getattr(f, _DEFERRED, ()), factory])
-        return typing.cast(F, wrapper)
+    return _option_group(_PERTURBATION, factory, "perturbation", build)
 
-    return decorate
+
+_SAMPLING = "sampling__"
+SAMPLING_FIELDS = ("smooth_samples", "smooth_noise", "ig_steps", "ig_baseline")
+"""The ``ExplainOptions`` fields of the sampled methods (Smooth Grad-CAM++, SmoothGrad,
+Integrated Gradients) that ``onnxcam run`` exposes."""
+
+
+def _sampling_params() -> list[click.Parameter]:
+    from .plan import ExplainOptions
+
+    return list(dataclass_options(ExplainOptions, _SAMPLING, only=SAMPLING_FIELDS))
+
+
+sampling_options = _option_group(_SAMPLING, _sampling_params, "sampling", dict)
+"""``--smooth-samples --smooth-noise --ig-steps --ig-baseline``, built like
+``perturbation_options`` from ``ExplainOptions``' fields (defaults, types, help); the command
+receives them as one ``sampling=`` dict."""
 
 
 # --- what to explain (onnxcam.targets.TargetRequest) ------------------------------------------
@@ -497,30 +524,3 @@ def detect_options(f: F) -> F:
     for flag in reversed(detection_options):
         f = flag(f)
     return f
-
-
-_SAMPLING = "sampling__"
-SAMPLING_FIELDS = ("smooth_samples", "smooth_noise", "ig_steps", "ig_baseline")
-"""The ``ExplainOptions`` fields of the sampled methods (Smooth Grad-CAM++, SmoothGrad,
-Integrated Gradients) that ``onnxcam run`` exposes."""
-
-
-def sampling_options(f: F) -> F:
-    """``--smooth-samples --smooth-noise --ig-steps --ig-baseline``, built like
-    ``perturbation_options`` from ``ExplainOptions``' fields (defaults, types, help); the
-    command receives them as one ``sampling=`` dict."""
-
-    def factory() -> list[click.Parameter]:
-        from .plan import ExplainOptions
-
-        return list(dataclass_options(ExplainOptions, _SAMPLING, only=SAMPLING_FIELDS))
-
-    @functools.wraps(f)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        chosen = {
-            k[len(_SAMPLING) :]: kwargs.pop(k) for k in list(kwargs) if k.startswith(_SAMPLING)
-        }
-        return f(*args, sampling=chosen, **kwargs)
-
-    setattr(wrapper, _DEFERRED, [*getattr(f, _DEFERRED, ()), factory])
-    return typing.cast(F, wrapper)

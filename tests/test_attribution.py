@@ -145,7 +145,7 @@ def test_integrated_gradients_match_captum(model, x, baseline, tol):
     steps = 16
     ex, res = _explain(path, x, "integrated-gradients", ig_steps=steps, ig_baseline=baseline)
     opts = ExplainOptions(ig_baseline=baseline)
-    base = np.stack([ex._baseline(xi, None, opts) for xi in x])
+    base = np.stack([ex._baseline(xi, opts) for xi in x])
     attr, delta = captum.IntegratedGradients(net).attribute(
         torch.from_numpy(x).double(),
         baselines=torch.from_numpy(base).double(),
@@ -174,7 +174,7 @@ def test_integrated_gradients_baselines(model, x, baseline):
     _, black = _explain(path, x[:1], "integrated-gradients", ig_steps=16)
     m = res[0].maps["integrated-gradients"]
     assert _relative(m.raw, black[0].maps["integrated-gradients"].raw) > 1e-3
-    base = ex._baseline(x[0], None, ExplainOptions(ig_baseline=baseline))
+    base = ex._baseline(x[0], ExplainOptions(ig_baseline=baseline))
     s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     z = s.run(["logits"], {"input": np.stack([x[0], base])})[0][:, res[0].target.index]
     want = float(m.raw.sum(dtype=np.float64) - (z[0] - z[1]))

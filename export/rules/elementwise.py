@@ -147,7 +147,7 @@ def _clip(b, n, gy, need):
     return [_keep(b, g, mask, n.output[0]), None, None]
 
 
-def _rectifier_clip(n, b) -> tuple[str | None, str | None] | None:
+def _rectifier_clip(b, n) -> tuple[str | None, str | None] | None:
     """A Clip with min 0 (ReLU6): its bounds; None for another Clip (keeps its exact rule)."""
     lo, hi = _clip_bounds(b, n)
     value = None if lo is None else b.view.const(lo)
@@ -156,7 +156,7 @@ def _rectifier_clip(n, b) -> tuple[str | None, str | None] | None:
 
 def _guided_clip(b, n, gy, need):
     # Guided Backpropagation through ReLU6: dx = [0 < x < max] · max(g, 0)
-    bounds = _rectifier_clip(n, b)
+    bounds = _rectifier_clip(b, n)
     if bounds is None:
         return _clip(b, n, gy, need)
     g, zero = gy[0], _zero(b, n.output[0])
@@ -166,7 +166,7 @@ def _guided_clip(b, n, gy, need):
 
 def _deconvnet_clip(b, n, gy, need):
     # Deconvnet through ReLU6: dx = max(g, 0) · [x < max] (the rectifier ignores x's sign)
-    bounds = _rectifier_clip(n, b)
+    bounds = _rectifier_clip(b, n)
     if bounds is None:
         return _clip(b, n, gy, need)
     g = b.Relu(gy[0])
