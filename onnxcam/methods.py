@@ -159,7 +159,13 @@ def eigengradcam(t: Terms) -> np.ndarray:
     return _first_component(t.ga)
 
 
-@host_method("smoothgradcam++", ("activations", "noisy_gradients"), "sampling", "arXiv:1908.01224")
+@host_method(
+    "smoothgradcam++",
+    ("activations", "noisy_gradients"),
+    "sampling",
+    "arXiv:1908.01224",
+    in_all=False,  # n noisy copies per image: ~n× the cost of the one-run maps, named explicitly
+)
 def smoothgradcam_plusplus(t: Terms) -> np.ndarray:
     """Smooth Grad-CAM++ (Omeiza et al. 2019): Grad-CAM++ with gradients averaged over noise.
 

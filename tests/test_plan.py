@@ -171,6 +171,10 @@ def test_all_runs_the_host_methods_and_cam_only_with_class_weights() -> None:
     assert everything == [m for m, s in METHODS.items() if s.in_all]
     assert "cam" in everything and "scorecam" not in everything
     assert "cam" not in resolve_methods("all", has_cam_weights=False)
+    # ``all`` is what one inference call gives: nothing that runs n copies or perturbs
+    plan = make_plan("all", ExplainOptions(), _info())
+    assert not plan.noisy and "smoothgradcam++" not in everything
+    assert all(not METHODS[m].scored and not METHODS[m].pixels for m in everything)
     assert resolve_methods("GradCAM, gradcam,layercam", True) == ["gradcam", "layercam"]
 
 
@@ -180,9 +184,10 @@ def test_every_method_is_described_by_data() -> None:
         assert set(spec.needs) <= set(NEEDS), name
         assert spec.paper and spec.fn.__doc__, name
         assert spec.scored == (spec.family == "perturbation"), name
-        # `all` is the CAM methods of the run: not the scored ones, not the pixel-space ones
-        # (they need an --input-gradient export)
-        assert spec.in_all == (not spec.scored and spec.family != "pixel"), name
+        # `all` is the CAM methods of the one run: not the scored ones, not the sampled ones
+        # (n copies per image), not the pixel-space ones (they need an --input-gradient export)
+        one_run = not spec.scored and spec.family not in ("pixel", "sampling")
+        assert spec.in_all == one_run, name
         assert (spec.display == "attribution") == (spec.family == "pixel"), name
     at_input = {m for m, s in METHODS.items() if s.map_size == "input"}
     assert at_input == {"occlusion"} | {m for m, s in METHODS.items() if s.family == "pixel"}
