@@ -453,7 +453,35 @@ def demo_cmd(output: Path, photos: str, methods: list[str] | None, rebuild: bool
 @o.device_option
 @o.recursive_option
 @o.json_option("Print the summary as JSON.")
-@o.perturbation_options(help={"seed": "Seeds the random baseline, ROAD and SS-CAM's noise."})
+@click.option(
+    "--sanity",
+    is_flag=True,
+    help="Also run the sanity checks (Adebayo et al., arXiv:1810.03292): cascading weight "
+    "randomisation and the random logit; writes sanity.json and sanity.png (needs onnx).",
+)
+@click.option(
+    "--sanity-only",
+    is_flag=True,
+    help="Only the sanity checks: skip the faithfulness and localization metrics.",
+)
+@click.option(
+    "--sanity-steps",
+    type=int,
+    default=8,
+    show_default=True,
+    metavar="N",
+    help="Cascade steps, from the logits layer alone to every parameterised layer.",
+)
+@click.option(
+    "--source",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="The plain ONNX model MODEL was exported from, for --sanity (default: extracted "
+    "from MODEL).",
+)
+@o.perturbation_options(
+    help={"seed": "Seeds the random baseline, ROAD, SS-CAM's noise and --sanity's weights."}
+)
 def eval_cmd(
     model: Path,
     folder: Path,
@@ -464,12 +492,37 @@ def eval_cmd(
     pointing_tolerance: int,
     perturbation: PerturbationOptions,
     as_json: bool,
+    sanity: bool,
+    sanity_only: bool,
+    sanity_steps: int,
+    source: Path | None,
     **kw: Any,
 ) -> None:
-    """Faithfulness and localization metrics of every method over FOLDER."""
+    """Faithfulness and localization metrics of every method over FOLDER; with --sanity, the
+    sanity checks of Adebayo et al. (docs/evaluation.md)."""
     from .evaluate import EvalOptions, table
-    from .runner import evaluate_folder
+    from .runner import evaluate_folder, sanity_folder
 
+    sanity = sanity or sanity_only
+    if sanity_steps < 1:
+        raise click.ClickException(f"--sanity-steps must be at least 1, not {sanity_steps}")
+    if source is not None and not sanity:
+        raise click.ClickException("--source is read by the sanity checks: add --sanity")
+
+    def check() -> Any:
+        with _Bar("sanity checks") as bar:
+            return sanity_folder(
+                model, folder, output, methods=kw["methods"], steps=sanity_steps,
+                seed=perturbation.seed, source=source, device=kw["device"],
+                recursive=kw["recursive"], batch_size=perturbation.batch_size, progress=bar,
+            )  # fmt: skip
+
+    if sanity_only:
+        checked = check()
+        _echo_sanity(checked, as_json)
+        if checked.failures:
+            raise click.exceptions.Exit(1)
+        return
     options = EvalOptions(
         steps=steps,
         road=not no_road,
@@ -484,13 +537,132 @@ def eval_cmd(
         )
     for f in run.result.failures:
         _failure(f)
+    checked = check() if sanity else None
     if as_json:
-        click.echo(json.dumps(run.result.summary, indent=1))
+        summary = run.result.summary
+        both = {"metrics": summary, "sanity": checked.result.to_json()} if checked else None
+        click.echo(json.dumps(both or summary, indent=1))
     else:
         click.echo(table(run.result.summary))
         click.echo("wrote " + ", ".join(str(p) for p in run.paths.values()))
+        if checked:
+            _echo_sanity(checked, False, failures=False)
     if run.result.failures:
         raise click.exceptions.Exit(1)
+
+
+def _echo_sanity(checked: Any, as_json: bool, failures: bool = True) -> None:
+    """Print ``onnxcam eval --sanity``'s tables (or its JSON), the files it wrote and (with
+    ``failures``) the images it could not read."""
+    from .sanity import report
+
+    for f in checked.failures if failures else []:
+        _failure(f)
+    if as_json:
+        click.echo(json.dumps({"sanity": checked.result.to_json()}, indent=1))
+        return
+    click.echo(report(checked.result))
+    click.echo("wrote " + ", ".join(str(p) for p in checked.paths.values()))
+
+
+def _ascent_options(f):
+    """``AscentOptions``' fields as options (``--steps``, ``--step-size``, ``--jitter``, …),
+    built on first use; the command receives one ``ascent=`` object."""
+
+    def factory() -> list[click.Parameter]:
+        from .inspect import AscentOptions
+
+        return list(o.dataclass_options(AscentOptions, "ascent__"))
+
+    def build(fields: dict[str, Any]) -> Any:
+        from .inspect import AscentOptions
+
+        return AscentOptions(**fields)
+
+    return o._option_group("ascent__", factory, "ascent", build)(f)
+
+
+@cli.command("inspect")
+@o.model_argument
+@click.argument("image", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--layer",
+    required=True,
+    metavar="NAME",
+    help="The layer to look inside: an ONNX tensor or node name (`onnxcam layers MODEL`).",
+)
+@o.output_option(
+    file=False,
+    default=Path("onnxcam-inspect"),
+    help="Where activations.png, filters.png and inspect.html are written.",
+)
+@click.option(
+    "--channels",
+    type=click.IntRange(1),
+    default=16,
+    show_default=True,
+    help="Show the top N channels by mean activation on IMAGE.",
+)
+@click.option(
+    "--channel-ids",
+    default=None,
+    metavar="I,J,...",
+    help="Show these channels instead of the top N.",
+)
+@click.option(
+    "--filters",
+    is_flag=True,
+    help="Also visualise what each channel responds to: gradient ascent on the input "
+    "(all channels batched; --steps runs of the layer's forward and backward).",
+)
+@click.option("--colormap", default="viridis", show_default=True, help="OpenCV colormap name.")
+@click.option(
+    "--preset",
+    type=click.Choice(list(contract.PRESETS)),
+    default=None,
+    help="A plain ONNX model's preprocessing (as `export --preset`; an onnxcam export "
+    "keeps its own).",
+)
+@click.option(
+    "--size", nargs=2, type=int, metavar="H W", default=None, help="Fix a dynamic input size."
+)
+@o.device_option
+@o.json_option("Print what was written and the channels as JSON.")
+@_ascent_options
+def inspect_cmd(
+    model: Path, image: Path, output: Path, filters: bool, as_json: bool, **kw: Any
+) -> None:
+    """Inside the network: LAYER's activation maps on IMAGE (top channels by mean activation)
+    and, with --filters, the input each channel responds to most; writes PNGs and an HTML
+    page to -o OUTPUT."""
+    from .inspect import inspect_image
+
+    with _Bar("filters", show=not as_json) as bar:
+        res = inspect_image(
+            model,
+            image,
+            kw.pop("layer"),
+            output,
+            channels=kw.pop("channels"),
+            channel_ids=kw.pop("channel_ids"),
+            filters=filters,
+            options=kw.pop("ascent"),
+            progress=bar,
+            **kw,
+        )
+    if as_json:
+        click.echo(json.dumps(res.to_json(), indent=1))
+        return
+    shape = "x".join(str(d) for d in res.shape)
+    tensor = "" if res.tensor == res.layer else f"{res.tensor}, "
+    click.echo(f"layer {res.layer} ({tensor}{shape}) on {res.provider}")
+    for r in res.channels:
+        ascent = "" if r.final is None else f"  filter mean {r.start:.3g} -> {r.final:.3g}"
+        click.echo(f"  #{r.index:<5} rank {r.rank:<5} mean {r.mean:.4g}{ascent}")
+    timing = "" if res.filter_seconds is None else f", filters {res.filter_seconds:.1f}s"
+    click.echo(
+        f"wrote {', '.join(str(p) for p in res.written.values())} ({res.seconds:.1f}s{timing})"
+    )
 
 
 def main() -> None:

@@ -23,7 +23,7 @@ from onnxcam.cli import cli
 from onnxcam.perturbation import PerturbationOptions
 
 ROOT = Path(__file__).resolve().parents[1]
-OUTPUT_COMMANDS = ("export", "run", "report", "demo", "eval")
+OUTPUT_COMMANDS = ("export", "run", "report", "demo", "eval", "inspect")
 PERTURBATION_COMMANDS = ("run", "report", "eval")
 OLD_OUT = re.compile(r"--out\b(?!put)")
 
@@ -57,6 +57,7 @@ def _args(command: str, tmp_path: Path, *extra: str) -> list[str]:
         "report": ["m.onnx", "a.png"],
         "demo": [],
         "eval": ["m.onnx", str(tmp_path)],
+        "inspect": ["m.onnx", "a.png", "--layer", "x"],
     }[command]
     return [*positional, *extra]
 
