@@ -29,6 +29,7 @@ from .targets import TargetRequest
 
 if TYPE_CHECKING:
     from .evaluate import EvalOptions, EvalResult
+    from .sanity import SanityResult
 
 Note = Callable[[str], None]
 """note(text): something the user should know (e.g. a fallback to the CPU)."""
@@ -473,3 +474,51 @@ def evaluate_folder(
         progress=lambda n: progress(n, len(files)),
     )
     return EvalRun(result, write_outputs(result, out_dir))
+
+
+class SanityRun(NamedTuple):
+    """What ``sanity_folder`` computed, the files it wrote and the images it could not read."""
+
+    result: SanityResult
+    paths: dict[str, Path]
+    failures: list[Failure]
+
+
+def sanity_folder(
+    model: str | os.PathLike,
+    folder: Path,
+    out_dir: Path,
+    *,
+    methods: str | Sequence[str] = "all",
+    steps: int = 8,
+    seed: int = 0,
+    source: str | os.PathLike | None = None,
+    device: str = "auto",
+    recursive: bool = False,
+    batch_size: int = 32,
+    progress: ImagesProgress = _ignore,
+) -> SanityRun:
+    """Adebayo et al.'s sanity checks (``onnxcam.sanity``) of ``methods`` over the images of
+    ``folder``: cascading randomisation in ``steps`` steps and the random logit; writes
+    sanity.json and sanity.png to ``out_dir``. ``progress(done, total)`` counts explain passes
+    (the original model, each step, the random logit). Unreadable images are ``failures``."""
+    from .image import read_image
+    from .sanity import cascading_randomization, write_outputs
+
+    files = list_images([folder], recursive)
+    if not files:
+        raise OnnxcamError(f"no images found in {folder}")
+    images, failures = [], []
+    for f in files:
+        try:
+            read_image(f)
+            images.append(f)
+        except OnnxcamError as e:
+            failures.append(Failure(str(f), str(e)))
+    if not images:
+        raise OnnxcamError(f"no readable image in {folder}")
+    result = cascading_randomization(
+        model, images, methods, steps, seed,
+        source=source, device=device, progress=progress, batch_size=batch_size,
+    )  # fmt: skip
+    return SanityRun(result, write_outputs(result, out_dir), failures)
