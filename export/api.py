@@ -21,6 +21,7 @@ from onnxcam.errors import ExportError, LayerNotFoundError, ModelLoadError
 
 from . import preprocessing, storage, tasks
 from .graph import GraphView
+from .heatmaps import BiasLayer, bias_layers
 from .heatmaps import parse_methods as parse_heatmaps
 from .layers import (
     Head,
@@ -202,6 +203,7 @@ def export_onnx(
     drop_outputs: Sequence[str] = (),
     input_gradient: bool = False,
     rules: str | Sequence[str] | None = None,
+    fullgrad: bool = False,
 ) -> ExportResult:
     """Rewrite an ONNX classifier, segmenter or detector into an explainable graph (contract v3).
 
@@ -218,7 +220,9 @@ def export_onnx(
     ``drop_outputs`` (helper outputs removed after verification). ``input_gradient`` adds the
     model input as a target (the full backward, for the pixel-space methods: saliency,
     Integrated Gradients, SmoothGrad …); ``rules`` ('guided', 'deconvnet': ``contract.RULE_SETS``)
-    adds its gradient under those ReLU rules too (Guided Backpropagation, Deconvnet).
+    adds its gradient under those ReLU rules too (Guided Backpropagation, Deconvnet);
+    ``fullgrad`` adds FullGrad's bias map (``onnxcam_fullgrad_bias_k``, from the same backward;
+    implies ``input_gradient``).
 
     Steps: load and upgrade → ``build_state`` → ``pipeline.PASSES`` → metadata → checks
     (forward nodes kept, ``onnx.checker``) → ``verify_forward`` → write.
@@ -246,6 +250,7 @@ def export_onnx(
         layer_notes=layer_notes,
         input_gradient=input_gradient,
         rules=rules,
+        fullgrad=fullgrad,
     )
     forward = forward_nodes(m)
     run_passes(st)
@@ -418,6 +423,7 @@ def build_state(
     preset: str | None = None,
     input_gradient: bool = False,
     rules: str | Sequence[str] | None = None,
+    fullgrad: bool = False,
 ) -> ExportState:
     """What the passes start from, for a model at opset ≥ 17: the image input (``size``
     fixed), its spec, the head, the labels and the target layers (the arguments are
@@ -462,7 +468,7 @@ def build_state(
     for t, note in zip(st.targets, layer_notes or [None] * len(st.targets), strict=True):
         t.note = note
     st.rules = _rule_sets(rules)
-    if input_gradient or st.rules:
+    if input_gradient or st.rules or fullgrad:
         if head.task == "detect":
             raise ExportError(
                 "the input gradient is not available for detectors yet; explain their head "
@@ -473,7 +479,22 @@ def build_state(
         pixel = TargetLayer(k, "input", x, layout, view.shape(x), "input", pixels=True)
         pixel.head_note = "the model input: its head is the whole model"
         st.targets.append(pixel)
+        if fullgrad:
+            st.fullgrad = _fullgrad_layers(view, x, head.logits)
     return st
+
+
+def _fullgrad_layers(view: GraphView, x: str, logits: str) -> list[BiasLayer]:
+    """FullGrad's biased layers between ``x`` and the logits; none is an ``ExportError``."""
+    found = bias_layers(view, x, logits)
+    if not found:
+        raise ExportError(
+            "FullGrad needs layers with a bias between the input and the score (Conv with a "
+            "bias input, BatchNormalization) whose output is larger than 1x1, and this model "
+            "has none (Gemm/MatMul biases are not FullGrad's); use the other pixel methods "
+            "(--input-gradient)"
+        )
+    return found
 
 
 def _rule_sets(rules: str | Sequence[str] | None) -> list[str]:

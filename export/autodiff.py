@@ -57,6 +57,7 @@ def build_backward(
     seed_rows: bool = False,
     direct: bool = False,
     rules: Mapping | None = None,
+    keep: Sequence[str] = (),
 ) -> dict[str, str]:
     """Append nodes computing ∂(Σ_y ⟨seed_y, y⟩)/∂x for every x in ``wrt``.
 
@@ -71,9 +72,13 @@ def build_backward(
     ``rules``: op type → rule, replacing ``VJP_RULES``' for those ops (``rules.RULE_SETS``:
     Guided Backpropagation's ReLU).
 
+    ``keep``: tensors on the walked path whose (total) gradient is returned too, for free —
+    the walk computes it on the way to ``wrt`` (FullGrad's layer outputs); one the walk does
+    not reach is left out of the result.
+
     ``seeds`` maps forward tensors y to the tensors holding their incoming gradient (for a
     class score that is the one-hot of the explained class over the logits). Returns
-    ``{x: name of its gradient tensor}``.
+    ``{x: name of its gradient tensor}`` for ``wrt`` and the reached ``keep``.
     """
     consts = {} if consts is None else consts
     on_path = path_tensors(view, wrt, list(seeds)) | set(seeds)
@@ -119,6 +124,10 @@ def build_backward(
         if g is None:
             raise ExportError(f"tensor {x!r} received no gradient")
         result[x] = g
+    for z in keep:  # every consumer of z was visited before its producer: the sum is complete
+        g = total(z) if z in on_path else None
+        if g is not None:
+            result.setdefault(z, g)
     return result
 
 

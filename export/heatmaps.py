@@ -34,6 +34,7 @@ from onnxcam.contract import NCHW, Layout, heatmap_name
 from onnxcam.errors import ExportError
 from onnxcam.postprocess import bilinear_sources, interpolation_matrix
 
+from .autodiff import path_tensors
 from .builder import NodeBuilder
 from .graph import GraphView, attr, reduce_axes
 
@@ -424,6 +425,105 @@ def postprocess(
     return [done[r] for r in rows]
 
 
+# --- FullGrad's bias map ----------------------------------------------------------------------
+FULLGRAD_EPS = 1e-7
+"""pytorch-grad-cam's ``scale_cam_image``: (t − min) / (1e-7 + max − min)."""
+
+
+@dataclass(frozen=True)
+class BiasLayer:
+    """A layer with a bias on the score's path: z = Conv(x, W, b), or z = BatchNormalization
+    (x, γ, β, μ, σ²) whose bias is β − μγ/√(σ² + ε) (FullGrad's, as pytorch-grad-cam's
+    ``get_bias_data``)."""
+
+    output: str
+    """z, [B, C, h, w]."""
+    op: str
+    bias: tuple[str, ...]
+    """Conv: (b,); BatchNormalization: (γ, β, μ, σ²)."""
+    epsilon: float
+    size: tuple[int, int]
+    """(h, w) of z."""
+
+
+def bias_layers(view: GraphView, x: str, logits: str) -> list[BiasLayer]:
+    """The 2-D Conv (with a bias input) and BatchNormalization outputs between input ``x`` and
+    ``logits`` — pytorch-grad-cam's FullGrad layers (``Conv2d``/``BatchNorm2d`` with a bias) as
+    they appear in ONNX; a torch export folds an eval BatchNorm into the Conv before it, whose
+    output is then the BatchNorm's and whose bias is β − μγ/√(σ² + ε) (plus the conv's own,
+    scaled). Gemm/MatMul biases are not FullGrad's. A 1×1 output is left out: ψ of a single
+    position is 0 (its min is its max)."""
+    on_path = path_tensors(view, [x], [logits])
+    found = []
+    for node in view.topo_order():
+        if node.op_type == "Conv" and len(node.input) > 2 and node.input[2]:
+            bias, eps = (node.input[2],), 0.0
+        elif node.op_type == "BatchNormalization" and not attr(node, "training_mode", 0):
+            bias, eps = tuple(node.input[1:5]), float(attr(node, "epsilon", 1e-5))
+        else:
+            continue
+        z = node.output[0]
+        shape = view.shape(z)
+        if z not in on_path or shape is None or len(shape) != 4:
+            continue
+        h, w = shape[2:]
+        if not (isinstance(h, int) and isinstance(w, int)):
+            raise ExportError(
+                f"FullGrad needs static feature sizes; {node.op_type} output {z!r} is "
+                f"{h}x{w}{view.size_hint(z)}"
+            )
+        if h * w > 1:
+            found.append(BiasLayer(z, node.op_type, bias, eps, (h, w)))
+    return found
+
+
+def _bias_vector(b: NodeBuilder, layer: BiasLayer) -> str:
+    """The layer's bias [C]: b, or β − μγ/√(σ² + ε) (folded by onnxruntime: constants)."""
+    if layer.op == "Conv":
+        return layer.bias[0]
+    gamma, beta, mean, var = layer.bias
+    scale = b.Div(gamma, b.Sqrt(b.Add(var, b.scalar(layer.epsilon, var))))
+    return b.Sub(beta, b.Mul(mean, scale))
+
+
+def _bias_channel_sum(b: NodeBuilder, layer: BiasLayer, g: str) -> str:
+    """Σ_c ψ(b_c · g_c) [B, 1, h·w] for ∂score/∂z = ``g`` [B, C, h, w], ψ(t) = (|t| − min) /
+    (ε + max − min) per image and channel. With |b_c g| = |b_c|·|g|, that is
+    Σ_c (|g_c| − min|g_c|) · |b_c| / (ε + |b_c|(max|g_c| − min|g_c|)): one weighted channel
+    sum (a ``MatMul``), the bias never broadcast over the map."""
+    a = b.Reshape(b.Abs(g), b.ints([0, 0, -1]))  # [B, C, h·w]
+    lo = b.reduce("ReduceMin", a, [2], 1)  # [B, C, 1]
+    hi = b.reduce("ReduceMax", a, [2], 1)
+    beta = b.Reshape(b.Abs(_bias_vector(b, layer)), b.ints([1, -1, 1]))  # [1, C, 1]
+    eps = b.scalar(FULLGRAD_EPS, layer.output)
+    weight = b.Div(beta, b.Add(b.Mul(beta, b.Sub(hi, lo)), eps))
+    return b.MatMul(b.Transpose(weight, perm=[0, 2, 1]), b.Sub(a, lo))  # [B, 1, h·w]
+
+
+def fullgrad_bias(
+    b: NodeBuilder, layers: list[BiasLayer], grads: dict[str, str], size: tuple[int, int]
+) -> str:
+    """FullGrad's bias map [B, H, W]: Σ over ``layers`` of resize(Σ_c ψ(b_c · ∂score/∂z_c))
+    (``grads``: z → its gradient), as pytorch-grad-cam's ``FullGrad`` (which resizes each
+    channel with OpenCV's ``INTER_LINEAR`` before the channel sum). The resize is linear, so
+    the layers of one resolution are summed first and resized once (two ``MatMul``s with the
+    interpolation matrices: ``postprocess.interpolation_matrix``)."""
+    H, W = size
+    by_size: dict[tuple[int, int], list[str]] = {}
+    for layer in layers:
+        by_size.setdefault(layer.size, []).append(_bias_channel_sum(b, layer, grads[layer.output]))
+    dtype = b.view.np_dtype(layers[0].output)
+    maps = []
+    for (h, w), parts in by_size.items():
+        m = b.Reshape(parts[0] if len(parts) == 1 else b.Sum(*parts), b.ints([0, h, w]))
+        if (h, w) != (H, W):
+            ry = b.const(interpolation_matrix(H, h).astype(dtype))
+            rxt = b.const(interpolation_matrix(W, w).T.astype(dtype))
+            m = b.MatMul(b.MatMul(ry, m), rxt)
+        maps.append(m)
+    return maps[0] if len(maps) == 1 else b.Sum(*maps)
+
+
 output_name = heatmap_name
 """Output name of a heatmap (defined in ``onnxcam.contract``)."""
 
@@ -448,7 +548,10 @@ def parse_methods(text: str | list[str] | None) -> list[str]:
 
 __all__ = [
     "HEATMAPS",
+    "BiasLayer",
     "LayerFacts",
+    "bias_layers",
+    "fullgrad_bias",
     "layer_facts",
     "output_name",
     "parse_methods",

@@ -48,7 +48,7 @@ from .gating import (
 from .gating import declare_output as _output
 from .graph import GraphView, attr
 from .head import build_head
-from .heatmaps import layer_facts
+from .heatmaps import BiasLayer, fullgrad_bias, layer_facts
 from .heatmaps import postprocess as postprocess_heatmaps
 from .heatmaps import raw_maps as raw_heatmaps
 from .heatmaps import unavailable as heatmap_unavailable
@@ -91,6 +91,11 @@ class ExportState:
     """A detector's windowed backward (``export/window.py``), when its head allows one."""
     rules: list[str] = field(default_factory=list)
     """ReLU rule sets (``contract.RULE_SETS``) for the input gradient (``add_rule_gradients``)."""
+    fullgrad: list[BiasLayer] = field(default_factory=list)
+    """FullGrad's biased layers (``heatmaps.bias_layers``; ``export --fullgrad``): their
+    gradients are kept from the backward (``add_backward``) for ``add_fullgrad_bias``."""
+    bias_gradients: dict[str, str] = field(default_factory=dict)
+    """A biased layer's output z → ∂score/∂z in the explain branch (``add_backward``)."""
     score_seeds: dict[str, str] = field(default_factory=dict)
     """Where the gradients' backward starts (``_score_seed``; ``add_backward``)."""
     pixel_class: str = ""
@@ -424,7 +429,11 @@ def add_backward(st: ExportState) -> None:
             t.window = GradientWindow(w.anchor, w.radius, contract.gradient_window_name(k))
     else:
         st.score_seeds = _score_seed(st, wrt)
-        grads = build_backward(view, st.score_seeds, wrt, st.consts, seed_rows=rows, direct=direct)
+        keep = [layer.output for layer in st.fullgrad]  # FullGrad's ∂score/∂z, on the way
+        grads = build_backward(
+            view, st.score_seeds, wrt, st.consts, seed_rows=rows, direct=direct, keep=keep
+        )
+        st.bias_gradients = {z: grads[z] for z in keep if z in grads}
     for k, t in enumerate(st.targets):
         g = grads[t.tensor]
         if t.tokens is not None:
@@ -454,6 +463,32 @@ def add_rule_gradients(st: ExportState) -> None:
         name = contract.RULE_GRADIENT_OUTPUT.format(rule=rule, k=pixel.index)
         pixel.rules[rule] = name
         branch.output(g[pixel.tensor], name, view.dtype(pixel.tensor), pixel.shape)
+
+
+def add_fullgrad_bias(st: ExportState) -> None:
+    """FullGrad's input bias map ``onnxcam_fullgrad_bias_k``.
+
+    Σ over the biased layers z (``st.fullgrad``: Conv with a bias, BatchNormalization) of
+    resize(Σ_c ψ(b_c · ∂score/∂z_c)), ψ = |·| then min-max per image and channel, resized
+    bilinearly to the input (``heatmaps.fullgrad_bias``): pytorch-grad-cam's ``FullGrad`` bias
+    terms. The gradients ∂score/∂z come from the input gradient's own backward (``keep``):
+    only the maps are added. The runtime adds the input term ψ(x ⊙ ∂score/∂x)
+    (``attribution.fullgrad``)."""
+    pixel = next((t for t in st.targets if t.pixels), None)
+    if pixel is None or not st.fullgrad:
+        return
+    view, branch = st.view, st.gated()
+    size = pixel.spatial
+    if not all(isinstance(d, int) for d in size):
+        raise ExportError("FullGrad's bias map needs a fixed input size (--size H W)")
+    layers = [layer for layer in st.fullgrad if layer.output in st.bias_gradients]
+    if not layers:
+        raise ExportError("internal: no biased layer received a gradient (FullGrad)")
+    b = NodeBuilder(view, "onnxcam/fullgrad", st.consts)
+    found = fullgrad_bias(b, layers, st.bias_gradients, size)
+    pixel.fullgrad, pixel.fullgrad_layers = contract.fullgrad_bias_name(pixel.index), len(layers)
+    dtype = view.dtype(layers[0].output)
+    branch.output(found, pixel.fullgrad, dtype, [pixel.shape[0], *size])
 
 
 def add_windows(st: ExportState) -> None:
@@ -665,6 +700,7 @@ __all__ = [
     "add_backward",
     "add_binary_logits",
     "add_cam_weights",
+    "add_fullgrad_bias",
     "add_heads",
     "add_heatmaps",
     "add_mode_input",

@@ -14,8 +14,9 @@ checks this list against ``describe()``):
 7. ``add_backward`` (in If mode 0): The gradients dScore/dA_k as outputs ``onnxcam_gradient_k``.
 8. ``add_heatmaps`` (in If mode 0): The requested CAM maps as ``onnxcam_heatmap_<method>_k``.
 9. ``add_rule_gradients`` (in If mode 0): The input gradient under another ReLU rule.
-10. ``add_windows`` (in If mode 3): Each detection's gradient window: ``onnxcam_gradient_window_k``.
-11. ``add_heads``: The head alone per target: ``onnxcam_head_input_k`` → ``onnxcam_head_logits_k``.
+10. ``add_fullgrad_bias`` (in If mode 0): FullGrad's input bias map ``onnxcam_fullgrad_bias_k``.
+11. ``add_windows`` (in If mode 3): Each detection's gradient window: ``onnxcam_gradient_window_k``.
+12. ``add_heads``: The head alone per target: ``onnxcam_head_input_k`` → ``onnxcam_head_logits_k``.
 
 Consecutive passes with the same ``Gate`` share one ``If`` branch, opened before the first
 and closed after the last: the heatmaps are computed in the gradients' branch (one ``If``, no
@@ -36,6 +37,7 @@ from .passes import (
     add_backward,
     add_binary_logits,
     add_cam_weights,
+    add_fullgrad_bias,
     add_heads,
     add_heatmaps,
     add_mode_input,
@@ -75,6 +77,7 @@ PASSES: tuple[Pass, ...] = (
     Pass(add_backward, EXPLAIN),
     Pass(add_heatmaps, EXPLAIN),
     Pass(add_rule_gradients, EXPLAIN),
+    Pass(add_fullgrad_bias, EXPLAIN),
     Pass(add_windows, WINDOWS),
     Pass(add_heads),
 )

@@ -143,7 +143,7 @@ def _undo_optional_outputs(node: onnx.NodeProto) -> None:
 def export_options(c: Contract) -> dict:
     """``export_onnx`` keyword arguments that rebuild an export with this contract: its
     target tensors (names kept), preprocessing, labels, score output, task, in-graph heatmaps,
-    input gradient and rule sets."""
+    input gradient, rule sets and FullGrad's bias map."""
     if c.score.task == "detect":
         raise ExportError("the randomisation sanity check explains classifiers, not detectors")
     features = [t for t in c.targets if not t.pixels]
@@ -159,6 +159,7 @@ def export_options(c: Contract) -> dict:
         "color": spec.color,
         "input_gradient": bool(pixels),
         "rules": sorted(pixels[0].rules) if pixels else None,
+        "fullgrad": bool(pixels and pixels[0].fullgrad),
         "heatmaps": heatmaps or None,
         "heatmap_size": next((t.heatmap_size for t in features if t.heatmap_size), "input"),
     }

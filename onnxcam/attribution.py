@@ -122,6 +122,29 @@ def guided_gradcam(t: Terms) -> np.ndarray:
     return _channels(guided) * _nearest(cam, guided.shape[2:])
 
 
+FULLGRAD_EPS = np.float32(1e-7)
+"""pytorch-grad-cam's ``scale_cam_image``: (t − min) / (1e-7 + max − min)."""
+
+
+@host_method(
+    "fullgrad",
+    ("input", "input_gradients", "fullgrad_bias"),
+    "pixel",
+    "arXiv:1905.00780",
+    in_all=False,
+    map_size="input",
+)
+def fullgrad(t: Terms) -> np.ndarray:
+    """FullGrad (Srinivas & Fleuret 2019): Σ_c ψ(x ⊙ ∂S/∂x)_c + Σ_layers Σ_c resize(ψ(b ⊙ ∂S/∂z))
+    over the layers z = Conv(…) + b and BatchNorm outputs, ψ = |·| then min-max per image and
+    channel — pytorch-grad-cam's ``FullGrad``; the bias sum is the graph's (``export
+    --fullgrad``). Shown as a CAM (min-max of the sum, as its final ``scale_cam_image``)."""
+    a = np.abs(t.A * t.G)
+    a -= a.min(axis=(2, 3), keepdims=True)
+    a /= FULLGRAD_EPS + a.max(axis=(2, 3), keepdims=True)
+    return _channels(a) + t.F
+
+
 def _nearest(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """[B, h, w] → [B, H, W] by nearest neighbour, as torch's ``interpolate(mode="nearest")``:
     output pixel i reads floor(i · h / H)."""

@@ -190,6 +190,12 @@ def cli() -> None:
     help="Also the input gradient under other ReLU rules: guided (Guided Backpropagation, "
     "Guided Grad-CAM), deconvnet; comma-separated (implies --input-gradient).",
 )
+@click.option(
+    "--fullgrad",
+    is_flag=True,
+    help="Also FullGrad's bias map: every Conv/BatchNorm bias times its gradient, summed in "
+    "the graph, for -m fullgrad (implies --input-gradient).",
+)
 def export_cmd(model: Path, output: Path, layers: tuple[str, ...], **kw: Any) -> None:
     """Write MODEL with activations and gradient outputs (graph contract v3) to -o OUTPUT."""
     res = _exporter().export_onnx(model, output, layers=list(layers) or None, **kw)

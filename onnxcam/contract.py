@@ -91,6 +91,13 @@ exact rule. As captum's ``GuidedBackprop``/``Deconvolution`` and pytorch-grad-ca
 ``GuidedBackpropReLUModel``, which override ``nn.ReLU`` only."""
 RULE_GRADIENT_OUTPUT = "onnxcam_gradient_{rule}_{k}"
 """float, the input's shape: target ``k``'s (the input's) gradient under ReLU rule ``rule``."""
+FULLGRAD_BIAS_OUTPUT = "onnxcam_fullgrad_bias_{k}"
+"""float ``[batch, H, W]`` (``export --fullgrad``), for the pixel target ``k``: FullGrad's bias
+part (Srinivas & Fleuret, arXiv 1905.00780) as pytorch-grad-cam's ``FullGrad`` computes it,
+Σ over the layers z = Conv(…) + b (a bias input) and z = BatchNormalization(…) (bias
+β − μγ/√(σ² + ε)) on the path of Σ_c resize(ψ(b_c · ∂score/∂z_c)), ψ = |·| then min-max per
+image and channel (t − min) / (10⁻⁷ + max − min), resize bilinear with half-pixel centres to
+the input size (OpenCV ``INTER_LINEAR``); empty in modes other than 0."""
 GRADIENT_WINDOW_OUTPUT = "onnxcam_gradient_window_{k}"
 """float ``[rows, C, 2r + 1, 2r + 1]`` (mode 3): each detection's gradient at target ``k`` in
 its window (``GradientWindow``: centred on the row's anchor, zero off the map and for the rows
@@ -161,6 +168,11 @@ def gradient_name(k: int) -> str:
 def gradient_window_name(k: int) -> str:
     """Output name of target layer ``k``'s gradient windows (mode 3)."""
     return GRADIENT_WINDOW_OUTPUT.format(k=k)
+
+
+def fullgrad_bias_name(k: int) -> str:
+    """Output name of the pixel target ``k``'s FullGrad bias map."""
+    return FULLGRAD_BIAS_OUTPUT.format(k=k)
 
 
 def head_input_name(k: int) -> str:
@@ -445,10 +457,17 @@ class TargetLayer:
     ∂score/∂input — what the pixel-space methods read (``methods.PIXEL``)."""
     rules: dict[str, str] = field(default_factory=dict)
     """The pixel target's gradients under other ReLU rules (``RULE_SETS``): rule → output."""
+    fullgrad: str | None = None
+    """The pixel target's FullGrad bias map output (``FULLGRAD_BIAS_OUTPUT``; ``export
+    --fullgrad``), None without it."""
+    fullgrad_layers: int = 0
+    """How many biased layers (Conv, BatchNormalization) its bias map sums (0 without it)."""
 
     _JSON_KEYS = {"head_output": "head_logits"}  # noqa: RUF012 (a class constant)
     """Field → JSON key where they differ (the key is the name graphs have carried since v2)."""
-    _OMIT_EMPTY = ("note", "head_note", "tokens", "window", "pixels", "rules")
+    _OMIT_EMPTY = (
+        "note", "head_note", "tokens", "window", "pixels", "rules", "fullgrad", "fullgrad_layers",
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         self.layout = layout_of(self.layout)

@@ -860,7 +860,7 @@ def _terms(
 ) -> Terms:
     """One target layer's ``Terms`` (NCHW) from a run's outputs."""
     layout = li.layer.layout  # [B, (layout)] → [B, C, h, w] (views)
-    A = G = w = Gs = None
+    A = G = w = Gs = F = None
     if li.activation:
         A = layout.to_nchw(arrays[li.activation])
     if li.gradient:
@@ -869,6 +869,8 @@ def _terms(
             G = G[:, :, :1, :1]
     if li.cam_weight:
         w = arrays[li.cam_weight]
+    if li.fullgrad:
+        F = arrays[li.fullgrad]
     if noisy is not None and li.layer.gradient in noisy:
         Gs = layout.to_nchw(noisy[li.layer.gradient])  # [B, n, C, h, w]
     R = {rule: layout.to_nchw(arrays[name]) for rule, name in li.rules}
@@ -877,7 +879,7 @@ def _terms(
             layout.to_nchw(path.G), path.weights, layout.to_nchw(path.baseline),
             path.baseline_score, path.score,
         )  # fmt: skip
-    return Terms(A, G, w, Gs, R, path if li.layer.pixels else None)
+    return Terms(A, G, w, Gs, R, path if li.layer.pixels else None, F)
 
 
 @dataclass(frozen=True)

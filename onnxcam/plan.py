@@ -23,7 +23,7 @@ from .registry import METHODS, NEEDS, MethodSpec, Need
 LayerChoice = int | str | Sequence[int | str] | None
 """Target layers by index or name; None → the first; 'all' → every exported layer."""
 
-LAYER_OUTPUTS = ("activation", "gradient", "cam_weight")
+LAYER_OUTPUTS = ("activation", "gradient", "cam_weight", "fullgrad")
 """The per-layer graph outputs a method may read (``TargetLayer`` fields), in fetch order."""
 IG_BASELINES = ("black", "blur", "uniform")
 
@@ -75,6 +75,8 @@ class LayerInputs:
     activation: str | None = None
     gradient: str | None = None
     cam_weight: str | None = None
+    fullgrad: str | None = None
+    """FullGrad's bias map (the pixel target)."""
     pooled: bool = False
     """The gradient is the same at every position: methods get it per channel [B, C, 1, 1]."""
     rules: tuple[tuple[str, str], ...] = ()
@@ -172,8 +174,9 @@ def make_plan(
     features = [t for t in info.targets if not t.pixels]
     pixel = next((t for t in info.targets if t.pixels), None)
     at_pixels = [m for m in names if METHODS[m].pixels]
-    if at_pixels and pixel is None:
-        raise MethodError(_missing(NEEDS["input_gradients"], at_pixels[0], ""))
+    if at_pixels and pixel is None:  # the flag that adds what the method needs most
+        need = [NEEDS[n] for n in METHODS[at_pixels[0]].needs if NEEDS[n].pixels][-1]
+        raise MethodError(_missing(need, at_pixels[0], ""))
     chosen = select_layers(features, options.layers) if len(at_pixels) < len(names) else []
     targets = tuple(chosen + ([pixel] if at_pixels else []))
     feature_ids = tuple(range(len(chosen)))

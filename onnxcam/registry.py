@@ -26,7 +26,7 @@ class Need:
 
     output: str | None = None
     """The per-layer graph output it reads: a ``TargetLayer`` field (``activation``,
-    ``gradient``, ``cam_weight``), or None."""
+    ``gradient``, ``cam_weight``, ``fullgrad``), or None."""
     term: str | None = None
     """The ``Terms`` field it arrives in (``A``, ``G``, ``w``, ``Gs``); None for a need that is
     met by ``PerturbationInputs``."""
@@ -51,6 +51,7 @@ _NO_PIXELS = (
     "{method} explains pixels: it needs the input gradient; export the model with --input-gradient"
 )
 _NO_RULE = "{method} needs the {rule} input gradient; export the model with --rules {rule}"
+_NO_FULLGRAD = "{method} needs the bias gradients of every layer; export the model with --fullgrad"
 
 NEEDS: dict[str, Need] = {
     "activations": Need("activation", "A"),
@@ -69,13 +70,15 @@ NEEDS: dict[str, Need] = {
     "guided_gradients": Need(None, "R", True, pixels=True, rule="guided", missing=_NO_RULE),
     "deconvnet_gradients": Need(None, "R", True, pixels=True, rule="deconvnet", missing=_NO_RULE),
     "guided_input": Need(None, "R", gradients=True, rule="guided", missing=_NO_RULE),
+    "fullgrad_bias": Need("fullgrad", "F", gradients=True, pixels=True, missing=_NO_FULLGRAD),
 }
 """Every name a method may list in ``needs``: the target activations ``A``, the gradients of
 the explained score ``G = dScore/dA``, the explained class's classifier row ``w``, gradients of
 noisy copies of the input ``Gs``, and ``perturbation`` (model inputs, activations, a scorer);
 at the model input (the pixel target): the input ``A`` and its gradient ``G``, noisy copies'
 ``Gs``, gradients along a path from a baseline ``Gp``, and the gradients under other ReLU rules
-``R`` (also for a feature layer's method: ``guided_input``, Guided Grad-CAM)."""
+``R`` (also for a feature layer's method: ``guided_input``, Guided Grad-CAM), and FullGrad's
+bias map ``F`` [B, H, W]."""
 
 
 @dataclass(frozen=True)

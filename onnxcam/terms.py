@@ -85,12 +85,15 @@ class Terms:
         Gs: np.ndarray | None = None,
         R: dict[str, np.ndarray] | None = None,
         path: PathGradients | None = None,
+        F: np.ndarray | None = None,
     ) -> None:
         self.A, self.G, self.w, self.Gs = A, G, w, Gs
         self.R = R or {}
         """The input's gradients under other ReLU rules (rule → [B, C, H, W])."""
         self.path = path
         """Integrated Gradients' path run (the pixel target)."""
+        self.F = F
+        """FullGrad's bias map [B, H, W] (the pixel target, ``export --fullgrad``)."""
 
     @classmethod
     def of(cls, needs: Sequence[str], arrays: Sequence[np.ndarray]) -> Terms:

@@ -127,7 +127,13 @@ def test_module_docstring_lists_the_passes_in_order() -> None:
     listed = re.findall(r"^\d+\. ``(\w+)``", pipeline.__doc__, re.MULTILINE)
     assert listed == [p.name for p in PASSES]
     gated = [p.name for p in PASSES if p.gate is not None]
-    assert gated == ["add_backward", "add_heatmaps", "add_rule_gradients", "add_windows"]
+    assert gated == [
+        "add_backward",
+        "add_heatmaps",
+        "add_rule_gradients",
+        "add_fullgrad_bias",
+        "add_windows",
+    ]
 
 
 @pytest.mark.parametrize("n", range(len(PASSES) + 1))

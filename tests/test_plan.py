@@ -188,7 +188,10 @@ def test_every_method_is_described_by_data() -> None:
         # (n copies per image), not the pixel-space ones (they need an --input-gradient export)
         one_run = not spec.scored and spec.family not in ("pixel", "sampling")
         assert spec.in_all == one_run, name
-        assert (spec.display == "attribution") == (spec.family == "pixel"), name
+        # pixel maps are signed attributions, shown as captum shows them — but FullGrad's is
+        # non-negative and shown as pytorch-grad-cam shows it (min-max, a CAM)
+        signed = spec.family == "pixel" and name != "fullgrad"
+        assert (spec.display == "attribution") == signed, name
     at_input = {m for m, s in METHODS.items() if s.map_size == "input"}
     assert at_input == {"occlusion"} | {m for m, s in METHODS.items() if s.family == "pixel"}
     # the methods `all` runs are listed first, whichever family registered first

@@ -275,8 +275,8 @@ def test_every_method_runs_on_the_default_token_layer(method: str) -> None:
         with pytest.raises(MethodError, match=r"CAM needs a GAP → Linear classifier head"):
             ex.explain_tensor(x, [method])
         return
-    if METHODS[method].family == "pixel":  # they need an --input-gradient / --rules export
-        with pytest.raises(MethodError, match=r"export the model with --(input-gradient|rules)"):
+    if METHODS[method].family == "pixel":  # an --input-gradient / --rules / --fullgrad export
+        with pytest.raises(MethodError, match=r"with --(input-gradient|rules|fullgrad)"):
             ex.explain_tensor(x, [method])
         return
     exps = ex.explain_tensor(x, [method], perturbation=FAST)
