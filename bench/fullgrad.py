@@ -34,7 +34,7 @@ import numpy as np
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # torch's workers sleep between variants
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent))
-from harness import arguments, markdown_table, median_ms, save, session_options
+from harness import arguments, interleaved, markdown_table, median_ms, save, session_options
 
 THREADS = 2
 SIZE = 224
@@ -45,28 +45,6 @@ def ort_options():
     opts.intra_op_num_threads = THREADS
     opts.inter_op_num_threads = 1
     return opts
-
-
-def interleaved(variants: dict, repeats: int, warmup: int) -> dict[str, list[tuple]]:
-    """(wall seconds, process CPU seconds) per call of each variant; every repeat runs each
-    variant once, in a new seeded random order (as ``harness.interleaved``)."""
-    import random
-    import time
-
-    names = list(variants)
-    for _ in range(warmup):
-        for n in names:
-            variants[n]()
-    times: dict[str, list[tuple]] = {n: [] for n in names}
-    shuffle = random.Random(0).shuffle
-    for _ in range(repeats):
-        order = list(names)
-        shuffle(order)
-        for n in order:
-            t0, c0 = time.perf_counter(), time.process_time()
-            variants[n]()
-            times[n].append((time.perf_counter() - t0, time.process_time() - c0))
-    return times
 
 
 def make_variants(name: str, tmp: Path) -> tuple[dict, dict, int]:
@@ -138,8 +116,8 @@ def main() -> None:
     for name in args.models.split(","):
         with tempfile.TemporaryDirectory() as tmp:
             variants, peer, layers[name] = make_variants(name, Path(tmp))
-            times = interleaved(variants, repeats=args.repeats, warmup=2)
-            times |= interleaved(peer, repeats=min(3, args.repeats), warmup=1)
+            times = interleaved(variants, repeats=args.repeats, warmup=2, cpu=True)
+            times |= interleaved(peer, repeats=min(3, args.repeats), warmup=1, cpu=True)
         wall = {v: [w for w, _ in ts] for v, ts in times.items()}
         cpu = {v: [c for _, c in ts] for v, ts in times.items()}
         base, base_cpu = median_ms(wall["plain"]), median_ms(cpu["plain"])

@@ -39,26 +39,29 @@ def arguments(
 
 
 def interleaved(
-    variants: dict[str, Callable[[], object]], repeats: int = 20, warmup: int = 3
-) -> dict[str, list[float]]:
+    variants: dict[str, Callable[[], object]], repeats: int = 20, warmup: int = 3, cpu: bool = False
+) -> dict[str, list]:
     """Seconds per call for each variant: every repeat runs each variant once, in a new
     (seeded) random order, so no variant always follows the same one (a heavy variant's
-    after-effects, e.g. freed memory faulted back in, would otherwise land on one neighbour)."""
+    after-effects, e.g. freed memory faulted back in, would otherwise land on one neighbour).
+    ``cpu``: (wall, process CPU) seconds per call instead — the figure to read on a loaded
+    machine."""
     import random
 
     names = list(variants)
     for _ in range(warmup):
         for n in names:
             variants[n]()
-    times: dict[str, list[float]] = {n: [] for n in names}
+    times: dict[str, list] = {n: [] for n in names}
     shuffle = random.Random(0).shuffle
     for _ in range(repeats):
         order = list(names)
         shuffle(order)
         for n in order:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             variants[n]()
-            times[n].append(time.perf_counter() - t0)
+            wall = time.perf_counter() - t0
+            times[n].append((wall, time.process_time() - c0) if cpu else wall)
     return times
 
 

@@ -19,6 +19,7 @@ import torchvision
 
 from onnxcam import Explainer, contract
 from onnxcam.errors import MethodError, OnnxcamError
+from onnxcam.export import plain_onnx
 from onnxcam.scoring import image_rng
 
 captum = pytest.importorskip("captum.attr")
@@ -48,16 +49,7 @@ def model(request, tmp_path_factory):
     net = getattr(torchvision.models, request.param)(weights=None).eval()
     d = tmp_path_factory.mktemp(request.param)
     src = d / "model.onnx"
-    torch.onnx.export(
-        net,
-        torch.randn(1, 3, SIZE, SIZE),
-        str(src),
-        input_names=["input"],
-        output_names=["logits"],
-        dynamic_axes={"input": {0: "b"}, "logits": {0: "b"}},
-        opset_version=17,
-        dynamo=False,
-    )
+    src.write_bytes(plain_onnx(net, (1, 3, SIZE, SIZE)))
     out = d / "model.cam.onnx"
     export_onnx(src, out, preset="torch", input_gradient=True, rules="guided,deconvnet")
     return request.param, net.double(), out

@@ -24,6 +24,7 @@ from test_cli_export import assert_one_line_error, onnxcam
 
 from onnxcam.contract import IMAGENET_MEAN, IMAGENET_STD
 from onnxcam.errors import LayerNotFoundError, MethodError
+from onnxcam.export import plain_onnx
 from onnxcam.inspect import AscentOptions, Probe, inspect_image, top_channels
 
 SIZE = 64
@@ -39,16 +40,7 @@ def resnet(tmp_path_factory):
     torch.manual_seed(0)
     net = torchvision.models.resnet18(weights=None).eval()
     path = tmp_path_factory.mktemp("r18") / "resnet18.onnx"
-    torch.onnx.export(
-        net,
-        torch.randn(1, 3, SIZE, SIZE),
-        str(path),
-        input_names=["input"],
-        output_names=["logits"],
-        dynamic_axes={"input": {0: "b"}, "logits": {0: "b"}},
-        opset_version=17,
-        dynamo=False,
-    )
+    path.write_bytes(plain_onnx(net, (1, 3, SIZE, SIZE)))
     return net.double(), path
 
 
