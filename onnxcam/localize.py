@@ -119,6 +119,94 @@ def energy_pointing(map01: np.ndarray, target: np.ndarray) -> float:
     return float(m[np.asarray(target, bool)].sum() / total) if total > 0 else 0.0
 
 
+# --- the WSOL protocol of Choe et al. (CVPR 2020, arXiv:2001.07437): no fixed threshold ---------
+CAM_THRESHOLDS = np.arange(0.0, 1.0, 0.01)
+"""The map thresholds swept (their ``cam_curve_interval`` = 0.01)."""
+IOU_THRESHOLDS = (0.3, 0.5, 0.7)
+"""MaxBoxAccV2 averages MaxBoxAcc over these IoU thresholds (MaxBoxAcc alone uses 0.5)."""
+
+
+def _unit(map01: np.ndarray) -> np.ndarray:
+    """The map min-maxed to [0, 1] (NaN → 0), as the protocol normalises every score map."""
+    m = np.nan_to_num(np.asarray(map01, dtype=np.float64), nan=0.0)
+    if not m.size:
+        return m
+    m = m - m.min()
+    peak = m.max()
+    return m / peak if peak > 0 else m
+
+
+def _levels(map01: np.ndarray) -> np.ndarray:
+    """``_unit`` as 8-bit levels, as the protocol thresholds it."""
+    return (_unit(map01) * 255).astype(np.uint8)
+
+
+def box_iou_sweep(
+    map01: np.ndarray, gt_boxes: list, thresholds: np.ndarray = CAM_THRESHOLDS
+) -> np.ndarray:
+    """``[2, T]``: at each threshold τ, the best IoU with any ground-truth box of the box around
+    the largest contour of ``map > τ·max`` (row 0, MaxBoxAcc), and of the best box among every
+    contour's (row 1, MaxBoxAccV2's multi-contour boxes). An empty mask scores 0."""
+    levels = _levels(map01)
+    top = int(levels.max(initial=0))
+    gts = [_box(b) for b in gt_boxes]
+    out = np.zeros((2, len(thresholds)), np.float64)
+    for i, t in enumerate(thresholds):
+        binary = (levels > int(t * top)).astype(np.uint8)
+        contours = cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[0]
+        if not contours:
+            continue
+        boxes = [_contour_box(c) for c in contours]
+        largest = _contour_box(max(contours, key=cv2.contourArea))
+        out[0, i] = max(iou_boxes(largest, g) for g in gts)
+        out[1, i] = max(iou_boxes(b, g) for b in boxes for g in gts)
+    return out
+
+
+def _contour_box(contour: np.ndarray) -> Box:
+    x, y, w, h = cv2.boundingRect(contour)
+    return Box(x, y, x + w, y + h)
+
+
+def max_box_acc(ious: np.ndarray, iou_threshold: float = 0.5) -> float:
+    """MaxBoxAcc over a dataset: ``ious`` ``[images, T]`` (a ``box_iou_sweep`` row per image) →
+    max over τ of the share of images whose box reaches ``iou_threshold``."""
+    ious = np.asarray(ious, dtype=np.float64)
+    return float((ious >= iou_threshold).mean(axis=0).max()) if ious.size else 0.0
+
+
+def max_box_acc_v2(ious: np.ndarray, iou_thresholds: tuple = IOU_THRESHOLDS) -> float:
+    """MaxBoxAccV2: MaxBoxAcc of the multi-contour boxes averaged over the IoU thresholds."""
+    return float(np.mean([max_box_acc(ious, d) for d in iou_thresholds]))
+
+
+PXAP_EDGES = np.append(CAM_THRESHOLDS, [1.0, 2.0, 3.0])
+"""Histogram edges of the map values for PxAP (the protocol's, right edges past 1)."""
+
+
+def pixel_histograms(map01: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """``[2, bins]``: how many object (row 0) and background (row 1) pixels fall in each bin
+    of the min-maxed map; summed over a dataset, they give ``pxap``."""
+    m = _unit(map01)
+    t = np.asarray(target, bool)
+    return np.stack(
+        [np.histogram(m[t], bins=PXAP_EDGES)[0], np.histogram(m[~t], bins=PXAP_EDGES)[0]]
+    ).astype(np.float64)
+
+
+def pxap(histograms: np.ndarray) -> float:
+    """PxAP (pixel average precision): the area under the pixel precision–recall curve over
+    the threshold sweep, from ``pixel_histograms`` summed over the dataset."""
+    true, false = np.asarray(histograms, dtype=np.float64)
+    if true.sum() <= 0:
+        return 0.0
+    tp, fp = true[::-1].cumsum(), false[::-1].cumsum()
+    kept = (tp + fp) > 0
+    precision = np.divide(tp, tp + fp, out=np.zeros_like(tp), where=kept)
+    recall = tp / true.sum()
+    return float((precision[1:] * np.diff(recall))[kept[1:]].sum())
+
+
 def draw_boxes(
     rgb: np.ndarray, boxes: list, color: tuple[int, int, int] = (0, 255, 0), thickness: int = 2
 ) -> np.ndarray:

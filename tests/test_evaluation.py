@@ -48,7 +48,9 @@ from onnxcam.evaluate import (
 )
 from onnxcam.export import export_torch
 from onnxcam.localize import (
+    CAM_THRESHOLDS,
     Box,
+    box_iou_sweep,
     boxes_from_map,
     boxes_mask,
     draw_boxes,
@@ -56,7 +58,11 @@ from onnxcam.localize import (
     iou_boxes,
     iou_masks,
     mask_from_map,
+    max_box_acc,
+    max_box_acc_v2,
+    pixel_histograms,
     pointing_hit,
+    pxap,
 )
 from onnxcam.perturbation import Scorer
 
@@ -212,6 +218,68 @@ def test_energy_pointing() -> None:
     # negative values carry no energy
     signed = np.where(target, 1.0, -1.0)
     assert energy_pointing(signed, target) == 1.0
+
+
+def _blob(shape: tuple[int, int], centre: tuple[float, float], sigma: float) -> np.ndarray:
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    return np.exp(-((yy - centre[0]) ** 2 + (xx - centre[1]) ** 2) / (2 * sigma**2))
+
+
+def test_box_sweep_finds_the_threshold_that_fits() -> None:
+    """A Gaussian blob centred on the box: some threshold gives its box exactly (IoU 1 up to
+    the pixel grid), so MaxBoxAcc = 1 at every IoU threshold — whatever the blob's spread,
+    which a fixed threshold would punish."""
+    gt = [20, 30, 61, 71]  # a 41×41 box centred at (50, 40)
+    for sigma in (6.0, 12.0, 30.0):
+        ious = box_iou_sweep(_blob((100, 120), (50, 40), sigma), [gt])
+        assert ious.shape == (2, len(CAM_THRESHOLDS))
+        assert ious[0].max() > 0.9 and (ious[1] >= ious[0] - 1e-12).all()
+        assert max_box_acc(ious[None, 0], 0.7) == 1.0
+    # one fixed threshold cannot serve both spreads: at 0.5·max the wide blob's box is too big
+    i = int(np.flatnonzero(np.isclose(CAM_THRESHOLDS, 0.5))[0])
+    assert box_iou_sweep(_blob((100, 120), (50, 40), 30.0), [gt])[0, i] < 0.5
+
+
+def test_box_sweep_v2_counts_every_contour() -> None:
+    """Two objects, the smaller one annotated: the largest contour misses it (MaxBoxAcc),
+    the multi-contour boxes find it (MaxBoxAccV2)."""
+    m = 1.0 * _blob((100, 120), (50, 30), 10) + 0.8 * _blob((100, 120), (50, 95), 6)
+    ious = box_iou_sweep(m, [[85, 40, 106, 61]])
+    assert ious[0].max() < 0.3 < 0.7 < ious[1].max()
+    assert max_box_acc(ious[None, 0]) == 0.0 and max_box_acc_v2(ious[None, 1]) > 0.6
+
+
+def test_max_box_acc_is_the_best_threshold_of_the_dataset() -> None:
+    """max over τ of the share of images with IoU ≥ δ: one τ for the whole dataset."""
+    ious = np.array([[0.9, 0.2, 0.6], [0.1, 0.8, 0.6], [0.0, 0.0, 0.55]])
+    assert max_box_acc(ious, 0.5) == 1.0  # τ index 2 serves all three
+    assert max_box_acc(ious, 0.7) == pytest.approx(1 / 3)
+    assert max_box_acc_v2(ious) == pytest.approx((1 + 1 + 1 / 3) / 3)
+
+
+def test_pxap_equals_sklearn_average_precision_on_the_swept_levels() -> None:
+    """PxAP over the protocol's bins = scikit-learn's average precision of the pixel scores
+    rounded down to the same bins, summed over images (an independent implementation)."""
+    sklearn = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(0)
+    hist, scores, truth = 0, [], []
+    for k in range(3):
+        target = np.zeros((40, 50), bool)
+        target[5 + k : 25 + k, 10:35] = True
+        m = rng.random((40, 50)) * 0.6 + 0.5 * target
+        hist = hist + pixel_histograms(m, target)
+        unit = (m - m.min()) / (m.max() - m.min())
+        scores.append(np.floor(np.round(unit * 100, 9)) / 100)
+        truth.append(target)
+    want = sklearn.average_precision_score(
+        np.concatenate(truth).ravel(), np.concatenate(scores).ravel()
+    )
+    assert pxap(hist) == pytest.approx(want, abs=1e-12)
+    # a map that is the mask scores 1, its inverse scores the object's share of the pixels
+    target = np.zeros((40, 50), bool)
+    target[10:30, 10:30] = True
+    assert pxap(pixel_histograms(target * 1.0, target)) == pytest.approx(1.0)
+    assert pxap(pixel_histograms(~target * 1.0, target)) == pytest.approx(target.mean())
 
 
 def test_draw_boxes_draws_on_a_copy() -> None:
@@ -857,10 +925,15 @@ def test_gradcam_localizes_the_object_better_than_random(shapes) -> None:
         assert s[f"deletion_{base}"] < r[f"deletion_{base}"] - 0.05
         assert s[f"insertion_{base}"] > r[f"insertion_{base}"] + 0.05
     assert s["iou"] > r["iou"]
+    # the threshold sweeps of Choe et al.: no fixed threshold to favour one map's spread
+    for k in ("maxboxacc", "maxboxacc_v2", "pxap"):
+        assert s[k] > r[k] + 0.1, k
     # every row explains the ground-truth class (the annotation's label)
     gradcam_rows = [row for row in res.rows if row["method"] == "gradcam"]
     assert [row["label"] for row in gradcam_rows] == [SHAPES[k] for k in shapes.labels]
-    assert summarize(res.rows) == res.summary
+    swept = {"maxboxacc", "maxboxacc_v2", "pxap"}
+    means = {m: {k: v for k, v in d.items() if k not in swept} for m, d in res.summary.items()}
+    assert summarize(res.rows) == means  # the dataset-level sweeps are not means of rows
 
 
 def test_cli_eval_writes_metrics_and_curves(shapes, tmp_path) -> None:
