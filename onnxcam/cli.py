@@ -260,7 +260,12 @@ def layers_cmd(model, model_output, task, as_json) -> None:
 @o.methods_option("gradcam")
 @o.target_options()
 @o.topk_option
-@o.output_option(file=False, default=Path("onnxcam-out"), help="Where overlays are written.")
+@o.output_option(
+    file=None,
+    default=Path("onnxcam-out"),
+    help="Folder for the overlays (PNG per image and method, a video per video), or one "
+    ".mp4/.avi file for a single video or camera.",
+)
 @o.device_option
 @o.layer_option
 @click.option("--fuse", is_flag=True, help="Average the maps of the selected layers.")
@@ -294,27 +299,58 @@ def layers_cmd(model, model_output, task, as_json) -> None:
 @o.json_option("Print results as JSON (for machines).")
 @o.perturbation_options()
 @o.sampling_options
-def run_cmd(model: Path, images: tuple[Path, ...], output: Path, as_json: bool, **kw: Any) -> None:
-    """Explain IMAGES (files or folders) with MODEL; write overlay PNGs to -o OUTPUT."""
+@o.video_options
+@o.ray_options
+def run_cmd(
+    model: Path,
+    images: tuple[Path, ...],
+    output: Path,
+    as_json: bool,
+    smooth_time: float,
+    max_frames: int | None,
+    **kw: Any,
+) -> None:
+    """Explain IMAGES (image files, folders, videos, cameras as cam:N) with MODEL; write
+    overlay PNGs, and an overlay video per video, to -o OUTPUT."""
+    if (scale := kw.pop("scale")) is not None:  # --ray: Parquet on Ray Data (onnxcam.scale)
+        _run_on_ray(model, images, output, as_json, scale, kw)
+        return
+    from .image import list_images
     from .runner import run_images, table
+    from .video import CODECS, split_inputs
 
-    with _Bar("explaining", show=not as_json) as bar:
-        res = run_images(
-            model,
-            images,
-            out_dir=output,
-            note=_note,
-            on_failure=_failure,
-            progress=bar,
-            method_progress=_MethodProgress(not as_json),
-            **kw,
-        )
-    if res.interrupted:
-        click.echo(f"\nInterrupted: {len(res.rows)} explanation(s) written to {output}.", err=True)
-        raise click.exceptions.Exit(130)
+    videos, others = split_inputs(images, kw["recursive"])
+    with_images = bool(others) and (not videos or bool(list_images(others, kw["recursive"])))
+    if output.suffix.lower() in CODECS and (with_images or not videos):
+        raise OnnxcamError(f"-o {output} names a video file; images are written to a folder")
+    res = vres = None
+    if with_images:
+        with _Bar("explaining", show=not as_json) as bar:
+            res = run_images(
+                model,
+                others,
+                out_dir=output,
+                note=_note,
+                on_failure=_failure,
+                progress=bar,
+                method_progress=_MethodProgress(not as_json),
+                **kw,
+            )
+        if res.interrupted:
+            click.echo(
+                f"\nInterrupted: {len(res.rows)} explanation(s) written to {output}.", err=True
+            )
+            raise click.exceptions.Exit(130)
+    if videos:
+        vres = _run_videos(model, videos, output, as_json, smooth_time, max_frames, kw)
+    failed = (res.failures if res else []) + (vres.failures if vres else [])
     if as_json:
-        click.echo(json.dumps(res.to_json(), indent=1))
-    else:
+        doc = res.to_json() if res else {"model": str(model), "provider": vres.provider}
+        if vres:
+            doc["videos"] = vres.to_json()
+            doc["failures"] = [{"image": f.source, "error": f.error} for f in failed]
+        click.echo(json.dumps(doc, indent=1))
+    elif res:
         if res.rows:
             click.echo(table(res.rows))
         found = sum(len(r.get("detections", [])) for r in res.rows)
@@ -324,8 +360,133 @@ def run_cmd(model: Path, images: tuple[Path, ...], output: Path, as_json: bool, 
             f"{res.seconds:.1f}s on {res.provider}; overlays in {output}"
             + (f"; {len(res.failures)} failed" if res.failures else "")
         )
-    if res.failures:
-        raise click.exceptions.Exit(1)  # some images failed (each was reported on its line)
+    if vres and not as_json:
+        for v in vres.videos:
+            w, h = v.size
+            maps = ", ".join(f"{m} ({where})" for m, where in v.maps.items())
+            click.echo(
+                f"{Path(v.source).name}: {v.frames} frame(s) {w}x{h} at {v.fps_in:g} fps, "
+                f"{maps} -> {v.output}: {v.fps:.1f} frames/s"
+            )
+        frames = sum(v.frames for v in vres.videos)
+        seconds = sum(v.seconds for v in vres.videos)
+        click.echo(
+            f"{len(vres.videos)} video(s), {frames} frame(s) in {seconds:.1f}s "
+            f"({frames / seconds if seconds else 0:.1f} frames/s) on {vres.provider}"
+            + (f"; {len(vres.failures)} failed" if vres.failures else "")
+        )
+    if vres and vres.interrupted:
+        v = vres.videos[-1]
+        click.echo(f"Interrupted: {v.frames} frame(s) written to {v.output}.", err=True)
+        raise click.exceptions.Exit(130)
+    if failed:
+        raise click.exceptions.Exit(1)  # some inputs failed (each was reported on its line)
+
+
+def _run_on_ray(
+    model: Path,
+    images: tuple[Path, ...],
+    output: Path,
+    as_json: bool,
+    scale: dict[str, Any],
+    kw: dict[str, Any],
+) -> None:
+    """``onnxcam run --ray``: ``scale.explain_dataset`` with the run options that apply."""
+    from .scale import as_uri, explain_dataset
+
+    refused = {
+        "--save-npy": kw["save_npy"],
+        "--save-tensors": kw["save_tensors"],
+        "a target flag other than --class": kw["target"].given(),
+    }
+    for flag, given in refused.items():
+        if given:
+            raise OnnxcamError(f"{flag} does not apply to --ray runs (docs/scale.md)")
+    os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")  # Ray Data's bars, not its log
+    res = explain_dataset(
+        as_uri(model),
+        [as_uri(p) for p in images],
+        as_uri(output),
+        kw["methods"],
+        classes=kw["target"].cls,
+        topk=kw["topk"],
+        layers=kw["layer"],
+        fuse=kw["fuse"],
+        batch_size=kw["perturbation"].batch_size,
+        perturbation=kw["perturbation"],
+        sampling=kw["sampling"],
+        device=kw["device"],
+        recursive=kw["recursive"],
+        boxes=kw["box_threshold"],
+        alpha=kw["alpha"],
+        colormap=kw["colormap"],
+        note=_note,
+        on_failure=_failure,
+        **scale,
+    )
+    if res.interrupted:
+        click.echo(
+            f"\nInterrupted: {res.explained + res.failed} image(s) committed to {res.output}; "
+            "run the same command again to resume.",
+            err=True,
+        )
+        raise click.exceptions.Exit(130)
+    if as_json:
+        click.echo(json.dumps(res.to_json(), indent=1))
+    else:
+        click.echo(
+            f"{res.explained} image(s) explained, {res.failed} failed, {res.skipped} already "
+            f"done, in {res.seconds:.1f}s ({res.images_per_second:.1f} images/s): "
+            f"{res.rows} row(s) in {res.shards} new shard(s); {res.output} holds "
+            f"{res.in_output} image(s), {res.errors_in_output} with an error"
+        )
+    if res.failures or res.errors_in_output:  # a resumed job's earlier failures count too
+        raise click.exceptions.Exit(1)
+
+
+def _run_videos(
+    model: Path,
+    videos: list,
+    output: Path,
+    as_json: bool,
+    smooth_time: float,
+    max_frames: int | None,
+    kw: dict[str, Any],
+):
+    """``onnxcam run`` on the videos and cameras: ``video.run_videos`` with one progress bar
+    per video (its frame count, when the file gives it)."""
+    from .runner import _layer_selection
+    from .video import run_videos
+
+    image_only = {
+        "--topk": kw["topk"] != 1,
+        "--boxes": kw["box_threshold"] is not None,
+        "--save-tensors": kw["save_tensors"],
+    }
+    given = [flag for flag, on in image_only.items() if on]
+    if given:
+        raise OnnxcamError(f"{', '.join(given)}: for images only, not for videos")
+    return run_videos(
+        model,
+        videos,
+        output=output,
+        methods=kw["methods"],
+        target=kw["target"],
+        device=kw["device"],
+        batch_size=kw["perturbation"].batch_size,
+        smooth_time=smooth_time,
+        max_frames=max_frames,
+        alpha=kw["alpha"],
+        colormap=kw["colormap"],
+        save_npy=kw["save_npy"],
+        note=_note,
+        on_failure=_failure,
+        progress=lambda name: _Bar(Path(name).name, show=not as_json),
+        layers=_layer_selection(kw["layer"]),
+        fuse=kw["fuse"],
+        perturbation=kw["perturbation"],
+        **kw["sampling"],
+    )
 
 
 @cli.command("report")

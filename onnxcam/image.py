@@ -34,13 +34,20 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         data = np.fromfile(p, dtype=np.uint8)
     except OSError as e:
         raise ImageError(f"{p}: cannot read ({e.strerror or e})") from None
+    return decode_image(data, str(p))
+
+
+def decode_image(data: bytes | np.ndarray, name: str) -> np.ndarray:
+    """An encoded image's bytes (a file's content) → RGB float32 in [0, 255], as ``read_image``
+    (which reads the file and calls this); ``ImageError`` names ``name`` when it cannot."""
+    data = np.frombuffer(data, dtype=np.uint8) if isinstance(data, bytes) else data
     if data.size == 0:
-        raise ImageError(f"{p}: empty file")
+        raise ImageError(f"{name}: empty file")
     # ANYDEPTH|ANYCOLOR keeps 16-bit and grayscale and still applies EXIF orientation
     # (IMREAD_UNCHANGED would ignore the orientation tag).
     img = cv2.imdecode(data, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
     if img is None or img.size == 0:
-        raise ImageError(f"{p}: not a decodable image")
+        raise ImageError(f"{name}: not a decodable image")
     rgb = to_rgb(img)
     if _may_have_alpha(data):  # composite over black; the colour decode above drops alpha
         full = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)

@@ -140,17 +140,18 @@ model_argument = click.argument("model", type=click.Path(dir_okay=False, path_ty
 images_argument = click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 
 
-def output_option(*, file: bool, default: Path | None = None, help: str) -> Callable[[F], F]:
+def output_option(*, file: bool | None, default: Path | None = None, help: str) -> Callable[[F], F]:
     """``-o/--output`` (one spelling everywhere; the old ``--out`` is a hidden alias).
 
-    ``file``: the output is a file (else a directory); no ``default`` makes it required."""
+    ``file``: the output is a file, a directory (False) or either (None: ``onnxcam run``
+    writes a folder of overlays or one video); no ``default`` makes it required."""
     return click.option(
         "-o",
         "--output",
         "output",
         cls=Option,
         aliases=("--out",),
-        type=click.Path(dir_okay=not file, file_okay=file, path_type=Path),
+        type=click.Path(dir_okay=file is not True, file_okay=file is not False, path_type=Path),
         required=default is None,
         show_default=default is not None,
         help=help,
@@ -524,3 +525,115 @@ def detect_options(f: F) -> F:
     for flag in reversed(detection_options):
         f = flag(f)
     return f
+
+
+video_flags = [
+    click.option(
+        "--smooth-time",
+        type=click.FloatRange(0, 1, max_open=True),
+        default=0.0,
+        show_default=True,
+        metavar="ALPHA",
+        help="Videos: smooth each map over time, s = ALPHA·s_prev + (1-ALPHA)·map (an "
+        "exponential moving average at feature resolution; 0: off, 0.8: strong; per clip).",
+    ),
+    click.option(
+        "--max-frames",
+        type=click.IntRange(1),
+        default=None,
+        metavar="N",
+        help="Videos and cameras: stop after N frames (a camera runs until Ctrl-C otherwise).",
+    ),
+]
+
+
+def video_options(f: F) -> F:
+    """``--smooth-time``, ``--max-frames`` (``onnxcam run`` on videos and cameras)."""
+    for flag in reversed(video_flags):
+        f = flag(f)
+    return f
+
+
+# --- onnxcam run --ray (onnxcam.scale) ---------------------------------------------------------
+_RAY = "ray__"
+ray_flags = [
+    click.option(
+        "--ray",
+        _RAY + "address",
+        default=None,
+        is_flag=False,
+        flag_value="local",
+        metavar="[ADDRESS]",
+        help="Explain on Ray Data and write a resumable Parquet dataset to -o (docs/scale.md): "
+        "a new local cluster, or ADDRESS (auto, HOST:PORT, ray://HOST:PORT). IMAGES may be "
+        "globs and s3://, gs://, file:// URIs.",
+    ),
+    click.option(
+        "--actors",
+        _RAY + "actors",
+        type=click.IntRange(1),
+        default=1,
+        show_default=True,
+        help="--ray: actors, each with one onnxruntime session.",
+    ),
+    click.option(
+        "--cpus-per-actor",
+        _RAY + "cpus_per_actor",
+        type=click.FloatRange(0, min_open=True),
+        default=1.0,
+        show_default=True,
+        help="--ray: CPUs per actor (its onnxruntime threads); with --device cuda each "
+        "actor also takes one GPU.",
+    ),
+    click.option(
+        "--shard-size",
+        _RAY + "shard_size",
+        type=click.IntRange(1),
+        default=256,
+        show_default=True,
+        help="--ray: images per Parquet shard (the unit committed, and redone after a crash).",
+    ),
+    click.option(
+        "--overlays",
+        _RAY + "overlays",
+        default=None,
+        metavar="DIR|URI",
+        help="--ray: also write overlay PNGs here (<stem>-<sha256[:12]>_<method>.png).",
+    ),
+    click.option(
+        "--map-dtype",
+        _RAY + "map_dtype",
+        type=click.Choice(["float32", "float16", "uint8"]),
+        default="float32",
+        show_default=True,
+        help="--ray: how the Parquet 'map' column stores each map.",
+    ),
+]
+
+
+def ray_options(f: F) -> F:
+    """``--ray [ADDRESS]`` and its options; the command receives ``scale=`` a dict of them
+    (None without ``--ray``; the others then must keep their defaults)."""
+    defaults = {
+        "actors": 1,
+        "cpus_per_actor": 1.0,
+        "shard_size": 256,
+        "overlays": None,
+        "map_dtype": "float32",
+    }
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        given = {k[len(_RAY) :]: kwargs.pop(k) for k in list(kwargs) if k.startswith(_RAY)}
+        address = given.pop("address")
+        if address is None:
+            changed = [k for k, v in defaults.items() if given[k] != v]
+            if changed:
+                flag = "--" + changed[0].replace("_", "-")
+                raise click.UsageError(f"{flag} applies to --ray runs only")
+            return f(*args, scale=None, **kwargs)
+        return f(*args, scale={"address": address, **given}, **kwargs)
+
+    for flag in reversed(ray_flags):
+        wrapper = flag(wrapper)
+    return typing.cast(F, wrapper)
