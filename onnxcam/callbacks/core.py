@@ -174,6 +174,32 @@ class CamRecorder:
                 close()
 
 
+class Schedule:
+    """What every framework's callback shares: a ``CamRecorder`` of fixed images, run every
+    ``every`` epochs, with the layer and export options of the in-memory export."""
+
+    def __init__(
+        self,
+        images: np.ndarray | Sequence[np.ndarray],
+        every: int,
+        methods: Sequence[str],
+        layer: str | None,
+        export_kwargs: dict,
+        **recorder: object,
+    ) -> None:
+        if every < 1:
+            raise ValueError("every must be ≥ 1")
+        self.recorder = CamRecorder(images, methods, **recorder)
+        self.every = every
+        self.layer = layer
+        self.export_kwargs = export_kwargs
+
+    @property
+    def history(self) -> list[Snapshot]:
+        """Scalars and timings of every step logged so far."""
+        return self.recorder.history
+
+
 def scalars_of(history: Sequence[Snapshot], key: str) -> list[tuple[int, float]]:
     """``(step, value)`` of one scalar over a recorder's history."""
     return [(s.step, s.scalars[key]) for s in history if key in s.scalars]

@@ -17,7 +17,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from .core import BoxLike, CamRecorder, Logger, Snapshot
+from .core import BoxLike, Logger, Schedule, Snapshot
 
 __all__ = ["CamCallback", "keras_to_onnx"]
 
@@ -55,7 +55,7 @@ def _resolve_layer(onnx_bytes: bytes, layer: str | None) -> list[str] | None:
     return [scoped[-1]] if scoped else [layer]
 
 
-class CamCallback(keras.callbacks.Callback):
+class CamCallback(keras.callbacks.Callback, Schedule):
     """Log CAM overlays of fixed ``images`` (RGB pixels, ``[N, H, W, 3]``) during ``fit``.
 
     Arguments as ``onnxcam.callbacks.torch.CamLogger``; ``layer`` is a Keras layer name or an
@@ -77,26 +77,11 @@ class CamCallback(keras.callbacks.Callback):
         burn: bool = True,
         **export_kwargs: Any,
     ) -> None:
-        super().__init__()
-        if every < 1:
-            raise ValueError("every must be ≥ 1")
-        self.recorder = CamRecorder(
-            images,
-            methods,
-            classes=classes,
-            boxes=boxes,
-            loggers=loggers,
-            tolerance=tolerance,
-            burn=burn,
-        )
-        self.every = every
-        self.layer = layer
-        self.export_kwargs = export_kwargs
-
-    @property
-    def history(self) -> list[Snapshot]:
-        """Scalars and timings of every step logged so far."""
-        return self.recorder.history
+        keras.callbacks.Callback.__init__(self)
+        Schedule.__init__(
+            self, images, every, methods, layer, export_kwargs,
+            classes=classes, boxes=boxes, loggers=loggers, tolerance=tolerance, burn=burn,
+        )  # fmt: skip
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if epoch % self.every == 0:

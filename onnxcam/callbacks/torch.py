@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .core import BoxLike, CamRecorder, Logger, Snapshot
+from .core import BoxLike, Logger, Schedule, Snapshot
 
 __all__ = ["CamLogger", "export_current"]  # and CamCallback, made on first use
 
@@ -48,7 +48,7 @@ def export_current(
     return res.model.SerializeToString()
 
 
-class CamLogger:
+class CamLogger(Schedule):
     """Log CAM overlays of fixed images every ``every`` epochs from a plain training loop.
 
     ``images``: RGB pixel images ``[N, H, W, 3]`` (uint8 or 0–255 floats); ``export_kwargs``
@@ -77,27 +77,12 @@ class CamLogger:
         burn: bool = True,
         **export_kwargs: Any,
     ) -> None:
-        if every < 1:
-            raise ValueError("every must be ≥ 1")
-        self.recorder = CamRecorder(
-            images,
-            methods,
-            classes=classes,
-            boxes=boxes,
-            loggers=loggers,
-            tolerance=tolerance,
-            burn=burn,
-        )
+        super().__init__(
+            images, every, methods, layer, export_kwargs,
+            classes=classes, boxes=boxes, loggers=loggers, tolerance=tolerance, burn=burn,
+        )  # fmt: skip
         h, w = self.recorder.images[0].shape[:2]
         self.input_shape = tuple(input_shape or (1, 3, h, w))
-        self.every = every
-        self.layer = layer
-        self.export_kwargs = export_kwargs
-
-    @property
-    def history(self) -> list[Snapshot]:
-        """Scalars and timings of every step logged so far."""
-        return self.recorder.history
 
     def on_epoch_end(
         self, model: torch.nn.Module, epoch: int, step: int | None = None
