@@ -403,6 +403,14 @@ def _run_on_ray(
         if given:
             raise OnnxcamError(f"{flag} does not apply to --ray runs (docs/scale.md)")
     os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")  # Ray Data's bars, not its log
+    scale = dict(scale)
+    evaluation = None
+    if scale.pop("evaluate"):
+        from .evaluate import EvalOptions
+
+        evaluation = EvalOptions(seed=kw["perturbation"].seed)
+    elif scale["annotations"] is not None:
+        raise OnnxcamError("--annotations applies to --ray --eval runs only")
     res = explain_dataset(
         as_uri(model),
         [as_uri(p) for p in images],
@@ -422,6 +430,7 @@ def _run_on_ray(
         colormap=kw["colormap"],
         note=_note,
         on_failure=_failure,
+        evaluation=evaluation,
         **scale,
     )
     if res.interrupted:
@@ -440,6 +449,11 @@ def _run_on_ray(
             f"{res.rows} row(s) in {res.shards} new shard(s); {res.output} holds "
             f"{res.in_output} image(s), {res.errors_in_output} with an error"
         )
+        if res.summary:
+            from .evaluate import table
+
+            click.echo(table(res.summary))
+            click.echo(f"evaluation summary in {res.output.rstrip('/')}/_eval/summary.json")
     if res.failures or res.errors_in_output:  # a resumed job's earlier failures count too
         raise click.exceptions.Exit(1)
 

@@ -42,7 +42,7 @@ from .results import Failure
 from .scoring import Scorer
 
 if TYPE_CHECKING:
-    from .engine import Explainer
+    from .engine import Explainer, Explanation
 
 RANDOM = "random"
 
@@ -143,8 +143,7 @@ def evaluate(
     """Evaluate ``methods`` (and the random baseline) on every image of ``files``."""
     o = options or EvalOptions()
     info = explainer.info
-    layout = info.input.layout
-    scorer = Scorer(lambda feeds, names: explainer.session.run(names, feeds), info, o.batch_size)
+    scorer = eval_scorer(explainer, o)
     rows, failures = [], []
     curves: dict[str, dict[str, list]] = {}
     sweeps: dict[str, Sweeps] = {}
@@ -160,52 +159,118 @@ def evaluate(
                 progress(1)
             continue
         x = preprocess([img], info.input)
-        c = r.target.index
-        target_mask = ann.target(img.shape[:2]) if ann else None
-        maps = {m: (r.maps[m].input, r.maps[m].original) for m in r.maps}
-        grid = next(iter(r.maps.values())).feature.shape if r.maps else (7, 7)
-        maps[RANDOM] = (
-            metrics.random_map((info.input.height, info.input.width), o.seed, x, grid),
-            metrics.random_map(img.shape[:2], o.seed, x, grid),
+        truth = None if ann is None or ann.cls is None else info.class_index(ann.cls)
+        maps = eval_maps(r, x, (info.input.height, info.input.width), img.shape[:2], o.seed)
+        per_method = image_metrics(
+            scorer, x, maps, r.target.index, ann, o, predicted=r.predictions[0].index, truth=truth
         )
-        for m, (m_in, m_orig) in maps.items():
-            row: dict = {"image": str(path), "method": m, "class": c, "label": r.target.label}
-            y, out = metrics.confidence_change(scorer, x, m_in[None], np.array([c]), layout)
-            row["drop"] = float(max(0.0, y[0] - out[0]) / (y[0] + 1e-7))
-            row["increase"] = float(out[0] > y[0])
-            for mode in ("deletion", "insertion"):
-                for base in o.baselines:
-                    cv = metrics.deletion_insertion(
-                        scorer, x, m_in, c, mode, o.steps, base, layout, o.batch_size
-                    )
-                    row[f"{mode}_{base}"] = cv.auc
-                    curves.setdefault(m, {}).setdefault(f"{mode}_{base}", []).append(cv.scores)
-            if o.road:
-                for order in ("morf", "lerf"):
-                    rc = metrics.road(scorer, x, m_in, c, order, layout=layout, seed=o.seed)
-                    row[f"road_{order}"] = float(rc.scores[1:].mean())
-            if target_mask is not None:
-                row["pointing"] = float(pointing_hit(m_orig, target_mask, o.pointing_tolerance))
-                row["energy_pointing"] = energy_pointing(m_orig, target_mask)
-                sweeps.setdefault(m, Sweeps()).add(m_orig, ann.boxes, target_mask)
-                if ann.boxes:
-                    pred = boxes_from_map(m_orig, o.box_threshold)
-                    best = (
-                        max((iou_boxes(pred[0], g) for g in ann.boxes), default=0.0)
-                        if pred
-                        else 0.0
-                    )
-                    row["iou"] = best
-                    truth = None if ann.cls is None else info.class_index(ann.cls)
-                    correct = (r.predictions[0].index == truth) if truth is not None else True
-                    row["loc_acc"] = float(best >= 0.5 and correct)
-            rows.append(row)
+        for m, got in per_method.items():
+            row: dict = {"image": str(path), "method": m, "class": r.target.index}
+            row["label"] = r.target.label
+            rows.append({**row, **got.values})
+            for k, scores in got.curves.items():
+                curves.setdefault(m, {}).setdefault(k, []).append(scores)
+            if got.pixels is not None:
+                sweeps.setdefault(m, Sweeps()).extend(got.box_ious, got.pixels)
         if progress:
             progress(1)
     summary = summarize(rows)
     for m, sw in sweeps.items():
         summary[m].update(sw.summary())
     return EvalResult(rows, summary, _mean_curves(curves), failures)
+
+
+def eval_scorer(explainer: Explainer, options: EvalOptions) -> Scorer:
+    """The scorer the metrics perturb the input through (the explainer's session)."""
+    return Scorer(
+        lambda feeds, names: explainer.session.run(names, feeds), explainer.info, options.batch_size
+    )
+
+
+def eval_maps(
+    r: Explanation,
+    x: np.ndarray,
+    input_shape: tuple[int, int],
+    image_shape: tuple[int, int],
+    seed: int,
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """An explanation's maps as (model input size, image size) pairs, and the ``random``
+    baseline's (keyed by ``seed`` and the input ``x``, on the first map's feature grid)."""
+    maps = {m: (r.maps[m].input, r.maps[m].original) for m in r.maps}
+    grid = next(iter(r.maps.values())).feature.shape if r.maps else (7, 7)
+    maps[RANDOM] = (
+        metrics.random_map(input_shape, seed, x, grid),
+        metrics.random_map(image_shape, seed, x, grid),
+    )
+    return maps
+
+
+@dataclass
+class ImageMetrics:
+    """One image × method: the per-image metrics (``SUMMARY``'s keys that apply), the
+    deletion/insertion curves, and the sweep data (``Sweeps``) when the image is annotated."""
+
+    values: dict[str, float]
+    curves: dict[str, np.ndarray] = field(default_factory=dict)
+    box_ious: np.ndarray | None = None
+    """``box_iou_sweep``: [2, thresholds] (annotated with boxes)."""
+    pixels: np.ndarray | None = None
+    """``pixel_histograms``: [2, bins] (annotated with boxes or a mask)."""
+
+
+def image_metrics(
+    scorer: Scorer,
+    x: np.ndarray,
+    maps: dict[str, tuple[np.ndarray, np.ndarray]],
+    cls: int,
+    annotation: Annotation | None = None,
+    options: EvalOptions | None = None,
+    *,
+    predicted: int | None = None,
+    truth: int | None = None,
+) -> dict[str, ImageMetrics]:
+    """Every per-image metric of ``onnxcam eval`` for one preprocessed input ``x`` ([1, ...])
+    and its ``maps`` (method → (map at the model input size, map at the image size)) of class
+    ``cls``. ``predicted``/``truth``: the top-1 and annotated classes (top-1 loc. acc.)."""
+    o = options or EvalOptions()
+    layout = scorer.info.input.layout
+    out = {}
+    for m, (m_in, m_orig) in maps.items():
+        row: dict = {}
+        got = ImageMetrics(row)
+        y, changed = metrics.confidence_change(scorer, x, m_in[None], np.array([cls]), layout)
+        row["drop"] = float(max(0.0, y[0] - changed[0]) / (y[0] + 1e-7))
+        row["increase"] = float(changed[0] > y[0])
+        for mode in ("deletion", "insertion"):
+            for base in o.baselines:
+                cv = metrics.deletion_insertion(
+                    scorer, x, m_in, cls, mode, o.steps, base, layout, o.batch_size
+                )
+                row[f"{mode}_{base}"] = cv.auc
+                got.curves[f"{mode}_{base}"] = cv.scores
+        if o.road:
+            for order in ("morf", "lerf"):
+                rc = metrics.road(scorer, x, m_in, cls, order, layout=layout, seed=o.seed)
+                row[f"road_{order}"] = float(rc.scores[1:].mean())
+        target = annotation.target(m_orig.shape[:2]) if annotation else None
+        if target is not None:
+            assert annotation is not None
+            row["pointing"] = float(pointing_hit(m_orig, target, o.pointing_tolerance))
+            row["energy_pointing"] = energy_pointing(m_orig, target)
+            got.pixels = pixel_histograms(m_orig, target)
+            if annotation.boxes:
+                got.box_ious = box_iou_sweep(m_orig, annotation.boxes)
+                pred = boxes_from_map(m_orig, o.box_threshold)
+                best = (
+                    max((iou_boxes(pred[0], g) for g in annotation.boxes), default=0.0)
+                    if pred
+                    else 0.0
+                )
+                row["iou"] = best
+                correct = predicted == truth if truth is not None else True
+                row["loc_acc"] = float(best >= 0.5 and correct)
+        out[m] = got
+    return out
 
 
 @dataclass
@@ -216,11 +281,13 @@ class Sweeps:
     boxes: list = field(default_factory=list)
     pixels: np.ndarray | None = None
 
-    def add(self, map01: np.ndarray, gt_boxes: list, target: np.ndarray) -> None:
-        if gt_boxes:
-            self.boxes.append(box_iou_sweep(map01, gt_boxes))
-        h = pixel_histograms(map01, target)
-        self.pixels = h if self.pixels is None else self.pixels + h
+    def extend(self, box_ious: np.ndarray | None, pixels: np.ndarray | None) -> None:
+        """Add one image's ``box_iou_sweep`` (None: no boxes) and ``pixel_histograms``."""
+        if box_ious is not None:
+            self.boxes.append(np.asarray(box_ious, dtype=np.float64))
+        if pixels is not None:
+            h = np.asarray(pixels, dtype=np.float64)
+            self.pixels = h if self.pixels is None else self.pixels + h
 
     def summary(self) -> dict[str, float]:
         """MaxBoxAcc (IoU ≥ 0.5), MaxBoxAccV2 (multi-contour, IoU 0.3/0.5/0.7) and PxAP."""

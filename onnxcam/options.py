@@ -608,6 +608,21 @@ ray_flags = [
         show_default=True,
         help="--ray: how the Parquet 'map' column stores each map.",
     ),
+    click.option(
+        "--eval",
+        _RAY + "evaluate",
+        is_flag=True,
+        help="--ray: also compute onnxcam eval's metrics per row (and 'random' rows); their "
+        "summary over OUT is printed and written to OUT/_eval/summary.json.",
+    ),
+    click.option(
+        "--annotations",
+        _RAY + "annotations",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        default=None,
+        metavar="JSON",
+        help="--ray --eval: boxes/masks/classes per image (docs/evaluation.md).",
+    ),
 ]
 
 
@@ -620,6 +635,8 @@ def ray_options(f: F) -> F:
         "shard_size": 256,
         "overlays": None,
         "map_dtype": "float32",
+        "evaluate": False,
+        "annotations": None,
     }
 
     @functools.wraps(f)

@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     import ray.data
 
     from .engine import Explanation
+    from .evaluate import Annotation, EvalOptions
     from .perturbation import PerturbationOptions
 
 STAGING = "_staging"
@@ -60,6 +61,21 @@ MAP_DTYPES = ("float32", "float16", "uint8")
 on [0, 1]) or uint8 (round(255·v), error ≤ 0.002)."""
 KEY = ("source", "sha256")
 """The columns that identify an image: a re-run skips an image whose key is in OUT."""
+EVAL = "_eval"
+"""Where ``--eval`` writes ``summary.json`` (under OUT; skipped by Parquet readers)."""
+SWEEP_KEYS = ("maxboxacc", "maxboxacc_v2", "pxap")
+"""The dataset-level metrics: computed from the sweep columns of every row, not averaged."""
+SWEEP_COLUMNS = ("box_iou_sweep", "pixel_histogram")
+"""``--eval``'s per-image sweep data: ``box_iou_sweep`` ([2, thresholds], flattened) and
+``pixel_histograms`` ([2, bins], flattened) of ``onnxcam.localize``."""
+
+
+def metric_columns() -> list[str]:
+    """``--eval``'s per-image metric columns: ``onnxcam eval``'s metrics.csv columns."""
+    from .evaluate import SUMMARY
+
+    return [k for k in SUMMARY if k not in SWEEP_KEYS]
+
 
 Progress = Callable[[int, int], None]
 """progress(done, total): ``done`` more images committed (``total`` 0 when unknown)."""
@@ -107,6 +123,9 @@ def schema() -> pa.Schema:
             # null fixed-size list back from Parquet as an empty one and then refuses it
             ("box", pa.list_(pa.int32())),
             ("error", pa.string()),  # null when the image was explained
+            # --eval (null without it, or when the metric does not apply: no annotation)
+            *[(k, pa.float64()) for k in metric_columns()],
+            *[(k, pa.list_(pa.float64())) for k in SWEEP_COLUMNS],
         ]
     )
 
@@ -378,6 +397,12 @@ class Job:
     alpha: float = 0.5
     colormap: str = "jet"
     map_dtype: str = "float32"
+    evaluation: EvalOptions | None = None
+    """``--eval``: the metrics of ``onnxcam eval`` per row (and ``random`` rows)."""
+    annotations: Any = None
+    """File name / relative path → ``evaluate.Annotation`` (or a ref to that dict)."""
+    root: str = ""
+    """The source folder (its ``source`` form): annotation keys are relative to it."""
 
 
 class ExplainActor:
@@ -401,6 +426,26 @@ class ExplainActor:
         opts.intra_op_num_threads = job.threads
         self.explainer = Explainer(model, device=job.device, session_options=opts)
         self.model_name = job.model_name
+        ann = job.annotations
+        self.annotations = (ray.get(ann) if isinstance(ann, ray.ObjectRef) else ann) or {}
+        self.scorer = None
+        if job.evaluation is not None:
+            from .evaluate import eval_scorer
+
+            self.scorer = eval_scorer(self.explainer, job.evaluation)
+
+    def annotation(self, source: str) -> Annotation | None:
+        """The annotation of ``source``: by its path relative to the source folder, its file
+        name or its whole path (as ``onnxcam eval`` looks them up)."""
+        if not self.annotations:
+            return None
+        root = self.job.root.rstrip("/") + "/"
+        rel = source[len(root) :] if self.job.root and source.startswith(root) else None
+        plain = source[len(self.job.prefix) :]
+        for k in (rel, PurePosixPath(source).name, source, plain):
+            if k and k in self.annotations:
+                return self.annotations[k]
+        return None
 
     def _is_done(self, source: str, sha: str) -> bool:
         if not len(self.done):
@@ -479,26 +524,81 @@ class ExplainActor:
 
         The one step a subclass replaces to compute something else in the same pipeline."""
         job = self.job
-        stream = iter(self.explainer.iter_explain([t[2] for t in todo], job.methods, **job.options))
         per_image = job.options.get("topk", 1)
-        out: list[list[dict] | str] = []
-        for source, sha, img in todo:  # image-major: a Failure, or its top-k explanations
-            first = next(stream)
-            if isinstance(first, Failure):
-                out.append(first.error)
+        annotated = [self.annotation(source) for source, _, _ in todo]
+        wanted = [None if a is None else a.cls for a in annotated]  # None: the job's classes
+        out: list[list[dict] | str] = [""] * len(todo)
+        for given in (False, True):  # the job's classes, then each annotated image's own
+            idx = [i for i, c in enumerate(wanted) if (c is not None) == given]
+            if not idx:
                 continue
-            mine = [first, *(next(stream) for _ in range(per_image - 1))]
-            out.append(self._rows(source, sha, img, mine))
+            opts = {**job.options, **({"classes": [wanted[i] for i in idx]} if given else {})}
+            stream = iter(
+                self.explainer.iter_explain([todo[i][2] for i in idx], job.methods, **opts)
+            )
+            for i in idx:  # image-major: a Failure, or its top-k explanations
+                source, sha, img = todo[i]
+                first = next(stream)
+                if isinstance(first, Failure):
+                    out[i] = first.error
+                    continue
+                mine = [first, *(next(stream) for _ in range(per_image - 1))]
+                out[i] = self._rows(source, sha, img, mine, annotated[i])
         return out
 
-    def _rows(self, source: str, sha: str, img: np.ndarray, results: list) -> list[dict]:
-        """The rows of one image's explanations (and its overlays written, when asked)."""
+    def _metrics(self, img: np.ndarray, r: Explanation, ann: Annotation | None) -> dict:
+        """``--eval``: map name → its row's metric and sweep columns (``random`` included)."""
+        from .evaluate import RANDOM, eval_maps, image_metrics
+        from .image import preprocess
+
+        o, info = self.job.evaluation, self.explainer.info
+        assert o is not None
+        assert self.scorer is not None
+        x = preprocess([img], info.input)
+        maps = eval_maps(r, x, (info.input.height, info.input.width), img.shape[:2], o.seed)
+        truth = None if ann is None or ann.cls is None else info.class_index(ann.cls)
+        got = image_metrics(
+            self.scorer, x, maps, r.target.index, ann, o,
+            predicted=r.predictions[0].index, truth=truth,
+        )  # fmt: skip
+        out = {}
+        for name, m in got.items():
+            cols: dict[str, Any] = {k: m.values.get(k) for k in metric_columns()}
+            cols["box_iou_sweep"] = None if m.box_ious is None else m.box_ious.ravel().tolist()
+            cols["pixel_histogram"] = None if m.pixels is None else m.pixels.ravel().tolist()
+            if name == RANDOM:
+                cols["method"] = RANDOM
+            out[name] = cols
+        return out
+
+    def _rows(
+        self,
+        source: str,
+        sha: str,
+        img: np.ndarray,
+        results: list,
+        ann: Annotation | None = None,
+    ) -> list[dict]:
+        """The rows of one image's explanations (and its overlays written, when asked); with
+        ``--eval`` each row's metrics, and a ``random`` row (no map) per explanation."""
         from .localize import boxes_from_map
 
         job = self.job
         rows = []
         for rank, r in enumerate(results, 1):
             r = _named(r, source)
+            scores = self._metrics(img, r, ann) if job.evaluation is not None else {}
+            head = {
+                "source": source,
+                "sha256": sha,
+                "width": int(img.shape[1]),
+                "height": int(img.shape[0]),
+                "rank": rank,
+                "class": r.target.index,
+                "label": r.target.label,
+                "probability": float(r.target.probability),
+                "score": float(r.target.logit),
+            }
             for name, cam in r.maps.items():
                 box = None
                 if job.boxes is not None:
@@ -506,15 +606,8 @@ class ExplainActor:
                     box = found[0].as_list() if found else None
                 rows.append(
                     {
-                        "source": source,
-                        "sha256": sha,
-                        "width": int(img.shape[1]),
-                        "height": int(img.shape[0]),
-                        "rank": rank,
-                        "class": r.target.index,
-                        "label": r.target.label,
-                        "probability": float(r.target.probability),
-                        "score": float(r.target.logit),
+                        **head,
+                        **scores.get(name, {}),
                         "method": cam.method,
                         "layer": cam.layer,
                         "map": encode_map(cam.feature, job.map_dtype),
@@ -526,6 +619,8 @@ class ExplainActor:
                 )
                 if job.overlays is not None:
                     self._overlay(r, name, sha, len(results) > 1)
+            if "random" in scores:
+                rows.append({**head, **scores["random"]})
         return rows
 
     def _overlay(self, r: Explanation, name: str, sha: str, ranked: bool) -> None:
@@ -592,6 +687,9 @@ class ScaleResult:
     """Time the actors spent in their batches (summed over actors; startup excluded)."""
     errors_in_output: int = 0
     """Images of OUT with an error row (this run's ``failures`` and earlier runs')."""
+    summary: dict[str, dict] | None = None
+    """``--eval``: per method, the metrics of ``onnxcam eval`` over every row of OUT (also
+    written to ``OUT/_eval/summary.json``)."""
 
     def to_json(self) -> dict:
         """The document ``onnxcam run --ray --json`` prints."""
@@ -610,6 +708,7 @@ class ScaleResult:
             "errors_in_output": self.errors_in_output,
             "interrupted": self.interrupted,
             "failures": [{"image": f.source, "error": f.error} for f in self.failures],
+            **({} if self.summary is None else {"summary": self.summary}),
         }
 
     @property
@@ -674,6 +773,8 @@ def explain_dataset(
     map_dtype: str = "float32",
     sampling: dict[str, Any] | None = None,
     perturbation: PerturbationOptions | None = None,
+    evaluation: EvalOptions | None = None,
+    annotations: str | os.PathLike | dict[str, Annotation] | None = None,
     address: str | None = None,
     retries: int | None = None,
     filesystem: pafs.FileSystem | None = None,
@@ -693,6 +794,10 @@ def explain_dataset(
     process is connected to, else a new local one). Images whose (source, sha256) is already
     in ``output`` are skipped. An actor that dies is restarted and its batch retried: without
     limit by default (Ray Data's actor pools), at most ``retries`` times when given.
+    ``evaluation``: also compute ``onnxcam eval``'s metrics per row (``random`` baseline rows
+    included), aggregated over the whole of OUT into ``summary`` and ``OUT/_eval/summary.json``;
+    ``annotations``: its JSON file (or ``evaluate.load_annotations``'s dict): each annotated
+    image's class is explained, and the localization metrics computed.
     ``actor``: the actor class (a subclass may add to it)."""
     ray = _require_ray()
     from .plan import ExplainOptions
@@ -704,6 +809,14 @@ def explain_dataset(
         raise OnnxcamError(f"unknown map dtype {map_dtype!r}; choose {', '.join(MAP_DTYPES)}")
     if shard_size < 1 or batch_size < 1 or cpus_per_actor <= 0:
         raise OnnxcamError("shard_size, batch_size and cpus_per_actor must be positive")
+    if annotations is not None and evaluation is None:
+        raise OnnxcamError("annotations are for --eval runs only")
+    if evaluation is not None and topk != 1:
+        raise OnnxcamError("--eval explains one class per image (the annotated one or the top-1)")
+    if isinstance(annotations, (str, os.PathLike)):
+        from .evaluate import load_annotations
+
+        annotations = load_annotations(annotations)
     t_start = time.perf_counter()
     data = _model_bytes(model)
     probe, data = _probe(data, note)
@@ -740,6 +853,15 @@ def explain_dataset(
     else:
         sources = [source] if isinstance(source, (str, os.PathLike)) else list(source)
         where, files = list_sources(sources, recursive, filesystem)
+    root = ""
+    if where is not None and len(sources) == 1:  # one folder: annotation keys are relative
+        import pyarrow.fs as pafs
+
+        top = locate(sources[0], filesystem)
+        if not _GLOB.search(top.path) and top.fs.get_file_info(top.path).type == (
+            pafs.FileType.Directory
+        ):
+            root = top.uri()
     size = actors if isinstance(actors, tuple) else (actors, actors)
     started = not ray.is_initialized()
     if started:
@@ -784,6 +906,9 @@ def explain_dataset(
             alpha=alpha,
             colormap=colormap,
             map_dtype=map_dtype,
+            evaluation=evaluation,
+            annotations=ray.put(annotations) if annotations else None,
+            root=root,
         )
         limits = {} if retries is None else {"max_restarts": retries, "max_task_retries": retries}
         with warnings.catch_warnings():  # Ray ≥ 2.55 names these "deprecated" remote args
@@ -818,8 +943,103 @@ def explain_dataset(
     t = read_results(out, [*KEY, "error"])
     res.in_output = len(set(zip(*(t.column(c).to_pylist() for c in KEY), strict=True)))
     res.errors_in_output = t.column("error").length() - t.column("error").null_count
+    if evaluation is not None and not res.interrupted:
+        res.summary = evaluation_summary(out, names)
+        out.fs.create_dir(out.join(EVAL), recursive=True)
+        doc = {"summary": res.summary, "metrics": _metric_names()}
+        _put(out.fs, out.join(EVAL, "summary.json"), json.dumps(doc, indent=1).encode())
     res.seconds = time.perf_counter() - t_start
     return res
+
+
+def _metric_names() -> dict[str, dict[str, str]]:
+    from .evaluate import SUMMARY
+
+    return {k: {"name": v[0], "better": v[2]} for k, v in SUMMARY.items()}
+
+
+@dataclass
+class _Totals:
+    """One (method, layer)'s running sums over OUT's rows (one shard at a time)."""
+
+    images: int = 0
+    sums: dict[str, float] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    boxes: int = 0
+    hits: np.ndarray | None = None
+    """[1 + len(IOU_THRESHOLDS), thresholds]: images whose box reaches the IoU threshold:
+    MaxBoxAcc's (row 0: largest contour at IoU 0.5), then MaxBoxAccV2's (every contour)."""
+    pixels: np.ndarray | None = None
+
+
+def evaluation_summary(
+    output: str | os.PathLike | Location, methods: Sequence[str] = ()
+) -> dict[str, dict]:
+    """``onnxcam eval``'s summary of the ``--eval`` rows of OUT (every committed shard, so a
+    resumed job's earlier rows count once): per method the mean of each per-image metric
+    (scaled as ``evaluate.SUMMARY``) and the dataset-level sweeps (MaxBoxAcc, MaxBoxAccV2,
+    PxAP) from the summed per-image sweep columns. ``methods`` come first, in their order."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from .evaluate import RANDOM, SUMMARY
+    from .localize import IOU_THRESHOLDS, pxap
+
+    loc = output if isinstance(output, Location) else locate(output)
+    cols = ["method", "layer", *metric_columns(), *SWEEP_COLUMNS]
+    want = pa.schema([schema().field(c) for c in cols])
+    totals: dict[tuple[str, str | None], _Totals] = {}
+    for f in shards(loc):
+        t = pq.read_table(f, filesystem=loc.fs, columns=cols, schema=want)
+        t = t.filter(pc.is_valid(t.column("drop")))  # the evaluated rows (drop always is)
+        if not len(t):
+            continue
+        names, layer_names = t.column("method").to_pylist(), t.column("layer").to_pylist()
+        groups = list(zip(names, layer_names, strict=True))
+        for key in dict.fromkeys(groups):
+            sel = pa.array([g == key for g in groups])
+            g = t.filter(sel)
+            acc = totals.setdefault(key, _Totals())
+            acc.images += len(g)
+            for k in metric_columns():
+                v = g.column(k).to_numpy(zero_copy_only=False).astype(np.float64)
+                ok = ~np.isnan(v)
+                if ok.any():
+                    acc.sums[k] = acc.sums.get(k, 0.0) + float(v[ok].sum())
+                    acc.counts[k] = acc.counts.get(k, 0) + int(ok.sum())
+            ious = g.column("box_iou_sweep").drop_null()
+            if len(ious):
+                a = pc.list_flatten(ious).to_numpy().reshape(len(ious), 2, -1)
+                hits = np.stack(
+                    [(a[:, 0] >= 0.5).sum(0), *[(a[:, 1] >= d).sum(0) for d in IOU_THRESHOLDS]]
+                )
+                acc.hits = hits if acc.hits is None else acc.hits + hits
+                acc.boxes += len(ious)
+            px = g.column("pixel_histogram").drop_null()
+            if len(px):
+                h = pc.list_flatten(px).to_numpy().reshape(len(px), 2, -1).sum(0)
+                acc.pixels = h if acc.pixels is None else acc.pixels + h
+    layers: dict[str, set] = {}
+    for m, layer in totals:
+        layers.setdefault(m, set()).add(layer)
+    first = {m: i for i, m in enumerate([*methods, RANDOM])}
+    out: dict[str, dict] = {}
+    for (m, layer), acc in sorted(
+        totals.items(), key=lambda kv: (first.get(kv[0][0], 1 << 30), kv[0][0], str(kv[0][1]))
+    ):
+        s: dict[str, Any] = {"images": acc.images}
+        for k, (_, scale, _) in SUMMARY.items():
+            if k in acc.counts:
+                s[k] = scale * acc.sums[k] / acc.counts[k]
+        if acc.pixels is not None:
+            s["pxap"] = pxap(acc.pixels)
+        if acc.hits is not None:
+            share = acc.hits / acc.boxes
+            s["maxboxacc"] = float(share[0].max())
+            s["maxboxacc_v2"] = float(np.mean(share[1:].max(axis=1)))
+        out[m if len(layers[m]) == 1 else f"{m}@{layer}"] = s
+    return out
 
 
 def _commit(out: Location, row: dict, res: ScaleResult) -> None:
@@ -841,6 +1061,7 @@ __all__ = [
     "Job",
     "ScaleResult",
     "decode_map",
+    "evaluation_summary",
     "explain_dataset",
     "list_sources",
     "read_results",

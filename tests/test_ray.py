@@ -204,6 +204,60 @@ def test_an_image_that_breaks_its_batch_is_one_error_row(cluster, images, tiny_c
     assert res.failures[0].error == bad["error"]
 
 
+def test_eval_summary_equals_onnxcam_eval_and_a_resume_counts_once(
+    cluster, images, tiny_cam, tmp_path
+) -> None:
+    """--eval: the per-row metrics aggregated over OUT are `evaluate()`'s summary (means,
+    MaxBoxAcc/V2 and PxAP from the summed sweep data), after a resumed job too."""
+    import json
+
+    from onnxcam.engine import Explainer
+    from onnxcam.evaluate import EvalOptions, evaluate, load_annotations
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for p in sorted(images.glob("img*.png"))[:5]:
+        shutil.copy(p, src / p.name)
+    (tmp_path / "ann").mkdir()
+    mask = np.zeros((64, 64), np.uint8)
+    mask[8:40, 20:60] = 255
+    cv2.imwrite(str(tmp_path / "ann" / "m.png"), mask)
+    doc = {
+        "img000.png": {"boxes": [[4, 4, 40, 40]]},
+        "img001.png": {"class": 1, "boxes": [[10, 10, 60, 50], [0, 0, 20, 20]]},
+        "img002.png": {"class": "class3", "mask": "m.png"},
+        "img003.png": {"class": 2},
+    }
+    ann = tmp_path / "ann" / "ann.json"
+    ann.write_text(json.dumps({"images": doc}))
+    opts = EvalOptions(steps=6)
+    out = tmp_path / "out"
+    kw = {"evaluation": opts, "annotations": ann, "batch_size": 1, "shard_size": 2}
+    first = explain_dataset(tiny_cam, f"{src}/img00[0-2].png", out, METHODS, **kw)
+    assert set(first.summary) == {*METHODS, "random"}
+    assert {s["images"] for s in first.summary.values()} == {3}
+    res = explain_dataset(tiny_cam, src, out, METHODS, **kw)  # resumed: 2 more images
+    assert (res.skipped, res.explained) == (3, 2)
+
+    files = sorted(src.iterdir())
+    single = evaluate(Explainer(tiny_cam), files, METHODS, load_annotations(ann), opts, root=src)
+    assert list(res.summary) == list(single.summary) == [*METHODS, "random"]
+    for m, want in single.summary.items():
+        got = res.summary[m]
+        assert set(got) == set(want) and got["images"] == want["images"] == 5
+        assert {"pxap", "maxboxacc", "maxboxacc_v2", "iou", "road_lerf"} <= set(want)
+        for k, v in want.items():
+            assert abs(got[k] - v) < 1e-6, (m, k, got[k], v)
+    written = json.loads((out / "_eval" / "summary.json").read_text())
+    assert written["summary"] == json.loads(json.dumps(res.summary))
+    rows = read_results(out).to_pylist()
+    assert len(rows) == 5 * 3 and {r["class"] for r in rows if "img001" in r["source"]} == {1}
+    rnd = [r for r in rows if r["method"] == "random"]
+    assert len(rnd) == 5 and all(r["map"] is None and r["drop"] is not None for r in rnd)
+    plain = [r for r in rows if "img004" in r["source"]]
+    assert all(r["pointing"] is None and r["pixel_histogram"] is None for r in plain)
+
+
 def _wait_for_shards(out: Path, n: int, proc: subprocess.Popen, deadline: float) -> int:
     while time.time() < deadline and proc.poll() is None:
         found = len(list(out.glob("part-*.parquet"))) if out.is_dir() else 0
