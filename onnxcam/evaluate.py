@@ -253,8 +253,7 @@ def image_metrics(
                 rc = metrics.road(scorer, x, m_in, cls, order, layout=layout, seed=o.seed)
                 row[f"road_{order}"] = float(rc.scores[1:].mean())
         target = annotation.target(m_orig.shape[:2]) if annotation else None
-        if target is not None:
-            assert annotation is not None
+        if annotation is not None and target is not None:
             row["pointing"] = float(pointing_hit(m_orig, target, o.pointing_tolerance))
             row["energy_pointing"] = energy_pointing(m_orig, target)
             got.pixels = pixel_histograms(m_orig, target)

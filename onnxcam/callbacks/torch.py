@@ -13,12 +13,14 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from .core import BoxLike, Logger, Schedule, Snapshot
+
+if TYPE_CHECKING:  # torch is imported where a model is exported, not when this module is
+    import torch
 
 __all__ = ["CamLogger", "export_current"]  # and CamCallback, made on first use
 
@@ -31,6 +33,8 @@ def export_current(
 ) -> bytes:
     """``model`` as explainable ONNX bytes, leaving its modes, parameters, buffers, gradients
     and the torch RNG exactly as they were."""
+    import torch
+
     from onnxcam.export import export_torch
 
     modes = [(m, m.training) for m in model.modules()]
