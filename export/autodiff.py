@@ -8,14 +8,20 @@ The walker owns everything that is not op-specific:
 3. **un-broadcasting** — for ops in ``BROADCASTING`` every input gradient is summed back to
    that input's shape (``NodeBuilder.unbroadcast``, written once);
 4. **dispatch** — one VJP rule per op type from ``VJP_RULES``; a missing rule is an
-   ``UnsupportedOpError`` naming the op, the node and the supported ops.
+   ``UnsupportedOpError`` naming the op, the node and the supported ops;
+5. **zero-pad folding** — a constant zero ``Pad`` of the spatial axes read only by a ``Conv``
+   (TensorFlow's "same" padding as torch exports it) is walked as one ``Conv`` with those pads
+   (``fold_zero_pads``): the same sums, and the adjoint is one op instead of an adjoint that
+   computes the padded border and a ``Slice`` that crops it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import onnx
+from onnx import helper
 
 from onnxcam.errors import ExportError, UnsupportedOpError
 
@@ -36,6 +42,69 @@ def path_nodes(view: GraphView, on_path: set[str]) -> list[onnx.NodeProto]:
         for n in view.topo_order()
         if any(o in on_path for o in n.output) and any(i in on_path for i in n.input)
     ]
+
+
+def _zero_spatial_pads(view: GraphView, pad: onnx.NodeProto, rank: int) -> list[int] | None:
+    """``[begin…, end…]`` over the spatial axes when ``pad`` adds zeros (≥ 0) to those axes
+    only; else None."""
+    if pad.op_type != "Pad" or attr(pad, "mode", "constant") != "constant":
+        return None
+    inputs = [*pad.input, "", "", ""]
+    pads = view.const(inputs[1]) if inputs[1] else None
+    value = view.const(inputs[2]) if inputs[2] else np.zeros(())
+    axes_v = view.const(inputs[3]) if inputs[3] else np.arange(rank)
+    if pads is None or value is None or axes_v is None or np.any(value != 0):
+        return None
+    full = np.zeros(2 * rank, np.int64)
+    axes = [int(a) % rank for a in np.asarray(axes_v).reshape(-1)]
+    for j, a in enumerate(axes):
+        full[a], full[rank + a] = pads[j], pads[len(axes) + j]
+    if np.any(full < 0) or np.any(full[[0, 1, rank, rank + 1]] != 0):
+        return None
+    return [int(v) for v in (*full[2:rank], *full[rank + 2 :])]
+
+
+def fold_zero_pads(
+    view: GraphView, nodes: list[onnx.NodeProto], protected: set[str]
+) -> list[onnx.NodeProto]:
+    """``nodes`` with each constant zero ``Pad`` → ``Conv`` pair (the Pad's output read by that
+    Conv alone, not in ``protected``) walked as one ``Conv`` reading the Pad's input, its
+    ``pads`` grown by the Pad's. The forward graph is not edited: only the walk sees the pair as
+    one node (onnxruntime fuses the same pair in the forward)."""
+    fused: dict[int, onnx.NodeProto] = {}
+    dropped: set[int] = set()
+    for pad in nodes:
+        y = pad.output[0] if pad.op_type == "Pad" else ""
+        users = view.consumers.get(y, [])
+        if not y or y in protected or len(users) != 1 or users[0].op_type != "Conv":
+            continue
+        conv = users[0]
+        rank = view.rank(y)
+        grow = _zero_spatial_pads(view, pad, rank) if rank else None
+        if (
+            grow is None
+            or conv.input[0] != y
+            or attr(conv, "auto_pad", "NOTSET")
+            not in (
+                "NOTSET",
+                "",
+                "VALID",
+            )
+        ):
+            continue
+        old = attr(conv, "pads") if attr(conv, "auto_pad", "NOTSET") != "VALID" else None
+        old = list(old or [0] * (rank - 2) * 2)
+        node = onnx.NodeProto()
+        node.CopyFrom(conv)
+        node.input[0] = pad.input[0]
+        del node.attribute[:]
+        node.attribute.extend(a for a in conv.attribute if a.name not in ("pads", "auto_pad"))
+        node.attribute.append(
+            helper.make_attribute("pads", [a + b for a, b in zip(old, grow, strict=True)])
+        )
+        fused[id(conv)] = node
+        dropped.add(id(pad))
+    return [fused.get(id(n), n) for n in nodes if id(n) not in dropped]
 
 
 def _rule_for(node: onnx.NodeProto, table: Mapping = VJP_RULES):
@@ -102,7 +171,8 @@ def build_backward(
             view.shapes[g] = view.shape(t)  # a gradient has its tensor's shape
         return g
 
-    for node in reversed(path_nodes(view, on_path)):
+    protected = set(wrt) | set(keep) | set(seeds)
+    for node in reversed(fold_zero_pads(view, path_nodes(view, on_path), protected)):
         gy = [total(o) if o in on_path else None for o in node.output]
         if all(g is None for g in gy):
             continue
