@@ -39,13 +39,19 @@ def arguments(
 
 
 def interleaved(
-    variants: dict[str, Callable[[], object]], repeats: int = 20, warmup: int = 3, cpu: bool = False
+    variants: dict[str, Callable[[], object]],
+    repeats: int = 20,
+    warmup: int = 3,
+    cpu: bool = False,
+    block: int = 1,
 ) -> dict[str, list]:
     """Seconds per call for each variant: every repeat runs each variant once, in a new
     (seeded) random order, so no variant always follows the same one (a heavy variant's
     after-effects, e.g. freed memory faulted back in, would otherwise land on one neighbour).
     ``cpu``: (wall, process CPU) seconds per call instead — the figure to read on a loaded
-    machine."""
+    machine. ``block`` > 1: each turn runs a variant ``block`` times and keeps all but the
+    first call (for sessions that spin-wait: the previous variant's spinning workers then
+    slow only the discarded call)."""
     import random
 
     names = list(variants)
@@ -58,10 +64,12 @@ def interleaved(
         order = list(names)
         shuffle(order)
         for n in order:
-            t0, c0 = time.perf_counter(), time.process_time()
-            variants[n]()
-            wall = time.perf_counter() - t0
-            times[n].append((wall, time.process_time() - c0) if cpu else wall)
+            for i in range(block):
+                t0, c0 = time.perf_counter(), time.process_time()
+                variants[n]()
+                wall = time.perf_counter() - t0
+                if block == 1 or i > 0:
+                    times[n].append((wall, time.process_time() - c0) if cpu else wall)
     return times
 
 

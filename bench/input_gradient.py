@@ -16,7 +16,15 @@ batch 1, 2 threads, interleaved, median):
   * ``torch:forward``: the torch model's forward (2 threads).
 Ratios: each variant over ``plain``.
 
+Threading: by default onnxruntime's workers sleep between parallel sections (spin-waiting
+off, ``harness.session_options``), so that interleaved variants do not steal each other's
+cores. ``--spinning`` keeps onnxruntime's own default (workers spin-wait, what
+``Explainer`` and a plain ``InferenceSession`` use) and times each variant in blocks of 4
+calls, the first of each block discarded: a backward of a few hundred small nodes pays a
+worker wake-up per node when they sleep, so the two settings bracket the ratio.
+
     python bench/input_gradient.py [--repeats 20] [--models resnet50,efficientnet_lite0]
+        [--spinning]
 """
 
 from __future__ import annotations
@@ -39,8 +47,10 @@ THREADS = 2
 SIZE = 224
 
 
-def ort_options():
+def ort_options(spinning: bool = False):
     opts = session_options()
+    if spinning:  # onnxruntime's default
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1")
     opts.intra_op_num_threads = THREADS
     opts.inter_op_num_threads = 1
     return opts
@@ -59,7 +69,7 @@ def torch_model(name: str):
     return getattr(torchvision.models, name)(weights=None).eval(), {"preset": "torch"}
 
 
-def make_variants(name: str, tmp: Path) -> dict:
+def make_variants(name: str, tmp: Path, spinning: bool = False) -> dict:
     import onnx
     import onnxruntime as ort
     import torch
@@ -87,10 +97,11 @@ def make_variants(name: str, tmp: Path) -> dict:
     export_onnx(src, cam, input_gradient=True, **kwargs)
     export_onnx(src, guided, rules="guided", **kwargs)
 
-    plain = ort.InferenceSession(str(src), ort_options(), providers=["CPUExecutionProvider"])
-    s = ort.InferenceSession(str(cam), ort_options(), providers=["CPUExecutionProvider"])
-    g = ort.InferenceSession(str(guided), ort_options(), providers=["CPUExecutionProvider"])
-    ex = Explainer(cam, device="cpu", session_options=ort_options())
+    cpu = ["CPUExecutionProvider"]
+    plain = ort.InferenceSession(str(src), ort_options(spinning), providers=cpu)
+    s = ort.InferenceSession(str(cam), ort_options(spinning), providers=cpu)
+    g = ort.InferenceSession(str(guided), ort_options(spinning), providers=cpu)
+    ex = Explainer(cam, device="cpu", session_options=ort_options(spinning))
     k = len(ex.info.targets) - 1
     grad = contract.gradient_name(k)
     rule = contract.RULE_GRADIENT_OUTPUT.format(rule="guided", k=k)
@@ -98,7 +109,7 @@ def make_variants(name: str, tmp: Path) -> dict:
 
     m = onnx.load(str(src))
     adjoint = reverse(onnx.shape_inference.infer_shapes(m))
-    ad = ort.InferenceSession(adjoint.SerializeToString(), ort_options())
+    ad = ort.InferenceSession(adjoint.SerializeToString(), ort_options(spinning))
     cls = int(plain.run(None, {"input": x})[0].argmax())
     seed = np.zeros((1, int(plain.get_outputs()[0].shape[1])), np.float32)
     seed[0, cls] = 1
@@ -128,6 +139,7 @@ def make_variants(name: str, tmp: Path) -> dict:
 def main() -> None:
     ap = arguments(__doc__, 20, "resnet50,efficientnet_lite0", batches=None)
     ap.add_argument("--out", default="input_gradient", help="results/<out>.json")
+    ap.add_argument("--spinning", action="store_true", help="onnxruntime's default threading")
     args = ap.parse_args()
 
     import captum
@@ -137,8 +149,9 @@ def main() -> None:
     rows = []
     for name in args.models.split(","):
         with tempfile.TemporaryDirectory() as tmp:
-            variants = make_variants(name, Path(tmp))
-            times = interleaved(variants, repeats=args.repeats, warmup=2)
+            variants = make_variants(name, Path(tmp), args.spinning)
+            block = 4 if args.spinning else 1
+            times = interleaved(variants, repeats=args.repeats, warmup=2, block=block)
         base = median_ms(times["plain"])
         for variant, ts in times.items():
             t = median_ms(ts)
@@ -166,6 +179,7 @@ def main() -> None:
         "repeats": args.repeats,
         "threads": THREADS,
         "size": SIZE,
+        "spinning": args.spinning,
         "captum": captum.__version__,
         "torch": torch.__version__,
     }
