@@ -39,8 +39,10 @@ from .verify import (
     check_forward_nodes_kept,
     check_model,
     forward_nodes,
+    random_feeds,
     seed_rows_hold,
     tolerance,
+    verify_batch,
     verify_forward,
     windows_hold,
 )
@@ -204,6 +206,8 @@ def export_onnx(
     input_gradient: bool = False,
     rules: str | Sequence[str] | None = None,
     fullgrad: bool = False,
+    reciprocam: bool = False,
+    head_gradients: bool = False,
 ) -> ExportResult:
     """Rewrite an ONNX classifier, segmenter or detector into an explainable graph (contract v3).
 
@@ -222,7 +226,10 @@ def export_onnx(
     Integrated Gradients, SmoothGrad …); ``rules`` ('guided', 'deconvnet': ``contract.RULE_SETS``)
     adds its gradient under those ReLU rules too (Guided Backpropagation, Deconvnet);
     ``fullgrad`` adds FullGrad's bias map (``onnxcam_fullgrad_bias_k``, from the same backward;
-    implies ``input_gradient``).
+    implies ``input_gradient``). ``reciprocam`` adds ReciproCAM's map per target
+    (``onnxcam_reciprocam_k``, computed in mode 4: ``export/reciprocam.py``).
+    ``head_gradients`` adds each head's backward in mode 2 (``onnxcam_head_gradient_k``: the
+    gradient of the head's score with respect to ``onnxcam_head_input_k``, for ShapleyCAM).
 
     Steps: load and upgrade → ``build_state`` → ``pipeline.PASSES`` → metadata → checks
     (forward nodes kept, ``onnx.checker``) → ``verify_forward`` → write.
@@ -252,11 +259,13 @@ def export_onnx(
         rules=rules,
         fullgrad=fullgrad,
     )
+    st.reciprocam = reciprocam
+    st.head_gradients = head_gradients
     forward = forward_nodes(m)
     run_passes(st)
     _share_duplicate_initializers(m)
+    _localize_weights(m)  # (a constant two branches read is copied into each: then unused)
     _drop_unused_constants(m)
-    _localize_weights(m)
     write_metadata(st, _exporter_info(st.view, source.opset, time.perf_counter() - t0))
     check_forward_nodes_kept(forward, m)
     try:
@@ -268,6 +277,8 @@ def export_onnx(
                 if verify
                 else 0.0
             )
+            if verify and st.reciprocam:
+                _verify_reciprocam(m, new, st)
             if st.head.task == "detect":  # one run per image needs several rows per image
                 rows = st.view.shape(st.head.logits)[1:]
                 st.seed_rows = seed_rows_hold(m, new, st.spec, len(st.targets), rows)
@@ -292,6 +303,28 @@ def export_onnx(
     if out_path is not None:
         storage.save(m, out_path, source.external or storage.is_large(m))
     return ExportResult(m, out_path, st.targets, st.spec, st.head, time.perf_counter() - t0, diff)
+
+
+def _verify_reciprocam(m: onnx.ModelProto, new: bytes | str, st: ExportState) -> None:
+    """One mode-4 run (``export --reciprocam``): every ReciproCAM map has its shape
+    [batch, h, w] and is finite (the export's forward check runs mode 0, which skips them)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(new, opts, providers=["CPUExecutionProvider"])
+    batch = verify_batch(m, st.spec)
+    feeds = random_feeds(m, st.spec, batch)
+    feeds[contract.MODE_INPUT] = np.array(contract.MODE_RECIPROCAM, dtype=np.int64)
+    found = [t for t in st.targets if t.reciprocam]
+    maps = session.run([t.reciprocam for t in found], feeds)
+    for t, got in zip(found, maps, strict=True):
+        if got.shape != (batch, *t.spatial) or not np.isfinite(got).all():
+            raise ExportError(
+                f"verification failed: the ReciproCAM map of layer {t.name!r} has shape "
+                f"{got.shape} or is not finite"
+            )
 
 
 def _all_nodes(graph: onnx.GraphProto, inside: bool = False):

@@ -37,6 +37,9 @@ class Gate:
     nonempty: str | None = None
     """Also require this tensor to be non-empty (a head input left at its empty default is
     not run: heads with fixed reshapes, such as Swin's patch merging, fail on zero rows)."""
+    also: tuple[int, ...] = ()
+    """Other modes that take the branch too (ReciproCAM's maps: mode 4 alone, and mode 0 with
+    the gradients, so that one run serves gradient methods and ReciproCAM together)."""
 
 
 EXPLAIN = Gate(contract.MODE_EXPLAIN, "backward")
@@ -212,6 +215,8 @@ class Branch:
         b = NodeBuilder(view, f"onnxcam/{label}", self.consts)
         mode = value_of(contract.MODE_INPUT)
         cond = b.Equal(mode, b.const(np.array(self.gate.mode, dtype=np.int64)))
+        for other in self.gate.also:
+            cond = b.Or(cond, b.Equal(mode, b.const(np.array(other, dtype=np.int64))))
         if self.gate.nonempty:
             zero = b.const(np.array(0, dtype=np.int64))
             cond = b.And(cond, b.Greater(b.Size(self.gate.nonempty), zero))

@@ -28,19 +28,45 @@ from .builder import NodeBuilder
 from .graph import GraphView, attr, node_label
 
 SUFFIX = "/onnxcam_head{k}"
+HEAD_BATCH = "head_batch"
+"""The head input's batch dimension (m rows)."""
+
+
+def per_head_row(b: NodeBuilder, x: str, head_input: str) -> str:
+    """``x`` ``[B, ...]`` (one row per image of the run) → ``[m, ...]``, m = r·B the head
+    input's rows: image i's row repeated for head rows i·r … i·r + r − 1 (B = 1: every row;
+    B = m: the rows as they are)."""
+    rows = b.Shape(head_input, start=0, end=1)
+    images = b.Shape(x, start=0, end=1)
+    rest = b.Shape(x, start=1)
+    shape = b.Concat(images, b.Div(rows, images), rest, axis=0)
+    tiled = b.Expand(b.Unsqueeze(x, b.ints(1)), shape)
+    return b.Reshape(tiled, b.Concat(b.ints(-1), rest, axis=0))
 
 
 class _Copier:
     """Copies nodes under new names; substitutes ``Shape`` of out-of-head tensors."""
 
-    def __init__(self, view: GraphView, k: int, head_input: str, target: str, consts: dict) -> None:
+    def __init__(
+        self,
+        view: GraphView,
+        k: int,
+        head_input: str,
+        target: str,
+        consts: dict,
+        repeats: int = 1,
+        label: str = "head",
+        skip_mask: tuple[str, tuple] | None = None,
+    ) -> None:
         self.view = view
         self.k = k
         self.head_input = head_input
-        self.suffix = SUFFIX.format(k=k)
+        self.repeats = repeats
+        self.skip_mask = skip_mask
+        self.suffix = SUFFIX.replace("head", label).format(k=k)
         self.renamed: dict[str, str] = {target: head_input}
         self.nodes: list[onnx.NodeProto] = []
-        self.b = NodeBuilder(view, f"onnxcam/head{k}", consts)
+        self.b = NodeBuilder(view, f"onnxcam/{label}{k}", consts)
 
     def name(self, t: str) -> str:
         if t not in self.renamed:
@@ -58,11 +84,24 @@ class _Copier:
         self.nodes.append(new)
 
     def from_image(self, x: str) -> None:
-        """A tensor before the target (batch on axis 0): the image's, one copy per head row."""
+        """A tensor before the target (batch on axis 0): the image's, one copy per head row
+        (``per_head_row``: B images, r·B rows, image i's for rows i·r … i·r + r − 1) — or,
+        with a static ``repeats`` r > 1, the same grouping with the skip mask (ReciproCAM's
+        copies)."""
         b = self.b
-        batch = b.Shape(self.head_input, start=0, end=1)
-        shape = b.Concat(batch, b.Shape(x, start=1), axis=0)
-        self.renamed[x] = b.Expand(x, shape)
+        if self.repeats > 1:
+            rest = b.Shape(x, start=1)
+            shape = b.Concat(b.Shape(x, start=0, end=1), b.ints(self.repeats), rest, axis=0)
+            tiled = b.Expand(b.Unsqueeze(x, b.ints(1)), shape)
+            if self.skip_mask and tuple((self.view.shape(x) or ())[1:]) == self.skip_mask[1]:
+                tiled = b.Mul(tiled, self.skip_mask[0])  # [B, r, ...] × [1, r, ...] masks
+            self.renamed[x] = b.Reshape(tiled, b.Concat(b.ints(-1), rest, axis=0))
+            return
+        self.renamed[x] = per_head_row(b, x, self.head_input)
+        shape = self.view.shape(x)
+        if shape is not None:
+            self.view.shapes[self.renamed[x]] = (HEAD_BATCH, *shape[1:])
+            self.view.dtypes[self.renamed[x]] = self.view.dtype(x)
 
     def fake_shape(self, node: onnx.NodeProto) -> None:
         """``Shape(x)`` of a tensor before the target → (head batch, x's static other dims)."""
@@ -89,15 +128,27 @@ class _Copier:
 
 
 def build_head(
-    view: GraphView, target: str, logits: str, k: int, head_input: str, consts: dict
+    view: GraphView,
+    target: str,
+    logits: str,
+    k: int,
+    head_input: str,
+    consts: dict,
+    repeats: int = 1,
+    label: str = "head",
+    skip_mask: tuple[str, tuple] | None = None,
 ) -> tuple[list[onnx.NodeProto], str]:
     """Nodes computing the logits from ``head_input`` instead of ``target``; returns
     (nodes, name of the copied logits). Raises ``ExportError`` with the reason when the
-    target is not a cut of the graph."""
+    target is not a cut of the graph. ``repeats``: the head input holds r rows per image of
+    the run (skip tensors are repeated per image, ``_Copier.from_image``); ``label`` names
+    the copy (``onnxcam/<label>k``); ``skip_mask`` (mask [1, r, ...], shape past axis 0):
+    repeated skip tensors of that shape are multiplied by it (ViT-ReciproCAM masks the
+    residual stream like the target tokens)."""
     on_path = path_tensors(view, [target], [logits]) | {target}
     data_nodes = path_nodes(view, on_path)
     inside = {o for n in data_nodes for o in n.output}
-    copier = _Copier(view, k, head_input, target, consts)
+    copier = _Copier(view, k, head_input, target, consts, repeats, label, skip_mask)
     needed: list[onnx.NodeProto] = []  # integer side computations the head reads
     skips: list[str] = []  # float tensors before the target, read from the image's run
     seen: set[str] = set()
@@ -142,7 +193,52 @@ def build_head(
             copier.copy(node)
     if logits not in copier.renamed:
         raise ExportError(f"no path from {target!r} to the logits")
+    for orig, new in copier.renamed.items():  # the copies' types: the originals', m rows
+        if orig == target or new in view.shapes:
+            continue
+        shape = view.shape(orig)
+        if orig in view.dtypes:
+            view.dtypes[new] = view.dtypes[orig]
+        if shape is not None:
+            view.shapes[new] = (HEAD_BATCH, *shape[1:]) if _batch_first(view, orig) else shape
+        if orig in view.folded:  # shape arithmetic that does not depend on the batch
+            view.folded[new] = view.folded[orig]
     return copier.nodes, copier.renamed[logits]
+
+
+PIECEWISE_LINEAR = frozenset(
+    {
+        "Relu", "LeakyRelu", "Clip", "MaxPool", "AveragePool", "GlobalAveragePool",
+        "GlobalMaxPool", "BatchNormalization", "Add", "Sub", "Neg", "Sum", "Max", "Min",
+        "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Concat", "Slice", "Split",
+        "Gather", "Pad", "Identity", "Dropout", "ReduceMean", "ReduceSum", "ReduceMax",
+        "ReduceMin", "Expand", "Tile", "Resize", "DepthToSpace", "SpaceToDepth",
+    }
+)  # fmt: skip
+"""Ops whose output is piecewise linear in their inputs (second derivative 0 almost everywhere
+— autograd's convention at the kinks too)."""
+LINEAR_IN_ONE = frozenset({"Mul", "MatMul", "Gemm", "Conv", "ConvTranspose", "PRelu", "Einsum"})
+"""Ops linear in each input: linear on the path when at most one input depends on the target
+(``Div`` too, when only its numerator does)."""
+
+
+def head_is_piecewise_linear(view: GraphView, target: str, logits: str) -> bool:
+    """The head (target → logits) is piecewise linear in the target: every op on the path is
+    (``PIECEWISE_LINEAR``, or ``LINEAR_IN_ONE`` with one input on the path) — a ReLU CNN's
+    head. Its Hessian is then 0 almost everywhere (what autograd gives: ShapleyCAM's H·A = 0)."""
+    on_path = path_tensors(view, [target], [logits]) | {target}
+    for n in path_nodes(view, on_path):
+        if n.domain not in ("", "ai.onnx"):
+            return False
+        reads = [i in on_path for i in n.input]
+        if n.op_type in PIECEWISE_LINEAR:
+            continue
+        if n.op_type in LINEAR_IN_ONE and sum(reads) <= 1:
+            continue
+        if n.op_type == "Div" and not reads[1]:
+            continue
+        return False
+    return True
 
 
 def _batch_first(view: GraphView, t: str) -> bool:

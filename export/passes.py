@@ -30,7 +30,7 @@ from onnxcam.contract import (
 )
 from onnxcam.errors import ExportError
 
-from . import window
+from . import reciprocam, window
 from .autodiff import build_backward, spatially_constant_source
 from .builder import NodeBuilder
 from .detect_graph import add_detections
@@ -47,7 +47,7 @@ from .gating import (
 )
 from .gating import declare_output as _output
 from .graph import GraphView, attr
-from .head import build_head
+from .head import HEAD_BATCH, build_head, head_is_piecewise_linear, per_head_row
 from .heatmaps import BiasLayer, fullgrad_bias, layer_facts
 from .heatmaps import postprocess as postprocess_heatmaps
 from .heatmaps import raw_maps as raw_heatmaps
@@ -96,6 +96,10 @@ class ExportState:
     gradients are kept from the backward (``add_backward``) for ``add_fullgrad_bias``."""
     bias_gradients: dict[str, str] = field(default_factory=dict)
     """A biased layer's output z → ∂score/∂z in the explain branch (``add_backward``)."""
+    reciprocam: bool = False
+    """Add the ReciproCAM maps (``add_reciprocam``; ``export --reciprocam``)."""
+    head_gradients: bool = False
+    """Add each head's backward in mode 2 (``add_heads``; ``export --head-gradients``)."""
     score_seeds: dict[str, str] = field(default_factory=dict)
     """Where the gradients' backward starts (``_score_seed``; ``add_backward``)."""
     pixel_class: str = ""
@@ -171,14 +175,13 @@ def token_map(b: NodeBuilder, x: str, tokens: TokenGrid, channels: int) -> str:
 
 def map_tokens(b: NodeBuilder, m: str, like: str, tokens: TokenGrid, channels: int) -> str:
     """The inverse for the head: a map ``[m, rows, cols, C]`` → ``[m, P + rows·cols, C]``
-    tokens, the prefix tokens taken from ``like`` (the forward tokens of the image in the same
-    run: batch 1 is broadcast to the m maps)."""
+    tokens, the prefix tokens taken from ``like`` (the forward tokens of the images in the same
+    run: image i's for its rows, ``per_head_row``)."""
     x = b.Reshape(m, b.ints([0, tokens.rows * tokens.cols, channels]))
     if not tokens.prefix:
         return x
     prefix = b.Slice(like, b.ints([0]), b.ints([tokens.prefix]), b.ints([1]))
-    shape = b.Concat(b.Shape(m, start=0, end=1), b.ints([tokens.prefix, channels]), axis=0)
-    return b.Concat(b.Expand(prefix, shape), x, axis=1)
+    return b.Concat(per_head_row(b, prefix, m), x, axis=1)
 
 
 # --- the passes, in pipeline order --------------------------------------------------------------
@@ -506,6 +509,27 @@ def add_windows(st: ExportState) -> None:
         branch.output(g, t.window.output, st.view.dtype(t.tensor), ["rows", t.channels, size, size])
 
 
+def add_reciprocam(st: ExportState) -> None:
+    """ReciproCAM's map per target: ``onnxcam_reciprocam_k``.
+
+    M[b, j] = z_c(head(A_b ⊙ e_j)): the explained class's logit of the head run on the h·w
+    copies of the activations that keep one position each, all in one batch (arXiv 2209.14074;
+    ``export/reciprocam.py``, with its exact shortcut past a global average pool)."""
+    if not st.reciprocam:
+        return
+    if st.head.task != "classify":
+        raise ExportError(f"ReciproCAM explains classifiers; this model is a {st.head.task} model")
+    view, branch = st.view, st.gated()
+    for k, t in enumerate(st.targets):
+        if t.pixels:  # the model input: its "head" is the whole model
+            continue
+        m, t.reciprocam_gap = reciprocam.build(
+            view, st.consts, t, st.maps[k], st.head.logits, st.cls
+        )
+        t.reciprocam = contract.reciprocam_name(k)
+        branch.output(m, t.reciprocam, view.dtype(st.head.logits), [t.shape[0], *t.spatial])
+
+
 def _weighted_rows(
     st: ExportState, b: NodeBuilder, weight: str, rows_are_classes: bool, alpha: float
 ) -> str:
@@ -634,10 +658,43 @@ def add_heads(st: ExportState) -> None:
             view.reindex()
             t.head_note = str(e)
             continue
-        view.graph.node.extend(nodes)
+        t.head_linear = head_is_piecewise_linear(view, t.tensor, st.head.logits)
+        for node in nodes:
+            view.add_node(node)
         t.head_input, t.head_output = name_in, contract.head_output_name(k)
-        branch.output(logits, t.head_output, dtype, ["head_batch", n_cls or None], [0, n_cls])
+        branch.output(logits, t.head_output, dtype, [HEAD_BATCH, n_cls or None], [0, n_cls])
+        if st.head_gradients:
+            g = _head_gradient(st, k, t, value, start, logits)
+            t.head_gradient = contract.head_gradient_name(k)
+            branch.output(g, t.head_gradient, view.dtype(t.tensor), [HEAD_BATCH, *t.shape[1:]])
         branch.close()
+
+
+def _head_gradient(st: ExportState, k: int, t: Target, value: str, start: str, logits: str) -> str:
+    """∂ Σ_r seed_r · head_logits_r / ∂ head input (the head copy's backward, in its branch).
+
+    seed_r: the explained class's one-hot (or the fed ``onnxcam_seed``) of the image row r
+    belongs to (``per_head_row``). A token layer's gradient is taken at the rebuilt tokens
+    ``[m, P + N, C]`` and laid out as the map (``token_map``), as the main backward's."""
+    view = st.view
+    b = NodeBuilder(view, f"onnxcam/head{k}_seed", st.consts)
+    seed = if_else(
+        view,
+        has_value(contract.SEED_INPUT),
+        lambda: b.OptionalGetElement(contract.SEED_INPUT),
+        lambda: _default_seed(st, b),
+        view.dtype(st.head.logits),
+        st.seed_shape,
+        f"onnxcam/head{k}_seed",
+    )
+    rows = per_head_row(b, seed, value)
+    view.shapes[rows] = (HEAD_BATCH, *st.seed_shape[1:])
+    view.shapes[start] = (HEAD_BATCH, *view.shape(t.tensor)[1:])
+    view.dtypes[start] = view.dtype(t.tensor)
+    g = build_backward(view, {logits: rows}, [start], st.consts)[start]
+    if t.tokens is not None:
+        g = token_map(NodeBuilder(view, f"onnxcam/head{k}_map", st.consts), g, t.tokens, t.channels)
+    return g
 
 
 def _head_input(st: ExportState, k: int, t: Target) -> str:
@@ -704,6 +761,7 @@ __all__ = [
     "add_heads",
     "add_heatmaps",
     "add_mode_input",
+    "add_reciprocam",
     "add_score",
     "add_topk",
     "expose_activations",

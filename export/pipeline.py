@@ -16,7 +16,8 @@ checks this list against ``describe()``):
 9. ``add_rule_gradients`` (in If mode 0): The input gradient under another ReLU rule.
 10. ``add_fullgrad_bias`` (in If mode 0): FullGrad's input bias map ``onnxcam_fullgrad_bias_k``.
 11. ``add_windows`` (in If mode 3): Each detection's gradient window: ``onnxcam_gradient_window_k``.
-12. ``add_heads``: The head alone per target: ``onnxcam_head_input_k`` → ``onnxcam_head_logits_k``.
+12. ``add_reciprocam`` (in If mode 4): ReciproCAM's map per target: ``onnxcam_reciprocam_k``.
+13. ``add_heads``: The head alone per target: ``onnxcam_head_input_k`` → ``onnxcam_head_logits_k``.
 
 Consecutive passes with the same ``Gate`` share one ``If`` branch, opened before the first
 and closed after the last: the heatmaps are computed in the gradients' branch (one ``If``, no
@@ -41,12 +42,14 @@ from .passes import (
     add_heads,
     add_heatmaps,
     add_mode_input,
+    add_reciprocam,
     add_rule_gradients,
     add_score,
     add_topk,
     add_windows,
     expose_activations,
 )
+from .reciprocam import RECIPROCAM
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,7 @@ PASSES: tuple[Pass, ...] = (
     Pass(add_rule_gradients, EXPLAIN),
     Pass(add_fullgrad_bias, EXPLAIN),
     Pass(add_windows, WINDOWS),
+    Pass(add_reciprocam, RECIPROCAM),
     Pass(add_heads),
 )
 

@@ -143,7 +143,8 @@ def _undo_optional_outputs(node: onnx.NodeProto) -> None:
 def export_options(c: Contract) -> dict:
     """``export_onnx`` keyword arguments that rebuild an export with this contract: its
     target tensors (names kept), preprocessing, labels, score output, task, in-graph heatmaps,
-    input gradient, rule sets and FullGrad's bias map."""
+    input gradient, rule sets, FullGrad's bias map, ReciproCAM's maps and the heads'
+    gradients."""
     if c.score.task == "detect":
         raise ExportError("the randomisation sanity check explains classifiers, not detectors")
     features = [t for t in c.targets if not t.pixels]
@@ -160,6 +161,8 @@ def export_options(c: Contract) -> dict:
         "input_gradient": bool(pixels),
         "rules": sorted(pixels[0].rules) if pixels else None,
         "fullgrad": bool(pixels and pixels[0].fullgrad),
+        "reciprocam": any(t.reciprocam for t in features),
+        "head_gradients": any(t.head_gradient for t in features),
         "heatmaps": heatmaps or None,
         "heatmap_size": next((t.heatmap_size for t in features if t.heatmap_size), "input"),
     }

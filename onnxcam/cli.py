@@ -196,6 +196,18 @@ def cli() -> None:
     help="Also FullGrad's bias map: every Conv/BatchNorm bias times its gradient, summed in "
     "the graph, for -m fullgrad (implies --input-gradient).",
 )
+@click.option(
+    "--reciprocam",
+    is_flag=True,
+    help="Also ReciproCAM's map per layer (arXiv 2209.14074, OpenVINO XAI's default): each "
+    "position alone through the head, in the graph (mode 4), for -m reciprocam.",
+)
+@click.option(
+    "--head-gradients",
+    is_flag=True,
+    help="Also each head-only path's backward (mode 2): the gradient of the head's score with "
+    "respect to its input, for -m shapleycam (its Hessian-vector product).",
+)
 def export_cmd(model: Path, output: Path, layers: tuple[str, ...], **kw: Any) -> None:
     """Write MODEL with activations and gradient outputs (graph contract v3) to -o OUTPUT."""
     res = _exporter().export_onnx(model, output, layers=list(layers) or None, **kw)
@@ -268,7 +280,9 @@ def layers_cmd(model, model_output, task, as_json) -> None:
 )
 @o.device_option
 @o.layer_option
-@click.option("--fuse", is_flag=True, help="Average the maps of the selected layers.")
+@click.option(
+    "--fuse", is_flag=True, help="Fuse the maps of the selected layers into one (by --fusion)."
+)
 @click.option(
     "--alpha",
     type=click.FloatRange(0, 1),
@@ -661,6 +675,7 @@ def demo_cmd(output: Path, photos: str, methods: list[str] | None, rebuild: bool
     help="The plain ONNX model MODEL was exported from, for --sanity (default: extracted "
     "from MODEL).",
 )
+@o.eval_metric_options
 @o.perturbation_options(
     help={"seed": "Seeds the random baseline, ROAD, SS-CAM's noise and --sanity's weights."}
 )
@@ -678,6 +693,7 @@ def eval_cmd(
     sanity_only: bool,
     sanity_steps: int,
     source: Path | None,
+    extra_metrics: dict[str, Any],
     **kw: Any,
 ) -> None:
     """Faithfulness and localization metrics of every method over FOLDER; with --sanity, the
@@ -712,6 +728,7 @@ def eval_cmd(
         seed=perturbation.seed,
         batch_size=perturbation.batch_size,
         pointing_tolerance=pointing_tolerance,
+        **extra_metrics,
     )
     with _Bar("evaluating") as bar:
         run = evaluate_folder(

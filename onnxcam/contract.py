@@ -62,11 +62,14 @@ MODE_INPUT = "onnxcam_mode"
 gradient subgraph is skipped (gradient outputs are empty); 2 (``MODE_HEAD``) additionally runs
 each target's head on ``onnxcam_head_input_k``; 3 (``MODE_WINDOWS``, a detector whose targets
 have a ``GradientWindow``) activations + the graph's own detections with each row's gradient
-in its window only (``onnxcam_gradient_window_k``; the full gradient outputs are empty)."""
+in its window only (``onnxcam_gradient_window_k``; the full gradient outputs are empty);
+4 (``MODE_RECIPROCAM``, an ``export --reciprocam`` graph) activations + the ReciproCAM maps
+(``onnxcam_reciprocam_k``), the gradient subgraph skipped (mode 0 returns the maps too)."""
 MODE_EXPLAIN = 0
 MODE_FORWARD = 1
 MODE_HEAD = 2
 MODE_WINDOWS = 3
+MODE_RECIPROCAM = 4
 HEAD_INPUT = "onnxcam_head_input_{k}"
 """float ``[m, C, h, w]`` (target layout): activations to push through target k's head (mode 2)."""
 
@@ -108,9 +111,22 @@ kept — the rows the gradients and the score have. One image: the ``top`` best 
 after each anchor's best class and class-wise NMS (ONNX ``NonMaxSuppression``), or, when none
 reaches ``conf``, its best prediction with kept = 0. Several images: each one's best
 prediction. ``onnxcam_class`` and ``onnxcam_score`` then have these rows too."""
+RECIPROCAM_OUTPUT = "onnxcam_reciprocam_{k}"
+"""float ``[batch, h, w]`` (``export --reciprocam``, modes 4 and 0; empty in others): ReciproCAM
+(Byun & Lee, arXiv 2209.14074) at target ``k`` as OpenVINO XAI computes it — at position j,
+the explained class's pre-softmax logit of the head run on the activations with every position
+but j zeroed, M_j = z_c(head(A ⊙ e_j)); raw (not min-max scaled). A token layer: ViT-ReciproCAM
+(arXiv 2310.02588), the patch tokens and the residual stream weighted by a 3×3 Gaussian centred
+on patch j, the class token kept."""
 HEAD_OUTPUT = "onnxcam_head_logits_{k}"
 """float ``[m, classes]``: logits of the head of target k on ``onnxcam_head_input_k`` (mode 2;
 empty otherwise). The layers before the target are not run for these."""
+HEAD_GRADIENT = "onnxcam_head_gradient_{k}"
+"""float ``[m, C, h, w]`` (the head input's shape and layout; ``export --head-gradients``, mode
+2, empty otherwise): ∂ Σ_r s_r / ∂ onnxcam_head_input_k, s_r = Σ seed_r · head_logits_r the
+score of head row r — seed = one-hot of ``onnxcam_class`` (or the fed ``onnxcam_seed``) of the
+image the row belongs to (rows grouped by image: with B images and m = r·B rows, rows
+i·r … i·r + r − 1 are image i's). What ShapleyCAM's Hessian-vector product differentiates."""
 TOPK_INDEX_OUTPUT = "onnxcam_topk_index"
 """int64 ``[batch, K]``: the K best classes of each sample, best first (ties: lower index first);
 K = min(``TOPK``, classes). Optional (absent when the class count is dynamic)."""
@@ -175,6 +191,11 @@ def fullgrad_bias_name(k: int) -> str:
     return FULLGRAD_BIAS_OUTPUT.format(k=k)
 
 
+def reciprocam_name(k: int) -> str:
+    """Output name of target layer ``k``'s ReciproCAM map (mode 4)."""
+    return RECIPROCAM_OUTPUT.format(k=k)
+
+
 def head_input_name(k: int) -> str:
     """Input name of target layer ``k``'s head-only path."""
     return HEAD_INPUT.format(k=k)
@@ -183,6 +204,11 @@ def head_input_name(k: int) -> str:
 def head_output_name(k: int) -> str:
     """Output name of target layer ``k``'s head-only logits."""
     return HEAD_OUTPUT.format(k=k)
+
+
+def head_gradient_name(k: int) -> str:
+    """Output name of target layer ``k``'s head-only gradient (mode 2)."""
+    return HEAD_GRADIENT.format(k=k)
 
 
 def cam_weight_name(k: int) -> str:
@@ -439,6 +465,13 @@ class TargetLayer:
     head_output: str | None = None
     head_note: str | None = None
     """Why the layer has no head-only path (when it has none)."""
+    head_gradient: str | None = None
+    """Its head-only gradient output (``HEAD_GRADIENT``, mode 2; ``export --head-gradients``),
+    None without it."""
+    head_linear: bool = False
+    """The head (target → logits) is piecewise linear in the target (ReLU, max/average
+    pooling, convolutions, BatchNorm, Linear …): its Hessian is 0 almost everywhere, so
+    ShapleyCAM's H·A is 0 (what autograd gives) and ShapleyCAM is Grad-CAM."""
     note: str | None = None
     heatmaps: dict[str, str] = field(default_factory=dict)
     heatmap_size: str | None = None
@@ -462,11 +495,17 @@ class TargetLayer:
     --fullgrad``), None without it."""
     fullgrad_layers: int = 0
     """How many biased layers (Conv, BatchNormalization) its bias map sums (0 without it)."""
+    reciprocam: str | None = None
+    """Its ReciproCAM map output (``RECIPROCAM_OUTPUT``, mode 4; ``export --reciprocam``), None
+    without it."""
+    reciprocam_gap: bool = False
+    """The map is computed past the global average pool that starts the head (exact)."""
 
     _JSON_KEYS = {"head_output": "head_logits"}  # noqa: RUF012 (a class constant)
     """Field → JSON key where they differ (the key is the name graphs have carried since v2)."""
     _OMIT_EMPTY = (
         "note", "head_note", "tokens", "window", "pixels", "rules", "fullgrad", "fullgrad_layers",
+        "reciprocam", "reciprocam_gap", "head_gradient", "head_linear",
     )  # fmt: skip
 
     def __post_init__(self) -> None:
@@ -503,6 +542,7 @@ class TargetLayer:
         d["heatmaps"] = d.get("heatmaps") or {}
         d["gradient_pooled"] = bool(d.get("gradient_pooled", False))
         d["pixels"] = bool(d.get("pixels", False))
+        d["head_linear"] = bool(d.get("head_linear", False))
         d["rules"] = d.get("rules") or {}
         d["shape"] = tuple(d["shape"])
         if d.get("tokens"):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,7 @@ from . import contract, detection, postprocess
 from .detection import DetectionResult
 from .devices import DEVICE_NAMES
 from .errors import ContractError, ImageError, MethodError, OnnxcamError
+from .fusion import fuse_layers
 from .image import as_rgb_array, blur, preprocess, read_image
 from .methods import WINDOWED
 from .model import ModelInfo, TargetLayer, open_session, parse_contract
@@ -40,6 +41,9 @@ from .terms import PathGradients, Terms
 
 ImageSource = str | os.PathLike | np.ndarray
 _DEFAULT = ExplainOptions()
+AUGMENTATIONS = tuple((flip, factor) for flip in (False, True) for factor in (1.0, 0.9, 1.1))
+"""``aug_smooth``'s (horizontal flip, input factor) pairs — pytorch-grad-cam's default
+``ttach`` list (HorizontalFlip × Multiply(0.9, 1, 1.1)); the first is the input itself."""
 
 
 class Explainer:
@@ -255,7 +259,8 @@ class Explainer:
 
         Keyword options: ``classes`` (None = top-1, an index or label name, or one per image),
         and ``ExplainOptions``' fields: ``topk`` (explain each of the top-k classes), ``layers``
-        (index, name, list or 'all'), ``fuse`` (average the layers' maps), ``relu``,
+        (index, name, list or 'all'), ``fuse`` (fuse the layers' maps), ``fusion`` (mean, max,
+        product), ``aug_smooth`` (test-time augmentation), ``relu``,
         ``batch_size``, ``smooth_samples``, ``smooth_noise``, ``seed``, ``perturbation``,
         ``keep_tensors``; and ``method_progress`` (see ``iter_explain``).
         """
@@ -273,6 +278,8 @@ class Explainer:
         topk: int = _DEFAULT.topk,
         layers: LayerChoice = _DEFAULT.layers,
         fuse: bool = _DEFAULT.fuse,
+        fusion: str = _DEFAULT.fusion,
+        aug_smooth: bool = _DEFAULT.aug_smooth,
         relu: bool = _DEFAULT.relu,
         batch_size: int = _DEFAULT.batch_size,
         smooth_samples: int = _DEFAULT.smooth_samples,
@@ -620,7 +627,9 @@ class Explainer:
         batch: list[BatchInput],
         plan: Plan,
         progress: Progress | None = None,
+        augment: bool = True,
     ) -> list[Explanation | Failure]:
+        """Explain one preprocessed batch; ``augment``: apply ``aug_smooth`` when asked."""
         info, opts = self.info, plan.options
         given = [it.cls for it in batch]
         cls = (
@@ -685,7 +694,66 @@ class Explainer:
                 )
         # image-major order: each image's classes together
         n = len(batch)
-        return [results[r * n + i] for i in range(n) for r in range(len(rounds))]
+        results = [results[r * n + i] for i in range(n) for r in range(len(rounds))]
+        if augment and opts.aug_smooth:
+            return self._aug_smooth(x, batch, plan, progress, results)
+        return results
+
+    def _aug_smooth(
+        self,
+        x: np.ndarray,
+        batch: list[BatchInput],
+        plan: Plan,
+        progress: Progress | None,
+        results: list[Explanation],
+    ) -> list[Explanation]:
+        """pytorch-grad-cam's ``aug_smooth``: every result's maps averaged with those of the
+        input × 0.9, × 1.1 and the three flipped horizontally (flipped back), for the same class
+        or target; the 5 augmented copies of each result run as one batch. Each averaged map
+        is the mean of the maps at input size (``CamMap.input``: pytorch-grad-cam's mean, in
+        ``raw``), min-maxed again (``feature``)."""
+        per_image = len(results) // len(batch)
+        src = [j // per_image for j in range(len(results))]
+        width = self.info.input.layout.spatial_axes[1]
+        xs, items = [], []
+        for flip, factor in AUGMENTATIONS[1:]:
+            xa = x[src] * np.float32(factor)
+            xs.append(np.flip(xa, axis=width) if flip else xa)
+            items += [
+                BatchInput(it.name, it.image, r.target.index, it.size, it.target)
+                for r, it in zip(results, (batch[i] for i in src), strict=True)
+            ]
+        single = replace(plan, options=replace(plan.options, topk=1, aug_smooth=False))
+        x_aug = np.ascontiguousarray(np.concatenate(xs))
+        augmented = self._explain_batch(x_aug, items, single, progress, augment=False)
+        if len(augmented) != len(items) or any(isinstance(e, Failure) for e in augmented):
+            raise MethodError("aug_smooth: a target cannot be explained on an augmented copy")
+        smoothed = []
+        for j, r in enumerate(results):
+            copies = [
+                (flip, augmented[a * len(results) + j])
+                for a, (flip, _) in enumerate(AUGMENTATIONS[1:])
+            ]
+            maps = {}
+            for m, cm in r.maps.items():
+                stack = [cm.input] + [
+                    (np.flip(e.maps[m].input, axis=1) if flip else e.maps[m].input)
+                    for flip, e in copies
+                ]
+                mean = np.mean(stack, axis=0, dtype=np.float32)
+                seconds = cm.seconds + sum(e.maps[m].seconds for _, e in copies)
+                maps[m] = CamMap(
+                    m,
+                    cm.layer,
+                    mean,
+                    postprocess.normalize(mean[None])[0],
+                    cm.input_size,
+                    cm.original_size,
+                    seconds,
+                    cm.stats,
+                )
+            smoothed.append(replace(r, maps=maps))
+        return smoothed
 
     def _noisy_gradients(
         self, x: np.ndarray, cls: np.ndarray, plan: Plan, seed: np.ndarray | None = None
@@ -794,9 +862,9 @@ class Explainer:
                 else:
                     feat = postprocess.normalize(postprocess.relu(raw) if opts.relu else raw)
                 per_layer.append((t, raw, feat))
-            if opts.fuse and len(per_layer) > 1:  # pytorch-grad-cam's multi-layer aggregation
-                up = np.stack([postprocess.resize(f, *size) for _, _, f in per_layer])
-                feat = postprocess.normalize(up.mean(axis=0))
+            rule = call.spec.fusion or (opts.fusion if opts.fuse else None)
+            if rule and len(per_layer) > 1:  # one map from the layers' (onnxcam.fusion)
+                feat = fuse_layers([f for _, _, f in per_layer], size, rule)
                 per_layer = [(None, feat, feat)]
             dt = (time.perf_counter() - t0) / len(batch)
             m = call.name
@@ -837,8 +905,11 @@ class Explainer:
             progress,
             call.name,
         )
+        G = t.layout.to_nchw(arrays[li.gradient]) if li.gradient else None
         layout = self.info.input.layout
-        return PerturbationInputs(x, A, np.asarray(classes), t, scorer, plan.perturbation, layout)
+        return PerturbationInputs(
+            x, A, np.asarray(classes), t, scorer, plan.perturbation, layout, G
+        )
 
 
 def _all_or_raise(stream: Iterable) -> list:
@@ -860,7 +931,7 @@ def _terms(
 ) -> Terms:
     """One target layer's ``Terms`` (NCHW) from a run's outputs."""
     layout = li.layer.layout  # [B, (layout)] → [B, C, h, w] (views)
-    A = G = w = Gs = F = None
+    A = G = w = Gs = F = M = None
     if li.activation:
         A = layout.to_nchw(arrays[li.activation])
     if li.gradient:
@@ -871,6 +942,8 @@ def _terms(
         w = arrays[li.cam_weight]
     if li.fullgrad:
         F = arrays[li.fullgrad]
+    if li.reciprocam:
+        M = arrays[li.reciprocam]
     if noisy is not None and li.layer.gradient in noisy:
         Gs = layout.to_nchw(noisy[li.layer.gradient])  # [B, n, C, h, w]
     R = {rule: layout.to_nchw(arrays[name]) for rule, name in li.rules}
@@ -879,7 +952,7 @@ def _terms(
             layout.to_nchw(path.G), path.weights, layout.to_nchw(path.baseline),
             path.baseline_score, path.score,
         )  # fmt: skip
-    return Terms(A, G, w, Gs, R, path if li.layer.pixels else None, F)
+    return Terms(A, G, w, Gs, R, path if li.layer.pixels else None, F, M)
 
 
 @dataclass(frozen=True)

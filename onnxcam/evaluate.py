@@ -39,7 +39,7 @@ from .localize import (
 )
 from .perturbation import PerturbationOptions
 from .results import Failure
-from .scoring import Scorer
+from .scoring import Scorer, image_rng
 
 if TYPE_CHECKING:
     from .engine import Explainer, Explanation
@@ -107,6 +107,17 @@ class EvalOptions:
     pointing_tolerance: int = 15
     seed: int = 0
     batch_size: int = 32
+    adcc: bool = False
+    """Coherency and ADCC (Poppi et al.): one more explanation per image and method, of the
+    input masked by the map."""
+    arcc: bool = False
+    """pytorch-grad-cam's ARCC: Coherency (as ``adcc``) and ``ROADCombined`` (8 imputations)."""
+    sensitivity_samples: int = 0
+    """Max-Sensitivity's noisy copies per image (0: off; Quantus uses 200), each re-explained."""
+    sensitivity_radius: float = 0.2
+    """Max-Sensitivity's noise: U(−r, r) per normalised input value (Quantus's default)."""
+    ovx_steps: int = 0
+    """OpenVINO XAI's insertion/deletion steps on the original image (0: off; theirs: 30)."""
 
 
 @dataclass
@@ -161,9 +172,12 @@ def evaluate(
         x = preprocess([img], info.input)
         truth = None if ann is None or ann.cls is None else info.class_index(ann.cls)
         maps = eval_maps(r, x, (info.input.height, info.input.width), img.shape[:2], o.seed)
+        grid = next(iter(r.maps.values())).feature.shape if r.maps else (7, 7)
         per_method = image_metrics(
-            scorer, x, maps, r.target.index, ann, o, predicted=r.predictions[0].index, truth=truth
-        )
+            scorer, x, maps, r.target.index, ann, o, predicted=r.predictions[0].index,
+            truth=truth, image=img,
+            explain=reexplainer(explainer, perturbation, o.seed, grid, o.batch_size),
+        )  # fmt: skip
         for m, got in per_method.items():
             row: dict = {"image": str(path), "method": m, "class": r.target.index}
             row["label"] = r.target.label
@@ -185,6 +199,38 @@ def eval_scorer(explainer: Explainer, options: EvalOptions) -> Scorer:
     return Scorer(
         lambda feeds, names: explainer.session.run(names, feeds), explainer.info, options.batch_size
     )
+
+
+Reexplain = Callable[[str, np.ndarray, int], np.ndarray]
+"""(method, model inputs [n, ...], class) → the method's maps [n, H, W] at the input size."""
+
+
+def reexplainer(
+    explainer: Explainer,
+    perturbation: PerturbationOptions | None,
+    seed: int,
+    grid: tuple[int, int],
+    batch_size: int = 32,
+) -> Reexplain:
+    """Explain preprocessed inputs again with the same session and options (Coherency's masked
+    input, Max-Sensitivity's noisy copies); ``random`` is the random baseline of each input."""
+    info = explainer.info
+    shape = (info.input.height, info.input.width)
+
+    def run(method: str, xs: np.ndarray, cls: int) -> np.ndarray:
+        if method == RANDOM:
+            return np.stack([metrics.random_map(shape, seed, xi[None], grid) for xi in xs])
+        out = []
+        for s in range(0, len(xs), batch_size):
+            part = xs[s : s + batch_size]
+            exps = explainer.explain_tensor(
+                part, [method], classes=[cls] * len(part), perturbation=perturbation,
+                batch_size=batch_size,
+            )  # fmt: skip
+            out += [e.maps[method].input for e in exps]
+        return np.stack(out)
+
+    return run
 
 
 def eval_maps(
@@ -228,10 +274,15 @@ def image_metrics(
     *,
     predicted: int | None = None,
     truth: int | None = None,
+    image: np.ndarray | None = None,
+    explain: Reexplain | None = None,
 ) -> dict[str, ImageMetrics]:
     """Every per-image metric of ``onnxcam eval`` for one preprocessed input ``x`` ([1, ...])
     and its ``maps`` (method → (map at the model input size, map at the image size)) of class
-    ``cls``. ``predicted``/``truth``: the top-1 and annotated classes (top-1 loc. acc.)."""
+    ``cls``. ``predicted``/``truth``: the top-1 and annotated classes (top-1 loc. acc.).
+    ``image`` (the original, for OpenVINO XAI's insertion/deletion) and ``explain`` (for
+    Coherency/ADCC/ARCC and Max-Sensitivity): the options' extra metrics need them and are
+    skipped without them."""
     o = options or EvalOptions()
     layout = scorer.info.input.layout
     out = {}
@@ -241,6 +292,30 @@ def image_metrics(
         y, changed = metrics.confidence_change(scorer, x, m_in[None], np.array([cls]), layout)
         row["drop"] = float(max(0.0, y[0] - changed[0]) / (y[0] + 1e-7))
         row["increase"] = float(changed[0] > y[0])
+        row["gain"] = metrics.average_gain(y, changed) / 100
+        row["complexity"] = metrics.complexity_entropy(m_in)
+        row["sparseness"] = metrics.sparseness_gini(m_in)
+        row["complexity_l1"] = metrics.complexity_l1(m_in)
+        if explain is not None and (o.adcc or o.arcc):
+            masked = metrics.masked_input(x, m_in, layout)
+            row["coherency"] = metrics.coherency(m_in, explain(m, masked, cls)[0])
+            if o.adcc:
+                row["adcc"] = metrics.adcc(row["coherency"], row["complexity_l1"], row["drop"])
+            if o.arcc:
+                rc = metrics.road_combined(scorer, x, m_in, cls, layout=layout, seed=o.seed)
+                row["road_combined"] = rc
+                row["arcc"] = metrics.arcc(row["coherency"], row["complexity_l1"], rc)
+        if explain is not None and o.sensitivity_samples > 0:
+            row["max_sensitivity"] = metrics.max_sensitivity(
+                lambda xs, m=m: explain(m, xs, cls), x, m_in, o.sensitivity_radius,
+                o.sensitivity_samples, image_rng(o.seed, x), o.batch_size,
+            )  # fmt: skip
+        if image is not None and o.ovx_steps > 0:
+            ins, dele = metrics.ovx_insertion_deletion(
+                scorer, image, m_orig, cls, scorer.info.input, o.ovx_steps, o.batch_size
+            )
+            row["ovx_insertion"], row["ovx_deletion"] = ins.auc, dele.auc
+            got.curves["ovx_insertion"], got.curves["ovx_deletion"] = ins.scores, dele.scores
         for mode in ("deletion", "insertion"):
             for base in o.baselines:
                 cv = metrics.deletion_insertion(
@@ -314,8 +389,30 @@ SUMMARY = {
     "pxap": ("PxAP", 1.0, "higher"),
     "iou": ("mean IoU", 1.0, "higher"),
     "loc_acc": ("Top-1 loc. acc. (IoU ≥ 0.5)", 1.0, "higher"),
+    "gain": ("Average Gain %", 100.0, "higher"),
+    "complexity": ("Complexity (entropy)", 1.0, "lower"),
+    "sparseness": ("Sparseness (Gini)", 1.0, "higher"),
+    "complexity_l1": ("Complexity (L1)", 1.0, "lower"),
 }
-"""metric key → (display name, scale for the summary, which direction is better)."""
+"""metric key → (display name, scale for the summary, which direction is better): the
+metrics every run computes."""
+
+OPTIONAL = {
+    "coherency": ("Coherency", 1.0, "higher"),
+    "adcc": ("ADCC", 1.0, "higher"),
+    "road_combined": ("ROAD combined", 1.0, "higher"),
+    "arcc": ("ARCC", 1.0, "higher"),
+    "max_sensitivity": ("Max-Sensitivity", 1.0, "lower"),
+    "ovx_insertion": ("Insertion AUC (OpenVINO XAI)", 1.0, "higher"),
+    "ovx_deletion": ("Deletion AUC (OpenVINO XAI)", 1.0, "lower"),
+}
+"""The metrics ``EvalOptions`` turns on (re-explaining or slower), as ``SUMMARY``."""
+ALL_METRICS = {**SUMMARY, **OPTIONAL}
+
+
+def metric_keys(rows: list[dict]) -> list[str]:
+    """``SUMMARY``'s keys and the ``OPTIONAL`` ones some row has, in table order."""
+    return [*SUMMARY, *(k for k in OPTIONAL if any(k in r for r in rows))]
 
 
 def summarize(rows: list[dict]) -> dict[str, dict]:
@@ -324,7 +421,7 @@ def summarize(rows: list[dict]) -> dict[str, dict]:
     for m in dict.fromkeys(r["method"] for r in rows):
         mine = [r for r in rows if r["method"] == m]
         s = {"images": len(mine)}
-        for k, (_, scale, _) in SUMMARY.items():
+        for k, (_, scale, _) in ALL_METRICS.items():
             vals = [r[k] for r in mine if k in r]
             if vals:
                 s[k] = scale * float(np.mean(vals))
@@ -338,8 +435,8 @@ def _mean_curves(curves: dict) -> dict:
 
 def table(summary: dict[str, dict]) -> str:
     """A plain-text table (methods as rows)."""
-    keys = [k for k in SUMMARY if any(k in s for s in summary.values())]
-    head = ["method", *[SUMMARY[k][0] for k in keys]]
+    keys = [k for k in ALL_METRICS if any(k in s for s in summary.values())]
+    head = ["method", *[ALL_METRICS[k][0] for k in keys]]
     lines = [head] + [
         [m, *[f"{s[k]:.3f}" if k in s else "–" for k in keys]] for m, s in summary.items()
     ]
@@ -358,7 +455,8 @@ def write_outputs(result: EvalResult, out_dir: Path) -> dict[str, Path]:
     import csv
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    keys = ["image", "method", "class", "label", *SUMMARY]
+    present = metric_keys(result.rows)
+    keys = ["image", "method", "class", "label", *present]
     csv_path = out_dir / "metrics.csv"
     with csv_path.open("w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
@@ -369,7 +467,9 @@ def write_outputs(result: EvalResult, out_dir: Path) -> dict[str, Path]:
         json.dumps(
             {
                 "summary": result.summary,
-                "metrics": {k: {"name": v[0], "better": v[2]} for k, v in SUMMARY.items()},
+                "metrics": {
+                    k: {"name": ALL_METRICS[k][0], "better": ALL_METRICS[k][2]} for k in present
+                },
                 "rows": result.rows,
                 "failures": [{"image": f.source, "error": f.error} for f in result.failures],
             },

@@ -77,6 +77,20 @@ def gradcam_elementwise(t: Terms) -> np.ndarray:
     return t.relu_product_sum(t.G)
 
 
+@host_method(
+    "refinecam",
+    ("activations", "gradients"),
+    "gradient",
+    "arXiv:2605.14641",
+    fusion="product",  # several layers' maps multiplied (--layer all or a list)
+)
+def refinecam(t: Terms) -> np.ndarray:
+    """RefineCAM (pytorch-grad-cam's ``RefineCAM``): Grad-CAM++ at each target layer, the
+    layers' maps multiplied at input resolution: L = norm(Π_l norm(up(ReLU(L_l))))
+    (``onnxcam.fusion``, rule ``product``); one layer gives Grad-CAM++'s map."""
+    return gradcam_plusplus.__wrapped__(t)
+
+
 WINDOWED = frozenset(
     {"gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "gradcam-elementwise"}
 )
@@ -92,12 +106,16 @@ def _top_eigenpair(S: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     above λ₁: (S − σI)⁻¹ has the eigenvalue 1/(λ₁ − σ) ~ 10¹⁰/λ₁ against at most
     1/(λ₁ − λ₂), so each step shrinks every other direction by ~10⁻¹⁰·λ₁/(λ₁ − λ₂) — the
     same vector as a full ``eigh`` (to 1e-15 on CAM Gram matrices) in ~60% of its time.
-    A singular solve falls back to ``eigh``.
+    It starts from S's column of largest diagonal entry (in S's range). A singular solve
+    falls back to ``eigh``.
     """
     lam = np.linalg.eigvalsh(S)[:, -1]
     n = S.shape[-1]
     shifted = S - (lam * (1 + 1e-10) + 1e-300)[:, None, None] * np.eye(n)
-    v = np.ones((S.shape[0], n, 1))
+    # start from the column with the largest diagonal entry: it lies in S's range, whereas a
+    # vector of ones is S's null vector when S is a centred Gram matrix (Eigen-CAM, KPCA-CAM)
+    first = np.argmax(np.diagonal(S, axis1=1, axis2=2), axis=1)
+    v = np.take_along_axis(S, first[:, None, None], axis=2) + 1e-30
     try:
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             for _ in range(2):
@@ -159,6 +177,87 @@ def eigengradcam(t: Terms) -> np.ndarray:
     return _first_component(t.ga)
 
 
+@host_method("activationmap", ("activations",), "activation", "OpenVINO XAI ActivationMap")
+def activationmap(t: Terms) -> np.ndarray:
+    """ActivationMap (OpenVINO XAI, no paper): L = mean_c A_c, class-agnostic.
+
+    OpenVINO XAI then min-maxes it per image (×255) without a ReLU; onnxcam's display rectifies
+    first (the same map after a ReLU layer; ``relu=False`` for theirs on signed layers)."""
+    return _channel_mean(t.A)
+
+
+def _channel_mean(A: np.ndarray) -> np.ndarray:
+    b, c, h, w = A.shape
+    return (np.full(c, 1 / c, dtype=np.float32) @ A.reshape(b, c, h * w)).reshape(b, h, w)
+
+
+FEM_K = 2.0
+"""FEM's threshold: channel mean + ``FEM_K`` standard deviations (Xplique's and the paper's k)."""
+
+
+@host_method("reciprocam", ("reciprocam_maps",), "perturbation", "arXiv:2209.14074", in_all=False)
+def reciprocam(t: Terms) -> np.ndarray:
+    """ReciproCAM (Byun & Lee 2022): M_j = z_c(head(A ⊙ e_j)), the class logit of the head run
+    on the activations with every position but j zeroed — computed in the graph
+    (``export --reciprocam``, ``export/reciprocam.py``) in the explain run itself (mode 0, or
+    mode 4 when no method needs gradients).
+
+    Returned as M − min M per image, so that ReLU + min-max give OpenVINO XAI's per-map
+    min-max scaling (its ``embed_scaling``) instead of clipping negative logits."""
+    m = t.M.astype(np.float32)
+    return m - m.min(axis=(1, 2), keepdims=True)
+
+
+@host_method("fem", ("activations",), "activation", "doi:10.1109/IPTA50016.2020.9286629")
+def fem(t: Terms) -> np.ndarray:
+    """FEM (Fuad et al. 2020, Xplique's ``FEM``): per channel μ_c = mean_ij A_c, σ_c its
+    (population) standard deviation; L = Σ_c μ_c · 1[A_c ≥ μ_c + k σ_c], k = 2.
+
+    Class-agnostic. pytorch-grad-cam's ``FEM`` weighs differently (see docs/methods.md)."""
+    A = t.A
+    b, c, h, w = A.shape
+    flat = A.reshape(b, c, h * w).astype(np.float64)
+    mu = flat.mean(axis=2, keepdims=True)
+    sigma = flat.std(axis=2, keepdims=True)
+    mask = (flat >= mu + FEM_K * sigma).astype(np.float64)
+    return np.einsum("bc,bcp->bp", mu[:, :, 0], mask).reshape(b, h, w).astype(np.float32)
+
+
+def _kernel_component(X: np.ndarray) -> np.ndarray:
+    """First kernel principal component of each image's (h·w, C) rows of X [b, C, h, w]:
+    rows centred per channel, sigmoid kernel K = tanh(γ x·y + 1), γ = 1/C (scikit-learn's
+    ``KernelPCA(kernel="sigmoid")`` defaults, as pytorch-grad-cam's ``KPCA_CAM``), K centred
+    in feature space, projection = √λ₁ v₁; sign as ``_first_component``."""
+    X = np.nan_to_num(np.asarray(X, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    b, c, h, w = X.shape
+    rows = X.reshape(b, c, h * w).transpose(0, 2, 1)
+    rows = rows - rows.mean(axis=1, keepdims=True)
+    K = np.tanh(rows @ rows.transpose(0, 2, 1) / c + 1.0)
+    K = (
+        K
+        - K.mean(axis=1, keepdims=True)
+        - K.mean(axis=2, keepdims=True)
+        + K.mean(axis=(1, 2), keepdims=True)
+    )
+    val, vec = _top_eigenpair(K)
+    proj = vec * np.sqrt(np.maximum(val, 0.0))[:, None]
+    flip = np.einsum("bp,bp->b", proj, X.sum(axis=1).reshape(b, h * w)) < 0
+    proj[flip] = -proj[flip]
+    return proj.reshape(b, h, w).astype(np.float32)
+
+
+@host_method(
+    "kpcacam",
+    ("activations",),
+    "activation",
+    "arXiv:2410.00267",
+)
+def kpcacam(t: Terms) -> np.ndarray:
+    """KPCA-CAM (Karmani et al. 2024): the first kernel principal component of the activations
+    (sigmoid kernel, γ = 1/C: pytorch-grad-cam's ``KPCA_CAM`` defaults), class-agnostic."""
+    return _kernel_component(t.A)
+
+
 @host_method(
     "smoothgradcam++",
     ("activations", "noisy_gradients"),
@@ -194,15 +293,19 @@ __all__ = [  # noqa: F822 (METHODS and resolve_methods come from __getattr__)
     "METHODS",
     "MethodSpec",
     "Terms",
+    "activationmap",
     "cam",
     "eigencam",
     "eigengradcam",
+    "fem",
     "gradcam",
     "gradcam_elementwise",
     "gradcam_plusplus",
     "hirescam",
+    "kpcacam",
     "layercam",
     "method",
+    "refinecam",
     "resolve_methods",
     "smoothgradcam_plusplus",
     "xgradcam",

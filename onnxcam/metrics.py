@@ -9,12 +9,13 @@ docs/evaluation.md.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
-from .contract import NCHW, NHWC, Layout
+from .contract import NCHW, NHWC, InputSpec, Layout
 from .scoring import Scorer, image_rng
 
 
@@ -242,3 +243,185 @@ def random_map(
     seed and the image content."""
     g = image_rng(seed, x).uniform(0, 1, size=grid).astype(np.float32)
     return cv2.resize(g, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics cross-checked against Quantus, pytorch-grad-cam and OpenVINO XAI (docs/evaluation.md)
+# ---------------------------------------------------------------------------------------------
+Explain = Callable[[np.ndarray], np.ndarray]
+"""Re-explains a batch of model inputs ``[n, ...]`` (same class, same method) → maps
+``[n, H, W]`` at the model-input size."""
+
+
+def average_gain(y: np.ndarray, o: np.ndarray) -> float:
+    """Average Gain % = 100 · mean(max(0, O − Y) / (1 − Y)) (Zhang et al. 2023, Opti-CAM,
+    arXiv:2301.07002; higher is better): Average Drop's counterpart for a masked input that the
+    model is *more* confident about, normalised by the room left to 1."""
+    y, o = np.asarray(y, np.float64), np.asarray(o, np.float64)
+    return float(100 * np.mean(np.maximum(0.0, o - y) / (1 - y + 1e-7)))
+
+
+def complexity_l1(map01: np.ndarray) -> float:
+    """Poppi et al.'s Complexity (ADCC, arXiv:2104.10252): ‖map‖₁ / (H·W), in [0, 1] for a
+    [0, 1] map (lower: fewer pixels explain the class)."""
+    m = np.asarray(map01, np.float64)
+    return float(np.abs(m).sum() / (m.shape[-1] * m.shape[-2]))
+
+
+def complexity_entropy(attribution: np.ndarray) -> float:
+    """Quantus ``Complexity`` (Bhatt et al. 2020, arXiv:2005.00631): the entropy (nats) of the
+    fractional contributions p = |a| / Σ|a|, −Σ p·log(p + 1e-12). 0 for one pixel, log(n) for
+    a uniform map (lower is better)."""
+    a = np.abs(np.asarray(attribution, np.float64)).ravel()
+    p = a / max(a.sum(), 1e-300)
+    return float(-(p * np.log(p + 1e-12)).sum())
+
+
+def sparseness_gini(attribution: np.ndarray) -> float:
+    """Quantus ``Sparseness`` (Chalasani et al. 2020, arXiv:1810.06583): the Gini index of
+    |a| + 1e-7 sorted ascending, Σ (2i − n − 1)·a_(i) / (n·Σ a); 0 for a uniform map, → 1 for
+    one pixel (higher is better)."""
+    a = np.sort(np.abs(np.asarray(attribution, np.float64)).ravel() + 1e-7)
+    n = a.size
+    i = np.arange(1, n + 1)
+    return float(((2 * i - n - 1) * a).sum() / (n * a.sum()))
+
+
+def pearson(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation of two maps (flattened); 0 when either is constant."""
+    a = np.asarray(a, np.float64).ravel() - np.mean(a)
+    b = np.asarray(b, np.float64).ravel() - np.mean(b)
+    den = float(np.sqrt((a * a).sum() * (b * b).sum()))
+    return float((a * b).sum() / den) if den > 0 else 0.0
+
+
+def masked_input(x1: np.ndarray, map01: np.ndarray, layout: Layout = NCHW) -> np.ndarray:
+    """``map ⊙ x`` on the normalised input tensor (Average Drop's and Coherency's input)."""
+    return (x1 * layout.per_position(np.asarray(map01, np.float32)[None])).astype(np.float32)
+
+
+def coherency(map01: np.ndarray, remap01: np.ndarray) -> float:
+    """Coherency (Poppi et al. 2021): (ρ + 1) / 2, ρ the Pearson correlation of the map and the
+    map of the input masked by it (``remap01``, the same method and class); in [0, 1], higher
+    is better. A constant map has ρ = 0 (pytorch-grad-cam's ε; the ADCC code gives NaN)."""
+    return (pearson(map01, remap01) + 1) / 2
+
+
+def adcc(coherency_: float, complexity: float, drop: float) -> float:
+    """ADCC (Poppi et al. 2021): the harmonic mean 3 / (1/Coherency + 1/(1 − Complexity) +
+    1/(1 − Average Drop)) of one image, Average Drop as a fraction; 0 when a term is 0."""
+    terms = np.asarray([coherency_, 1 - complexity, 1 - drop], np.float64)
+    return 0.0 if (terms <= 0).any() else float(3 / (1 / terms).sum())
+
+
+def road_combined(
+    scorer: Scorer,
+    x1: np.ndarray,
+    map01: np.ndarray,
+    cls: int,
+    percentiles: tuple[float, ...] = (20, 40, 60, 80),
+    layout: Layout = NCHW,
+    seed: int = 0,
+    noise: float = 0.01,
+) -> float:
+    """pytorch-grad-cam's ``ROADCombined`` (the ROAD term of its ARCC): (mean LeRF − mean MoRF)
+    probability / 2 over ``percentiles``. MoRF at p imputes the pixels with map ≥ the map's
+    p-th percentile (``np.percentile``, linear), LeRF the pixels with 1 − map ≥ its p-th
+    percentile — their thresholding, not ROAD's exact shares (``road``). In [−0.5, 0.5]."""
+    m = np.asarray(map01, np.float32)
+    img = _channels_last(x1, layout)[0]
+    rng = image_rng(seed, x1)
+    inputs = []
+    for v in (m, 1 - m):  # MoRF, then LeRF
+        for p in percentiles:
+            removed = ~(v < np.percentile(v, p))
+            inputs.append(
+                _from_channels_last(noisy_linear_impute(img, removed, noise, rng)[None], layout)
+            )
+    probs = scorer.images(iter([np.concatenate(inputs).astype(np.float32)]), len(inputs), cls).prob
+    k = len(percentiles)
+    return float((probs[k:].astype(np.float64).mean() - probs[:k].astype(np.float64).mean()) / 2)
+
+
+def arcc(coherency_: float, complexity: float, road: float) -> float:
+    """pytorch-grad-cam 1.5's ARCC: 3 / (1/(Coherency + ε) + 1/(1 − Complexity + ε) +
+    1/(clip(2·ROADCombined, 0, 1) + ε)), ε = 1e-8 — ADCC with Average Drop replaced by ROAD
+    (higher is better)."""
+    r = float(np.clip(2 * road, 0, 1))
+    eps = 1e-8
+    return float(3 / (1 / (coherency_ + eps) + 1 / (1 - complexity + eps) + 1 / (r + eps)))
+
+
+def max_sensitivity(
+    explain: Explain,
+    x1: np.ndarray,
+    map01: np.ndarray,
+    radius: float = 0.2,
+    samples: int = 10,
+    rng: np.random.Generator | np.random.RandomState | None = None,
+    batch_size: int = 32,
+) -> float:
+    """Max-Sensitivity (Yeh et al. 2019, arXiv:1901.09392; Quantus ``MaxSensitivity``):
+    max over ``samples`` inputs x + δ, δ ~ U(−r, r) per input value (the normalised input), of
+    ‖e(x + δ) − e(x)‖₂ / ‖e(x)‖₂, maps flattened (lower is better). The noisy copies are drawn
+    in order (one ``rng.uniform`` of x's shape each, as Quantus) and re-explained in batches."""
+    rng = rng if rng is not None else np.random.default_rng(0)
+    base = np.asarray(map01, np.float64).ravel()
+    noisy = np.concatenate(
+        [x1 + rng.uniform(-radius, radius, size=x1.shape) for _ in range(samples)]
+    ).astype(np.float32)
+    maps = np.concatenate(
+        [explain(noisy[s : s + batch_size]) for s in range(0, samples, batch_size)]
+    )
+    diff = np.linalg.norm(maps.reshape(samples, -1).astype(np.float64) - base, axis=1)
+    norm = float(np.linalg.norm(base))
+    if norm == 0:
+        return 0.0 if not diff.any() else float("inf")
+    return float(diff.max() / norm)
+
+
+def ovx_auc(scores: np.ndarray) -> float:
+    """OpenVINO XAI's ``AUC``: |Σ s − s₀/2 − s_last/2| / (len − 1) (trapezoids on [0, 1])."""
+    s = np.asarray(scores, np.float64)
+    return float(abs((s.sum() - s[0] / 2 - s[-1] / 2) / (len(s) - 1)))
+
+
+def ovx_insertion_deletion(
+    scorer: Scorer,
+    image: np.ndarray,
+    saliency: np.ndarray,
+    cls: int,
+    spec: InputSpec,
+    steps: int = 30,
+    batch_size: int = 32,
+) -> tuple[Curve, Curve]:
+    """Insertion and deletion as OpenVINO XAI 1.1 computes them (``InsertionDeletionAUC``):
+    on the *original image* (H, W, C, before preprocessing) and its map at that size, pixels
+    ordered by ``np.argsort(−map)`` (numpy's default sort: ties in its order), at step
+    i = 0 … ``steps`` the first ``int(i·N/steps)`` pixels set to 0 (black, in the image's own
+    values) for deletion, or kept on a black image for insertion; each image preprocessed as
+    the model's ``spec`` (``image.preprocess``) and scored (class probability). Returns
+    (insertion, deletion) curves; their AUC is ``ovx_auc`` (= ``Curve.auc`` here)."""
+    from .image import preprocess
+
+    order = np.argsort(-np.asarray(saliency).flatten())
+    rows, cols = np.unravel_index(order, saliency.shape)
+    n = len(rows)
+    counts = [int(i * n / steps) for i in range(steps + 1)]
+
+    def batches(mode: str):
+        for s in range(0, len(counts), batch_size):
+            imgs = []
+            for k in counts[s : s + batch_size]:
+                if mode == "insertion":
+                    im = np.zeros_like(image)
+                    im[rows[:k], cols[:k]] = image[rows[:k], cols[:k]]
+                else:
+                    im = image.copy()
+                    im[rows[:k], cols[:k]] = 0
+                imgs.append(im)
+            yield preprocess(imgs, spec)
+
+    ins = scorer.images(batches("insertion"), len(counts), cls).prob.astype(np.float64)
+    dele = scorer.images(batches("deletion"), len(counts), cls).prob.astype(np.float64)
+    return Curve(np.linspace(0, 1, steps + 1), ins), Curve(np.linspace(0, 1, steps + 1), dele)

@@ -247,6 +247,7 @@ _FIELD_CLI: dict[str, dict[str, Any]] = {
     "scorecam_convention": {"aliases": ("--score-convention",), "metavar": "NAME"},
     "scorecam_topk": {"metavar": "K"},
     "occlusion_baseline": {"metavar": "PIXEL"},
+    "fusion": {"type": click.Choice(["mean", "max", "product"])},
 }
 
 
@@ -374,9 +375,17 @@ def perturbation_options(help: Mapping[str, str] | None = None) -> Callable[[F],
 
 
 _SAMPLING = "sampling__"
-SAMPLING_FIELDS = ("smooth_samples", "smooth_noise", "ig_steps", "ig_baseline")
+SAMPLING_FIELDS = (
+    "smooth_samples",
+    "smooth_noise",
+    "ig_steps",
+    "ig_baseline",
+    "fusion",
+    "aug_smooth",
+)
 """The ``ExplainOptions`` fields of the sampled methods (Smooth Grad-CAM++, SmoothGrad,
-Integrated Gradients) that ``onnxcam run`` exposes."""
+Integrated Gradients), the layer fusion rule (``--fusion``, with ``--fuse``) and test-time
+augmentation (``--aug-smooth``) that ``onnxcam run`` exposes."""
 
 
 def _sampling_params() -> list[click.Parameter]:
@@ -652,5 +661,68 @@ def ray_options(f: F) -> F:
         return f(*args, scale={"address": address, **given}, **kwargs)
 
     for flag in reversed(ray_flags):
+        wrapper = flag(wrapper)
+    return typing.cast(F, wrapper)
+
+
+# --- onnxcam eval: the metrics that re-explain or take longer (onnxcam.evaluate.EvalOptions) ---
+_EVAL = "evalx__"
+eval_metric_flags = [
+    click.option(
+        "--adcc",
+        _EVAL + "adcc",
+        is_flag=True,
+        help="Coherency and ADCC (Poppi et al., arXiv:2104.10252): explains each image masked "
+        "by each map once more.",
+    ),
+    click.option(
+        "--arcc",
+        _EVAL + "arcc",
+        is_flag=True,
+        help="pytorch-grad-cam's ARCC: Coherency (as --adcc), 1 − Complexity and its "
+        "ROADCombined (8 imputed inputs per map).",
+    ),
+    click.option(
+        "--max-sensitivity",
+        _EVAL + "sensitivity_samples",
+        type=click.IntRange(0),
+        default=0,
+        show_default=True,
+        metavar="N",
+        help="Max-Sensitivity (Yeh et al.; Quantus MaxSensitivity) over N noisy copies of each "
+        "image, each re-explained (0: off; Quantus uses 200).",
+    ),
+    click.option(
+        "--sensitivity-radius",
+        _EVAL + "sensitivity_radius",
+        type=click.FloatRange(0),
+        default=0.2,
+        show_default=True,
+        help="--max-sensitivity: the noise U(−r, r) added to each normalised input value.",
+    ),
+    click.option(
+        "--openvino-auc-steps",
+        _EVAL + "ovx_steps",
+        type=click.IntRange(0),
+        default=0,
+        show_default=True,
+        metavar="N",
+        help="Also OpenVINO XAI's insertion/deletion AUC (original image, black pixels) in N "
+        "steps (0: off; theirs: 30).",
+    ),
+]
+
+
+def eval_metric_options(f: F) -> F:
+    """``onnxcam eval``'s optional metrics (``EvalOptions.adcc``, ``arcc``,
+    ``sensitivity_samples``, ``sensitivity_radius``, ``ovx_steps``); the command receives them
+    as one ``extra_metrics=`` dict of those fields."""
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        given = {k[len(_EVAL) :]: kwargs.pop(k) for k in list(kwargs) if k.startswith(_EVAL)}
+        return f(*args, extra_metrics=given, **kwargs)
+
+    for flag in reversed(eval_metric_flags):
         wrapper = flag(wrapper)
     return typing.cast(F, wrapper)

@@ -16,7 +16,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .contract import NCHW, Layout, TargetLayer
+from .contract import (
+    CLASS_INPUT,
+    MODE_HEAD,
+    MODE_INPUT,
+    NCHW,
+    Layout,
+    TargetLayer,
+)
 from .errors import MethodError
 from .postprocess import interpolation_matrix
 from .registry import method
@@ -50,12 +57,39 @@ class PerturbationOptions:
     (0 in the model's normalised input)."""
     seed: int = 0
     """Seeds SS-CAM's noise; each image's draws are also keyed by its content, so an image's
-    map does not depend on the other images of its batch."""
+    map does not depend on the other images of its batch. Seeds RISE's masks (the same masks
+    for every image, as in the paper)."""
+    fasterscorecam_n: int = 10
+    """Faster Score-CAM: score only the N channels with the largest spatial variance
+    (tf-keras-vis' ``max_N``)."""
+    rise_masks: int = 4000
+    """RISE: random masks per image (the paper's N for ResNet-50)."""
+    rise_cells: int = 7
+    """RISE: masks are drawn on a cells × cells grid, then upsampled (the paper's s)."""
+    rise_p: float = 0.5
+    """RISE: probability that a grid cell is kept (the paper's p)."""
+    shapley_step: float = 0.01
+    """ShapleyCAM: relative step ε of the central difference of head-only gradients that gives
+    the Hessian-vector product, H·A ≈ [G_head((1+ε)A) − G_head((1−ε)A)] / (2ε) (truncation
+    O(ε²), float32 rounding ~1e-7/ε, kinks crossed ∝ ε: measured in docs/methods.md)."""
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "ss_samples", "is_steps", "occlusion_patch", "occlusion_stride"):
+        for name in (
+            "batch_size",
+            "ss_samples",
+            "is_steps",
+            "occlusion_patch",
+            "occlusion_stride",
+            "fasterscorecam_n",
+            "rise_masks",
+            "rise_cells",
+        ):
             if getattr(self, name) < 1:
                 raise MethodError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0 < self.rise_p <= 1:
+            raise MethodError(f"rise_p must be in (0, 1], got {self.rise_p}")
+        if not 0 < self.shapley_step < 1:
+            raise MethodError(f"shapley_step must be in (0, 1), got {self.shapley_step}")
         if self.scorecam_topk is not None and self.scorecam_topk < 1:
             raise MethodError(f"scorecam_topk must be at least 1, got {self.scorecam_topk}")
         if self.scorecam_convention not in ("pytorch-grad-cam", "torchcam"):
@@ -80,6 +114,8 @@ class PerturbationInputs:
     options: PerturbationOptions
     layout: Layout = NCHW
     """The model input's layout."""
+    G: np.ndarray | None = None
+    """[B, C, h, w] gradients of the explained score at ``A`` (``perturbation_gradients``)."""
 
     @property
     def hw(self) -> tuple[int, int]:
@@ -141,6 +177,17 @@ def _channels(p: PerturbationInputs, i: int) -> np.ndarray:
     return np.sort(np.argsort(-p.A[i].mean(axis=(1, 2)))[:k])
 
 
+def _top_variance(p: PerturbationInputs, i: int) -> np.ndarray:
+    """Faster Score-CAM's channels: the ``fasterscorecam_n`` largest spatial variances (ties
+    to the lower index), in channel order."""
+    C = p.A.shape[1]
+    n = p.options.fasterscorecam_n
+    if n >= C:
+        return np.arange(C)
+    var = p.A[i].reshape(C, -1).astype(np.float64).var(axis=1)
+    return np.sort(np.argsort(-var, kind="stable")[:n])
+
+
 def _distinct_masks(masks_of: Callable[[slice], np.ndarray], n: int, step: int) -> np.ndarray:
     """For n masks built chunk by chunk, the index of the first bit-identical mask of each
     (``first[k] == k`` for a representative). Masks are hashed (BLAKE2b, 128-bit) and
@@ -178,7 +225,12 @@ def _distinct_masks_of(A1: np.ndarray, hw: tuple[int, int], convention: str, ste
 
 
 def _score_family(
-    p: PerturbationInputs, variants: int, perturb, convention: str, deterministic: bool
+    p: PerturbationInputs,
+    variants: int,
+    perturb,
+    convention: str,
+    deterministic: bool,
+    choose: Callable[[PerturbationInputs, int], np.ndarray] = _channels,
 ) -> np.ndarray:
     """Shared loop of Score-CAM, SS-CAM and IS-CAM.
 
@@ -198,7 +250,7 @@ def _score_family(
     step = max(1, o.batch_size)
     for i in range(len(p.x)):
         x1, A1 = p.x[i : i + 1], p.A[i]
-        chosen = _channels(p, i)
+        chosen = choose(p, i)
         if deterministic:
             first = _distinct_masks_of(A1[chosen], p.hw, convention, step)
             reps = np.flatnonzero(first == np.arange(len(chosen)))
@@ -253,6 +305,128 @@ def iscam(p: PerturbationInputs) -> np.ndarray:
     n = p.options.is_steps
     coeff = np.cumsum(np.arange(1, n + 1) / n)
     return _score_family(p, n, lambda m, v, i: coeff[v] * m, "torchcam", True)
+
+
+@method("fasterscorecam", ("perturbation",), "perturbation", "arXiv:1910.01279", in_all=False)
+def fasterscorecam(p: PerturbationInputs) -> np.ndarray:
+    """Faster Score-CAM (tf-keras-vis' ``max_N``, Score-CAM arXiv:1910.01279): Score-CAM on the
+    N = ``fasterscorecam_n`` channels of largest spatial variance only; w = softmax over those
+    N of f_c(x ⊙ M_k), 0 elsewhere; L = Σ_k w_k A_k. N forward passes per image."""
+    return _score_family(
+        p, 1, lambda m, v, i: m, p.options.scorecam_convention, True, _top_variance
+    )
+
+
+# --- RISE ------------------------------------------------------------------------------------
+def rise_draws(
+    n: int, cells: int, prob: float, hw: tuple[int, int], seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """RISE's random draws: grids [n, cells, cells] (1 with probability ``prob``) and shifts
+    [n, 2] (row, column in [0, cell size)), from ``default_rng(seed)`` in that order."""
+    rng = np.random.default_rng(seed)
+    grids = (rng.random((n, cells, cells)) < prob).astype(np.float32)
+    cell = np.ceil(np.asarray(hw) / cells).astype(np.int64)
+    shifts = rng.integers(0, cell, size=(n, 2))
+    return grids, shifts
+
+
+def rise_masks(grids: np.ndarray, shifts: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """RISE masks [n, H, W]: each grid upsampled bilinearly (half-pixel centres, edges clamped)
+    to (cells + 1) × the cell size, then cropped at its shift."""
+    cells = grids.shape[1]
+    H, W = hw
+    ch, cw = (int(np.ceil(H / cells)), int(np.ceil(W / cells)))
+    mh = _interp((cells + 1) * ch, cells, False)
+    mw = _interp((cells + 1) * cw, cells, False)
+    rows = mh[shifts[:, 0, None] + np.arange(H)]  # [n, H, cells]
+    cols = mw[shifts[:, 1, None] + np.arange(W)]  # [n, W, cells]
+    return rows @ grids @ cols.transpose(0, 2, 1)
+
+
+@method(
+    "rise",
+    ("perturbation",),
+    "perturbation",
+    "arXiv:1806.07421",
+    in_all=False,
+    map_size="input",
+)
+def rise(p: PerturbationInputs) -> np.ndarray:
+    """RISE (Petsiuk et al. 2018), black-box: N = ``rise_masks`` random masks M_n (a
+    ``rise_cells``² grid, cells kept with probability p = ``rise_p``, upsampled with a random
+    shift: ``rise_masks``), P_n the class probability of x ⊙ M_n;
+    L = Σ_n P_n M_n / (N · p). Seeded (``seed``): the same masks for every image.
+    N forward passes per image; maps at the model-input resolution."""
+    o = p.options
+    hw = p.hw
+    grids, shifts = rise_draws(o.rise_masks, o.rise_cells, o.rise_p, hw, o.seed)
+    step = max(1, o.batch_size)
+    out = []
+    for i in range(len(p.x)):
+        x1 = p.x[i : i + 1]
+
+        def batches(x1=x1):
+            for s in _chunks(len(grids), step):
+                yield p.apply_mask(x1, rise_masks(grids[s], shifts[s], hw))
+
+        probs = p.scorer.images(batches(), len(grids), int(p.classes[i])).prob
+        acc = np.zeros(hw, np.float64)
+        for s in _chunks(len(grids), step):
+            m = rise_masks(grids[s], shifts[s], hw)
+            acc += np.tensordot(probs[s].astype(np.float64), m, axes=(0, 0))
+        out.append(acc / (len(grids) * o.rise_p))
+    return np.stack(out).astype(np.float32)
+
+
+# --- ShapleyCAM ------------------------------------------------------------------------------
+@method(
+    "shapleycam",
+    ("perturbation", "perturbation_gradients"),
+    "perturbation",
+    "arXiv:2501.06261",
+    in_all=False,
+)
+def shapleycam(p: PerturbationInputs) -> np.ndarray:
+    """ShapleyCAM (Cai et al. 2025): w_c = mean_ij (G − ½ H·A)_cij, L = Σ_c w_c A_c, with
+    H the Hessian of the score with respect to A (pytorch-grad-cam's ``ShapleyCAM``).
+
+    The graph gives G (mode 0) and, in mode 2, the head-only gradient G_head
+    (``onnxcam_head_gradient_k``, ``export --head-gradients``); the Hessian-vector product is
+    its central difference along A: H·A ≈ [G_head((1+ε)A) − G_head((1−ε)A)] / (2ε),
+    ε = ``shapley_step``. One head run of 2 rows per image, batched over the images. A
+    piecewise-linear head (``head_linear``: ReLU CNNs) has H·A = 0 almost everywhere — what
+    autograd gives — and no head run: the difference would cross its kinks."""
+    o = p.options
+    layer = p.layer
+    if layer.head_linear:  # a piecewise-linear (ReLU) head: H·A = 0, ShapleyCAM is Grad-CAM
+        G = p.G.astype(np.float64).mean(axis=(2, 3))
+        return np.stack([_weighted(w, A) for w, A in zip(G, p.A, strict=True)]).astype(np.float32)
+    if not layer.head_gradient:
+        why = layer.head_note if not layer.head_input else None
+        raise MethodError(
+            f"shapleycam needs the head-only gradient of layer {layer.name!r}: "
+            + (f"it has no head-only path ({why})" if why else "export with --head-gradients")
+        )
+    eps = float(o.shapley_step)
+    spec = p.scorer.info.input
+    layout = layer.layout
+    scale = np.array([1 + eps, 1 - eps], np.float32)[None, :, None, None, None]
+    out = []
+    for s in _chunks(len(p.A), max(1, o.batch_size // 2)):
+        A = p.A[s].astype(np.float32)
+        rows = (A[:, None] * scale).reshape(-1, *A.shape[1:])  # image i: rows 2i, 2i + 1
+        feeds = {
+            spec.name: spec.feed(p.x[s]),
+            CLASS_INPUT: np.asarray(p.classes[s], dtype=np.int64),
+            MODE_INPUT: np.array(MODE_HEAD, dtype=np.int64),
+            layer.head_input: np.ascontiguousarray(layout.from_nchw(rows)),
+        }
+        (g,) = p.scorer.run(feeds, [layer.head_gradient])
+        g = layout.to_nchw(g).astype(np.float64).reshape(len(A), 2, *A.shape[1:])
+        hvp = (g[:, 0] - g[:, 1]) / (2 * eps)
+        w = (p.G[s].astype(np.float64) - 0.5 * hvp).mean(axis=(2, 3))
+        out.extend(_weighted(wi, Ai) for wi, Ai in zip(w, A, strict=True))
+    return np.stack(out).astype(np.float32)
 
 
 @method(

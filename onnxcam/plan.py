@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from . import contract
 from .contract import TargetLayer
 from .errors import MethodError
+from .fusion import check_fusion
 from .methods import resolve_methods
 from .model import ModelInfo
 from .perturbation import PerturbationOptions
@@ -23,7 +24,7 @@ from .registry import METHODS, NEEDS, MethodSpec, Need
 LayerChoice = int | str | Sequence[int | str] | None
 """Target layers by index or name; None → the first; 'all' → every exported layer."""
 
-LAYER_OUTPUTS = ("activation", "gradient", "cam_weight", "fullgrad")
+LAYER_OUTPUTS = ("activation", "gradient", "cam_weight", "fullgrad", "reciprocam")
 """The per-layer graph outputs a method may read (``TargetLayer`` fields), in fetch order."""
 IG_BASELINES = ("black", "blur", "uniform")
 
@@ -36,7 +37,14 @@ class ExplainOptions:
     """Explain each of the top-k classes (the class input set for ranks 2..k)."""
     layers: LayerChoice = None
     fuse: bool = False
-    """Average the layers' maps at input resolution (pytorch-grad-cam's multi-layer maps)."""
+    """Fuse the layers' maps into one at input resolution (by ``fusion``)."""
+    fusion: str = "mean"
+    """How ``fuse`` combines the layers' maps: ``mean`` (pytorch-grad-cam), ``max`` (torchcam,
+    ultralytics) or ``product`` (pytorch-grad-cam's RefineCAM); see ``onnxcam.fusion``."""
+    aug_smooth: bool = False
+    """Test-time augmentation (pytorch-grad-cam's ``aug_smooth``): each map is the mean of the
+    maps of the input × (0.9, 1, 1.1), each also flipped horizontally, flipped back — 6× the
+    runs, the 5 extra inputs in one batched run; the explained class is the plain input's."""
     relu: bool = True
     batch_size: int = 8
     """Images per ``session.run``."""
@@ -61,6 +69,7 @@ class ExplainOptions:
             raise MethodError("batch_size must be at least 1")
         if self.topk < 1 or self.smooth_samples < 1 or self.ig_steps < 1:
             raise MethodError("topk, smooth_samples and ig_steps must be at least 1")
+        check_fusion(self.fusion)
         if self.ig_baseline not in IG_BASELINES:
             raise MethodError(
                 f"unknown ig_baseline {self.ig_baseline!r}; choose {', '.join(IG_BASELINES)}"
@@ -77,6 +86,8 @@ class LayerInputs:
     cam_weight: str | None = None
     fullgrad: str | None = None
     """FullGrad's bias map (the pixel target)."""
+    reciprocam: str | None = None
+    """ReciproCAM's in-graph map (``export --reciprocam``)."""
     pooled: bool = False
     """The gradient is the same at every position: methods get it per channel [B, C, 1, 1]."""
     rules: tuple[tuple[str, str], ...] = ()
@@ -109,7 +120,8 @@ class Plan:
     predicting: int
     """How many of ``fetch`` are prediction outputs (the reruns for ranks 2..k skip them)."""
     mode: int
-    """``contract.MODE_EXPLAIN``, or ``MODE_FORWARD`` when no gradient is needed."""
+    """``contract.MODE_EXPLAIN``; ``MODE_FORWARD`` when no gradient is needed;
+    ``MODE_RECIPROCAM`` when ReciproCAM's maps are read and no gradient is (``_mode``)."""
     inputs: tuple[LayerInputs, ...]
     """Per target layer: where its ``Terms`` arrays are."""
     noisy: tuple[str, ...] = ()
@@ -135,6 +147,8 @@ def select_layers(targets: Sequence[TargetLayer], which: LayerChoice) -> list[Ta
         return [targets[0]]
     if which == "all":
         return list(targets)
+    if isinstance(which, str) and "," in which:  # --layer layer4,layer3
+        which = [int(w) if w.strip().isdigit() else w.strip() for w in which.split(",")]
     out = []
     for w in [which] if isinstance(which, (int, str)) else which:
         hit = [t for t in targets if w in (t.index, t.name, t.tensor, str(t.index))]
@@ -230,13 +244,28 @@ def make_plan(
         calls=calls,
         fetch=tuple(dict.fromkeys(fetch)),
         predicting=len(predicting),
-        mode=contract.MODE_EXPLAIN if gradients else contract.MODE_FORWARD,
+        mode=_mode(gradients, needs),
         inputs=inputs,
         noisy=tuple(noisy),
         path=pixel.gradient if any(n.path for n in needs) else None,
         keep=tuple(kept),
         perturbation=options.perturbation or PerturbationOptions(seed=options.seed),
     )
+
+
+_MODES = {"reciprocam": contract.MODE_RECIPROCAM}
+"""``Need.mode`` names → graph modes."""
+
+
+def _mode(gradients: bool, needs: list[Need]) -> int:
+    """The graph mode of the plan's run: explain (0) when anything needs gradients, else the
+    one mode every output read comes from (ReciproCAM's maps: 4), else forward only (1)."""
+    if gradients:
+        return contract.MODE_EXPLAIN
+    modes = {_MODES[n.mode] for n in needs if n.mode}
+    if len(modes) > 1:  # no such needs today; mode 0 returns every output
+        return contract.MODE_EXPLAIN
+    return modes.pop() if modes else contract.MODE_FORWARD
 
 
 def _missing(need: Need, method: str, layer: str) -> str:

@@ -45,6 +45,10 @@ class Need:
     """The input gradient under this ReLU rule (``contract.RULE_SETS``), into ``Terms.R``."""
     path: bool = False
     """A second run along a path from a baseline to the input (Integrated Gradients)."""
+    mode: str = ""
+    """The graph mode that returns ``output`` without the gradients, by name (``reciprocam``:
+    ``contract.MODE_RECIPROCAM``; the plan maps it); "" for every mode, or mode 0 when
+    ``gradients``. Mode 0 returns it too."""
 
 
 _NO_PIXELS = (
@@ -52,6 +56,10 @@ _NO_PIXELS = (
 )
 _NO_RULE = "{method} needs the {rule} input gradient; export the model with --rules {rule}"
 _NO_FULLGRAD = "{method} needs the bias gradients of every layer; export the model with --fullgrad"
+_NO_RECIPROCAM = (
+    "{method} is computed in the graph; export the model with --reciprocam "
+    "(layer {layer!r} has no onnxcam_reciprocam output)"
+)
 
 NEEDS: dict[str, Need] = {
     "activations": Need("activation", "A"),
@@ -63,6 +71,7 @@ NEEDS: dict[str, Need] = {
     ),
     "noisy_gradients": Need(None, "Gs", noisy=True),
     "perturbation": Need("activation", scored=True),
+    "perturbation_gradients": Need("gradient", gradients=True, scored=True),
     "input": Need("activation", "A", pixels=True, missing=_NO_PIXELS),
     "input_gradients": Need("gradient", "G", gradients=True, pixels=True, missing=_NO_PIXELS),
     "noisy_input_gradients": Need(None, "Gs", noisy=True, pixels=True, missing=_NO_PIXELS),
@@ -71,6 +80,7 @@ NEEDS: dict[str, Need] = {
     "deconvnet_gradients": Need(None, "R", True, pixels=True, rule="deconvnet", missing=_NO_RULE),
     "guided_input": Need(None, "R", gradients=True, rule="guided", missing=_NO_RULE),
     "fullgrad_bias": Need("fullgrad", "F", gradients=True, pixels=True, missing=_NO_FULLGRAD),
+    "reciprocam_maps": Need("reciprocam", "M", mode="reciprocam", missing=_NO_RECIPROCAM),
 }
 """Every name a method may list in ``needs``: the target activations ``A``, the gradients of
 the explained score ``G = dScore/dA``, the explained class's classifier row ``w``, gradients of
@@ -78,7 +88,7 @@ noisy copies of the input ``Gs``, and ``perturbation`` (model inputs, activation
 at the model input (the pixel target): the input ``A`` and its gradient ``G``, noisy copies'
 ``Gs``, gradients along a path from a baseline ``Gp``, and the gradients under other ReLU rules
 ``R`` (also for a feature layer's method: ``guided_input``, Guided Grad-CAM), and FullGrad's
-bias map ``F`` [B, H, W]."""
+bias map ``F`` [B, H, W]; ReciproCAM's in-graph maps ``M`` [B, h, w] (mode 4, or mode 0)."""
 
 
 @dataclass(frozen=True)
@@ -92,7 +102,8 @@ class MethodSpec:
     """Keys of ``NEEDS``; the engine fetches exactly what the requested methods need."""
     family: str
     """gradient | activation | classifier | sampling | perturbation | pixel (for people: docs and
-    tests group methods by it; the engine never reads it)."""
+    tests group methods by it; the engine never reads it). A perturbation method scores
+    perturbed inputs on the host, or is computed in the graph (ReciproCAM)."""
     paper: str
     formula: Callable[[Any], np.ndarray] | None = None
     """What the engine calls: with the layer's shared ``Terms`` (host methods) or
@@ -108,6 +119,9 @@ class MethodSpec:
     """How its map is shown: ``cam`` (ReLU, then min-max to [0, 1]) or ``attribution`` (a
     signed pixel attribution: its absolute value over the 98th percentile of the cumulative
     sum, clipped to [0, 1]: captum's ``visualize_image_attr`` default)."""
+    fusion: str | None = None
+    """A multi-layer method: its maps of several target layers are always fused by this rule
+    (``onnxcam.fusion``: RefineCAM's ``product``); None: fused only when asked (``fuse``)."""
 
     scored: bool = field(init=False)
     """It gets ``PerturbationInputs`` (it scores perturbed inputs; from ``needs``)."""
@@ -150,13 +164,14 @@ def method(
     formula: Callable[[Any], np.ndarray] | None = None,
     display: str = "cam",
     stats: Callable[[Any, np.ndarray], dict[str, np.ndarray]] | None = None,
+    fusion: str | None = None,
 ):
     """Register the decorated function under ``name`` (``formula``: what the engine calls
     instead, when the decorated function is an array-level wrapper of it)."""
 
     def register(fn: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
         METHODS[name] = MethodSpec(
-            fn, needs, family, paper, formula, in_all, map_size, stats, display
+            fn, needs, family, paper, formula, in_all, map_size, stats, display, fusion
         )
         ordered = sorted(METHODS.items(), key=_listing_key)  # stable
         METHODS.clear()

@@ -86,6 +86,7 @@ class Terms:
         R: dict[str, np.ndarray] | None = None,
         path: PathGradients | None = None,
         F: np.ndarray | None = None,
+        M: np.ndarray | None = None,
     ) -> None:
         self.A, self.G, self.w, self.Gs = A, G, w, Gs
         self.R = R or {}
@@ -94,6 +95,8 @@ class Terms:
         """Integrated Gradients' path run (the pixel target)."""
         self.F = F
         """FullGrad's bias map [B, H, W] (the pixel target, ``export --fullgrad``)."""
+        self.M = M
+        """ReciproCAM's in-graph map [B, h, w] (``export --reciprocam``)."""
 
     @classmethod
     def of(cls, needs: Sequence[str], arrays: Sequence[np.ndarray]) -> Terms:

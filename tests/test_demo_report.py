@@ -32,7 +32,7 @@ def test_demo_explains_chelsea_with_every_method(tmp_path) -> None:
     r = _cli("demo", "--photos", "chelsea", "--out", tmp_path / "demo", env=env)
     assert r.returncode == 0, r.stderr
     assert "cat" in r.stdout.lower() and "(built in" in r.stdout
-    name = f"efficientnet_lite0.contract-v{contract.VERSION}.pixels-fullgrad.cam.onnx"
+    name = f"efficientnet_lite0.contract-v{contract.VERSION}.pixels-fullgrad-reciprocam.cam.onnx"
     cached = tmp_path / "cache" / name
     assert cached.is_file()  # the cache name carries the contract version: a new one rebuilds
     page = (tmp_path / "demo" / "report.html").read_text()

@@ -133,6 +133,7 @@ def test_module_docstring_lists_the_passes_in_order() -> None:
         "add_rule_gradients",
         "add_fullgrad_bias",
         "add_windows",
+        "add_reciprocam",
     ]
 
 

@@ -183,17 +183,21 @@ def test_every_method_is_described_by_data() -> None:
     for name, spec in METHODS.items():
         assert set(spec.needs) <= set(NEEDS), name
         assert spec.paper and spec.fn.__doc__, name
-        assert spec.scored == (spec.family == "perturbation"), name
+        # a scored method perturbs; a perturbation method is scored on the host, or computed in
+        # the graph (ReciproCAM: its masked copies run inside the explain run)
+        assert not spec.scored or spec.family == "perturbation", name
         # `all` is the CAM methods of the one run: not the scored ones, not the sampled ones
-        # (n copies per image), not the pixel-space ones (they need an --input-gradient export)
-        one_run = not spec.scored and spec.family not in ("pixel", "sampling")
+        # (n copies per image), not the pixel-space ones (they need an --input-gradient export),
+        # not the graph-computed perturbation ones (ReciproCAM: an --reciprocam export)
+        one_run = not spec.scored and spec.family not in ("pixel", "sampling", "perturbation")
         assert spec.in_all == one_run, name
         # pixel maps are signed attributions, shown as captum shows them — but FullGrad's is
         # non-negative and shown as pytorch-grad-cam shows it (min-max, a CAM)
         signed = spec.family == "pixel" and name != "fullgrad"
         assert (spec.display == "attribution") == signed, name
     at_input = {m for m, s in METHODS.items() if s.map_size == "input"}
-    assert at_input == {"occlusion"} | {m for m, s in METHODS.items() if s.family == "pixel"}
+    pixel = {m for m, s in METHODS.items() if s.family == "pixel"}
+    assert at_input == {"occlusion", "rise"} | pixel
     # the methods `all` runs are listed first, whichever family registered first
     flags = [s.in_all for s in METHODS.values()]
     assert flags == sorted(flags, reverse=True)

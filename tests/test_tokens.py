@@ -275,6 +275,11 @@ def test_every_method_runs_on_the_default_token_layer(method: str) -> None:
         with pytest.raises(MethodError, match=r"CAM needs a GAP → Linear classifier head"):
             ex.explain_tensor(x, [method])
         return
+    if method in ("reciprocam", "shapleycam"):  # its export flag; the head here is curved
+        flag = "--reciprocam" if method == "reciprocam" else "--head-gradients"
+        with pytest.raises(MethodError, match=flag):
+            ex.explain_tensor(x, [method])
+        return
     if METHODS[method].family == "pixel":  # an --input-gradient / --rules / --fullgrad export
         with pytest.raises(MethodError, match=r"with --(input-gradient|rules|fullgrad)"):
             ex.explain_tensor(x, [method])
