@@ -83,6 +83,32 @@ def session_options():
     return opts
 
 
+def threaded_options(threads: int = 2, spinning: bool = False):
+    """``session_options`` with ``threads`` intra-op threads and one inter-op thread;
+    ``spinning``: onnxruntime's default spin-waiting workers instead."""
+    opts = session_options()
+    if spinning:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1")
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    return opts
+
+
+def bench_model(name: str):
+    """(torch module in eval mode, ``export_onnx`` keyword arguments) of a benchmark model:
+    EfficientNet-Lite0 with its ImageNet weights, else a torchvision model at random init
+    (seed 0)."""
+    import torch
+    import torchvision
+
+    if name == "efficientnet_lite0":
+        from models import efficientnet_lite0
+
+        return efficientnet_lite0.build(), dict(efficientnet_lite0.PREPROCESSING)
+    torch.manual_seed(0)
+    return getattr(torchvision.models, name)(weights=None).eval(), {"preset": "torch"}
+
+
 def session(model, providers: list[str] | None = None):
     """An onnxruntime session for side-by-side timing.
 

@@ -41,32 +41,18 @@ import numpy as np
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # torch's workers sleep between variants
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent))
-from harness import arguments, interleaved, markdown_table, median_ms, save, session_options
+from harness import (
+    arguments,
+    bench_model,
+    interleaved,
+    markdown_table,
+    median_ms,
+    save,
+    threaded_options,
+)
 
 THREADS = 2
 SIZE = 224
-
-
-def ort_options(spinning: bool = False):
-    opts = session_options()
-    if spinning:  # onnxruntime's default
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "1")
-    opts.intra_op_num_threads = THREADS
-    opts.inter_op_num_threads = 1
-    return opts
-
-
-def torch_model(name: str):
-    """(torch module in eval mode, export keyword arguments)."""
-    import torch
-    import torchvision
-
-    if name == "efficientnet_lite0":
-        from models import efficientnet_lite0
-
-        return efficientnet_lite0.build(), dict(efficientnet_lite0.PREPROCESSING)
-    torch.manual_seed(0)
-    return getattr(torchvision.models, name)(weights=None).eval(), {"preset": "torch"}
 
 
 def make_variants(name: str, tmp: Path, spinning: bool = False) -> dict:
@@ -79,7 +65,7 @@ def make_variants(name: str, tmp: Path, spinning: bool = False) -> dict:
     from onnxcam import Explainer, contract
     from onnxcam.export import export_onnx
 
-    net, kwargs = torch_model(name)
+    net, kwargs = bench_model(name)
     x = np.random.default_rng(0).normal(size=(1, 3, SIZE, SIZE)).astype(np.float32)
     src = tmp / f"{name}.onnx"
     with warnings.catch_warnings():
@@ -98,10 +84,10 @@ def make_variants(name: str, tmp: Path, spinning: bool = False) -> dict:
     export_onnx(src, guided, rules="guided", **kwargs)
 
     cpu = ["CPUExecutionProvider"]
-    plain = ort.InferenceSession(str(src), ort_options(spinning), providers=cpu)
-    s = ort.InferenceSession(str(cam), ort_options(spinning), providers=cpu)
-    g = ort.InferenceSession(str(guided), ort_options(spinning), providers=cpu)
-    ex = Explainer(cam, device="cpu", session_options=ort_options(spinning))
+    plain = ort.InferenceSession(str(src), threaded_options(THREADS, spinning), providers=cpu)
+    s = ort.InferenceSession(str(cam), threaded_options(THREADS, spinning), providers=cpu)
+    g = ort.InferenceSession(str(guided), threaded_options(THREADS, spinning), providers=cpu)
+    ex = Explainer(cam, device="cpu", session_options=threaded_options(THREADS, spinning))
     k = len(ex.info.targets) - 1
     grad = contract.gradient_name(k)
     rule = contract.RULE_GRADIENT_OUTPUT.format(rule="guided", k=k)
@@ -109,7 +95,7 @@ def make_variants(name: str, tmp: Path, spinning: bool = False) -> dict:
 
     m = onnx.load(str(src))
     adjoint = reverse(onnx.shape_inference.infer_shapes(m))
-    ad = ort.InferenceSession(adjoint.SerializeToString(), ort_options(spinning))
+    ad = ort.InferenceSession(adjoint.SerializeToString(), threaded_options(THREADS, spinning))
     cls = int(plain.run(None, {"input": x})[0].argmax())
     seed = np.zeros((1, int(plain.get_outputs()[0].shape[1])), np.float32)
     seed[0, cls] = 1

@@ -6,8 +6,8 @@ predictions and the maps of every image:
   * ``onnxruntime:plain`` / ``openvino:plain``: the unmodified model (each runtime's floor);
   * ``onnxcam:reciprocam``: one mode-4 ``session.run`` of the ``--reciprocam`` export fetching
     the logits and ``onnxcam_reciprocam_0`` (the maps of the explained classes);
-  * ``onnxcam:explain``: ``Explainer.explain_tensor(x, "reciprocam")`` (the same plus
-    preprocessing-free host work: a forward run for the classes, normalisation);
+  * ``onnxcam:explain``: ``Explainer.explain_tensor(x, "reciprocam")`` (that one mode-4 run,
+    the classes taken from it, plus the host's normalisation of the maps);
   * ``openvino-xai:reciprocam``: OpenVINO XAI 1.1 ``insert_xai(..., Method.RECIPROCAM,
     embed_scaling=False)`` compiled for CPU (f32 precision hint, 2 threads), in its own venv
     (``--ovxai-python``, default ``$ONNXCAM_OVXAI_PYTHON``); its branch reshapes to
@@ -37,7 +37,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent))
-from harness import arguments, interleaved, markdown_table, median_ms, save, session_options
+from harness import (
+    arguments,
+    bench_model,
+    interleaved,
+    markdown_table,
+    median_ms,
+    save,
+    threaded_options,
+)
 
 THREADS = 2
 SIZE = 224
@@ -113,42 +121,23 @@ def constant_batch_reshapes(src: Path, dst: Path) -> int:
     return changed
 
 
-def ort_options():
-    opts = session_options()
-    opts.intra_op_num_threads = THREADS
-    opts.inter_op_num_threads = 1
-    return opts
-
-
-def build(name: str):
-    """(torch module, export keyword arguments) of a benchmark model."""
-    import torch
-    import torchvision
-
-    if name == "efficientnet_lite0":
-        from models import efficientnet_lite0
-
-        return efficientnet_lite0.build(), dict(efficientnet_lite0.PREPROCESSING)
-    torch.manual_seed(0)
-    return getattr(torchvision.models, name)(weights=None).eval(), {"preset": "torch"}
-
-
 def measure(name: str, batches: list[int], repeats: int, ovxai: str | None, tmp: Path) -> list:
     import onnxruntime as ort
 
     from onnxcam import Explainer, contract
     from onnxcam.export import export_onnx, plain_onnx
 
-    net, kw = build(name)
+    net, kw = bench_model(name)
     src, cam = tmp / f"{name}.onnx", tmp / f"{name}.cam.onnx"
     src.write_bytes(plain_onnx(net, (1, 3, SIZE, SIZE)))
     res = export_onnx(src, cam, reciprocam=True, **kw)
     t = res.targets[0]
     ov_src = tmp / f"{name}.ov.onnx"
     fixed = constant_batch_reshapes(src, ov_src)
-    plain = ort.InferenceSession(str(src), ort_options(), providers=["CPUExecutionProvider"])
-    s = ort.InferenceSession(str(cam), ort_options(), providers=["CPUExecutionProvider"])
-    ex = Explainer(cam, device="cpu", session_options=ort_options())
+    cpu = ["CPUExecutionProvider"]
+    plain = ort.InferenceSession(str(src), threaded_options(THREADS), providers=cpu)
+    s = ort.InferenceSession(str(cam), threaded_options(THREADS), providers=cpu)
+    ex = Explainer(cam, device="cpu", session_options=threaded_options(THREADS))
     mode4 = np.array(contract.MODE_RECIPROCAM, dtype=np.int64)
     rows = []
     for batch in batches:
