@@ -92,7 +92,15 @@ def refinecam(t: Terms) -> np.ndarray:
 
 
 WINDOWED = frozenset(
-    {"gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "gradcam-elementwise"}
+    {
+        "gradcam",
+        "gradcam++",
+        "xgradcam",
+        "layercam",
+        "hirescam",
+        "gradcam-elementwise",
+        "refinecam",  # Grad-CAM++'s formula at each layer
+    }
 )
 """The gradient formulas that read G only through ``Terms``' position sums and per-position
 products, so a ``WindowTerms`` (gradients zero outside a window) gives the same map from the
