@@ -741,16 +741,11 @@ class Explainer:
                     for flip, e in copies
                 ]
                 mean = np.mean(stack, axis=0, dtype=np.float32)
-                seconds = cm.seconds + sum(e.maps[m].seconds for _, e in copies)
-                maps[m] = CamMap(
-                    m,
-                    cm.layer,
-                    mean,
-                    postprocess.normalize(mean[None])[0],
-                    cm.input_size,
-                    cm.original_size,
-                    seconds,
-                    cm.stats,
+                maps[m] = replace(
+                    cm,
+                    raw=mean,
+                    feature=postprocess.normalize(mean[None])[0],
+                    seconds=cm.seconds + sum(e.maps[m].seconds for _, e in copies),
                 )
             smoothed.append(replace(r, maps=maps))
         return smoothed
