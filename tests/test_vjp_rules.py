@@ -826,3 +826,82 @@ REFUSED = [
 def test_unsupported_variant_is_refused_by_name(case: Case, words: str) -> None:
     with pytest.raises(ExportError, match=words):
         gradient_model(case)
+
+
+def _edge_values(bounds: list[float]) -> np.ndarray:
+    """float32 inputs at and next to each bound, plus 0, the smallest normal, huge values.
+    Not subnormals: a ReLU output in (0, 2⁻¹²⁶) gets the mask 2¹²⁷·y < 1 (``_step``'s one
+    documented inexact case)."""
+    f32 = np.float32
+    values = [0.0, -0.0, 1.0, -1.0, 3e38, -3e38, np.finfo(f32).tiny, -np.finfo(f32).tiny, 1e-30]
+    for b in bounds:
+        b = f32(b)
+        up, down = np.nextafter(b, f32(np.inf)), np.nextafter(b, f32(-np.inf))
+        values += [b] + [v for v in (up, down) if v == 0 or abs(v) >= np.finfo(f32).tiny]
+        values += [b + f32(1e-3), b - f32(1e-3), b / f32(2) if b else f32(0.5)]
+    return np.asarray(values, dtype=f32)
+
+
+@pytest.mark.parametrize(
+    ("op", "bounds", "rules"),
+    [
+        ("Relu", [0.0], None),
+        ("Clip", [0.0, 6.0], None),
+        ("Clip", [-0.5, 0.3], None),
+        ("Clip", [None, 1e-20], None),
+        ("Clip", [-7e30, None], None),
+        ("Relu", [0.0], "guided"),
+        ("Clip", [0.0, 6.0], "guided"),
+        ("Relu", [0.0], "deconvnet"),
+        ("Clip", [0.0, 6.0], "deconvnet"),
+    ],
+)
+def test_rectifier_masks_are_exact_at_the_bounds(op: str, bounds: list, rules: str | None) -> None:
+    # The float32 masks are HardSigmoid steps (elementwise._step), exact by construction of
+    # their scale: at a bound and one ulp either side the gradient must be g or 0 exactly,
+    # torch's convention (ReLU6 passes gradient strictly inside (min, max)).
+    from onnxcam.export.rules import RULE_SETS
+
+    finite = [b for b in bounds if b is not None]
+    x = _edge_values(finite or [0.0])
+    lo, hi = [*bounds, None, None][:2] if op == "Clip" else (0.0, None)
+    inputs, inits = ["x"], []
+    if op == "Clip":
+        for k, v in (("lo", lo), ("hi", hi)):
+            if v is None:
+                inputs.append("")
+            else:
+                inputs.append(k)
+                inits.append(helper.make_tensor(k, TensorProto.FLOAT, [], [v]))
+    g = np.where(np.arange(x.size) % 2 == 0, 1.5, -2.25).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node(op, inputs, ["y"])],
+        "edge",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [x.size]) for n in ("x", "g")],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [x.size])],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    view = GraphView(model)
+    grads = build_backward(view, {"y": "g"}, ["x"], rules=RULE_SETS.get(rules or ""))
+    model.graph.output.append(helper.make_tensor_value_info(grads["x"], TensorProto.FLOAT, None))
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = sess.run([grads["x"]], {"x": x, "g": g})[0]
+
+    y = np.clip(x, lo, hi) if op == "Clip" else np.maximum(x, 0)
+    inside = np.ones(x.shape, bool)
+    if lo is not None:
+        inside &= y > np.float32(lo)
+    if hi is not None:
+        inside &= y < np.float32(hi)
+    if rules == "guided":
+        want = np.where(inside & (g > 0), g, 0)
+    elif rules == "deconvnet":
+        cap = y < np.float32(hi) if hi is not None else np.ones(x.shape, bool)
+        want = np.where(cap, np.maximum(g, 0), 0)
+    else:
+        want = np.where(inside, g, 0)
+    assert np.array_equal(got, want.astype(np.float32)), np.stack([x, got, want])[:, got != want]
+    if rules is None or (op, rules) == ("Relu", "guided") or finite == [0.0, 6.0]:
+        assert "HardSigmoid" in {n.op_type for n in model.graph.node}, "the step path was not taken"

@@ -28,6 +28,39 @@ def _keep(b, g: str, mask: str, like: str) -> str:
     return b.Mul(g, b.Cast(mask, to=b.view.dtype(like)))
 
 
+def _step(b, y: str, bound: str | None, above: bool) -> str | None:
+    """The float32 mask [y > bound] (``above``) or [y < bound] as one ``HardSigmoid``
+    (min(1, max(0, s·(±y ∓ bound))) with s a power of two), or None where that is not exact
+    (another dtype, a bound not constant at export).
+
+    Why: a comparison → Cast → Mul mask runs in plain NCHW and element by element, so every
+    backward Conv around it pays a layout reorder on each side; ``HardSigmoid`` and a
+    same-shape ``Mul`` stay in onnxruntime's blocked NCHWc layout (docs/benchmarks.md,
+    "Input gradient"). Exactness: s·(y − bound) is computed exactly for y near the bound
+    (Sterbenz) and s is chosen so that the smallest step past the bound (one ulp, or the
+    smallest normal float at bound 0) lands ≥ 1, and s·|bound| stays finite. The only
+    inexact inputs are subnormal ReLU outputs (0 < y < 2⁻¹²⁶), which get the fraction 2¹²⁷·y.
+    """
+    if b.view.dtype(y) != 1:  # FLOAT
+        return None
+    value = 0.0 if bound is None else b.view.const(bound)
+    if value is None or np.size(value) != 1:
+        return None
+    value = float(np.asarray(value).reshape(()))
+    if not math.isfinite(value):
+        return None
+    scale = 127 if value == 0.0 else min(127, 125 - math.floor(math.log2(abs(value))))
+    s = 2.0**scale
+    alpha, beta = (s, -value * s) if above else (-s, value * s)
+    return b.HardSigmoid(y, alpha=alpha, beta=beta)
+
+
+def _masked(b, g: str, steps: list[str]) -> str:
+    for m in steps:
+        g = b.Mul(g, m)
+    return g
+
+
 @vjp("Identity")
 def _identity(b, n, gy, need):
     return [gy[0]]
@@ -56,12 +89,18 @@ def _neg(b, n, gy, need):
 def _relu(b, n, gy, need):
     # dx = g · [y > 0]
     y = n.output[0]
+    step = _step(b, y, None, above=True)
+    if step is not None:
+        return [b.Mul(gy[0], step)]
     return [_keep(b, gy[0], b.Greater(y, _zero(b, y)), y)]
 
 
 def _guided_relu(b, n, gy, need):
     # Guided Backpropagation: dx = [y > 0] · max(g, 0)
     y, g = n.output[0], gy[0]
+    step = _step(b, y, None, above=True)
+    if step is not None:
+        return [b.Mul(b.Relu(g), step)]
     zero = _zero(b, y)
     return [_keep(b, g, b.And(b.Greater(y, zero), b.Greater(g, zero)), y)]
 
@@ -137,10 +176,22 @@ def _clip_mask(b, n, lo: str | None, hi: str | None) -> str | None:
     return masks[0] if len(masks) == 1 else b.And(*masks)
 
 
+def _clip_steps(b, n, lo: str | None, hi: str | None) -> list[str] | None:
+    """[min < x < max] as float32 ``HardSigmoid`` steps (see ``_step``); None where a bound
+    does not allow it (then ``_clip_mask`` builds the comparisons)."""
+    y = n.output[0]
+    steps = [_step(b, y, lo, above=True)] if lo is not None else []
+    steps += [_step(b, y, hi, above=False)] if hi is not None else []
+    return None if any(s is None for s in steps) else steps
+
+
 @vjp("Clip")
 def _clip(b, n, gy, need):
     # dx = g · [min < x < max]  (torch's hardtanh/ReLU6 convention at the bounds)
     g = gy[0]
+    steps = _clip_steps(b, n, *_clip_bounds(b, n))
+    if steps is not None:
+        return [_masked(b, g, steps), None, None]
     mask = _clip_mask(b, n, *_clip_bounds(b, n))
     if mask is None:
         return [g, None, None]
@@ -159,6 +210,9 @@ def _guided_clip(b, n, gy, need):
     bounds = _rectifier_clip(b, n)
     if bounds is None:
         return _clip(b, n, gy, need)
+    steps = _clip_steps(b, n, *bounds)
+    if steps is not None:
+        return [_masked(b, b.Relu(gy[0]), steps), None, None]
     g, zero = gy[0], _zero(b, n.output[0])
     mask = b.And(_clip_mask(b, n, *bounds), b.Greater(g, zero))
     return [_keep(b, g, mask, n.output[0]), None, None]
@@ -172,6 +226,9 @@ def _deconvnet_clip(b, n, gy, need):
     g = b.Relu(gy[0])
     if bounds[1] is None:
         return [g, None, None]
+    step = _step(b, n.output[0], bounds[1], above=False)
+    if step is not None:
+        return [b.Mul(g, step), None, None]
     cap = b.Less(n.output[0], bounds[1])
     return [_keep(b, g, cap, n.output[0]), None, None]
 
