@@ -1,29 +1,22 @@
-"""What the ``If`` around the backward costs the input gradient: the shipped graph against
-graph surgeries that are *not* shipped, one image, side by side.
+"""The input gradient in the two layouts: the default export (one forward in the main graph,
+the backward in an ``If``) and ``export --forward-copy`` (``export/layout.py``: forward-only
+and explaining runs as two graphs), one image, side by side.
 
-onnxruntime's CPU provider runs convolutions in a blocked layout (NCHWc) and converts
-tensors back to NCHW wherever an op cannot take the blocked one — including every forward
-activation that a subgraph (the gradient ``If``) reads as an outer-scope value. This script
-measures how much of the saliency cost that is, on the ``--input-gradient`` export:
+onnxruntime's CPU provider runs convolutions in a blocked layout (NCHWc) and converts back to
+NCHW every tensor a subgraph reads from outside — in the main graph, on every run. The input
+gradient's backward reads every activation (one ReLU mask each), so in the default layout
+forward-only runs pay those conversions and the backward's chains fall apart into NCHW pieces.
+Variants:
 
   * ``plain``: the unmodified model;
-  * ``shipped mode 1`` / ``shipped saliency``: the export as written, forward only (mode 1)
-    and one explaining run (mode 0) fetching the input gradient;
-  * ``forward copy``: the export with the gradient ``If`` replaced by its empty else-branch
-    (what mode 1 would cost if the forward read by no subgraph: the lower bound of a
-    two-copy layout);
-  * ``no If``: the ``If``'s then-branch inlined into the main graph (the explaining run with
-    forward and backward in one graph, so onnxruntime keeps both in NCHWc);
-  * ``no If + anchors``: the same, and every NCHW tensor that starts a backward chain
-    (``ConvTranspose``, ``Expand``, ``ScatterElements`` outputs) passed through an identity
-    depthwise 1×1 ``Conv``, so the chain after it — masks, sums, adjoint convolutions — stays
-    in NCHWc.
+  * ``one graph mode 1`` / ``forward copy mode 1``: forward only (mode 1);
+  * ``one graph saliency`` / ``forward copy saliency``: one explaining run (mode 0) fetching
+    the input gradient;
+  * ``no If + anchors``: a graph surgery, not shipped — the default export's ``If`` inlined
+    into the main graph with ``layout.add_anchors`` applied (what the explaining branch of
+    the forward copy is, with one graph's weights: the reference for the branch's cost).
 
-All variants return the same input gradient (checked, |Δ| ≤ 1e-6 relative). The two
-surgical layouts are what a two-copy export (forward-only graph + forward-and-backward graph
-under one top-level ``If``) would run; onnxruntime prepacks a convolution's weights only when
-they are initializers of the graph the convolution is in, so such an export needs every
-convolution weight twice (docs/benchmarks.md, "The input gradient").
+The input gradients agree (checked, ≤ 1e-5 relative); the file sizes are reported.
 
     python bench/input_gradient_layout.py [--repeats 20] [--models resnet50,efficientnet_lite0]
 """
@@ -33,7 +26,6 @@ from __future__ import annotations
 import functools
 import sys
 import tempfile
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +44,6 @@ from harness import (
 
 THREADS = 2
 SIZE = 224
-CHAIN_STARTS = ("ConvTranspose", "Expand", "ScatterElements")
 
 
 def _gradient_if(m):
@@ -86,21 +77,27 @@ def replace_if(m, side: str):
     return out
 
 
-def add_anchors(m):
+def add_anchors(m, feed: dict):
     """Pass each 4-D float output of a ``CHAIN_STARTS`` node through an identity depthwise
-    1×1 ``Conv`` (channels a multiple of 8: onnxruntime's NCHWc block)."""
+    1×1 ``Conv`` (channels a multiple of 8: onnxruntime's NCHWc block). Shapes from one run
+    (shape inference leaves the gradient of a global pooling symbolic)."""
     import onnx
+    import onnxruntime as ort
     from onnx import helper, numpy_helper
 
-    shapes = {
-        v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
-        for v in onnx.shape_inference.infer_shapes(m).graph.value_info
-    }
+    from onnxcam.export.layout import CHAIN_STARTS
+
+    starts = [n.output[0] for n in m.graph.node if n.op_type in CHAIN_STARTS]
+    probe = onnx.ModelProto()
+    probe.CopyFrom(m)
+    probe.graph.output.extend(onnx.ValueInfoProto(name=t) for t in starts)
+    run = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    shapes = {t: v.shape for t, v in zip(starts, run.run(starts, feed), strict=True)}
     nodes, weights = [], {}
     for n in m.graph.node:
         nodes.append(n)
-        shape = shapes.get(n.output[0]) if n.op_type in CHAIN_STARTS else None
-        if not shape or len(shape) != 4 or shape[1] % 8:
+        shape = shapes.get(n.output[0])
+        if shape is None or len(shape) != 4 or shape[1] % 8:
             continue
         c = shape[1]
         if c not in weights:
@@ -118,55 +115,43 @@ def add_anchors(m):
     return m
 
 
-def make_variants(name: str, tmp: Path) -> dict:
+def make_variants(name: str, tmp: Path) -> tuple[dict, dict]:
     import onnx
     import onnxruntime as ort
-    import torch
 
     from onnxcam import contract
-    from onnxcam.export import export_onnx
+    from onnxcam.export import export_onnx, plain_onnx
 
     net, kwargs = bench_model(name)
     x = np.random.default_rng(0).normal(size=(1, 3, SIZE, SIZE)).astype(np.float32)
-    src, cam = tmp / f"{name}.onnx", tmp / f"{name}.saliency.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            net, torch.from_numpy(x), str(src), input_names=["input"],
-            output_names=["logits"], opset_version=17, dynamo=False,
-        )  # fmt: skip
-    res = export_onnx(src, cam, input_gradient=True, **kwargs)
+    src, one, two = (tmp / f"{name}.{k}.onnx" for k in ("plain", "one", "two"))
+    src.write_bytes(plain_onnx(net, (1, 3, SIZE, SIZE)))
+    res = export_onnx(src, one, input_gradient=True, **kwargs)
+    export_onnx(src, two, input_gradient=True, forward_copy=True, **kwargs)
     grad = contract.gradient_name(len(res.targets) - 1)
-    m = onnx.load(str(cam))
-    models = {
-        "forward copy": replace_if(m, "else"),
-        "no If": replace_if(m, "then"),
-        "no If + anchors": add_anchors(replace_if(m, "then")),
-    }
+    feed = {"input": x}
+    surgery = add_anchors(replace_if(onnx.load(str(one)), "then"), feed)
 
     def sess(model):
         data = model if isinstance(model, str) else model.SerializeToString()
-        return ort.InferenceSession(
-            data, threaded_options(THREADS), providers=["CPUExecutionProvider"]
-        )
+        cpu = ["CPUExecutionProvider"]
+        return ort.InferenceSession(data, threaded_options(THREADS), providers=cpu)
 
-    feed = {"input": x}
     mode1 = {"input": x, contract.MODE_INPUT: np.array(contract.MODE_FORWARD, dtype=np.int64)}
-    plain, shipped = sess(str(src)), sess(str(cam))
-    s = {k: sess(v) for k, v in models.items()}
-    want = shipped.run([grad], feed)[0]
-    for k in ("no If", "no If + anchors"):
-        got = s[k].run([grad], feed)[0]
-        off = float(np.abs(got - want).max() / np.abs(want).max())
-        assert off <= 1e-6, f"{name} {k}: the input gradient differs by {off:.3g} (relative)"
+    plain, s1, s2, s3 = sess(str(src)), sess(str(one)), sess(str(two)), sess(surgery)
+    want = s1.run([grad], feed)[0]
+    for k, s in (("forward copy", s2), ("no If + anchors", s3)):
+        off = float(np.abs(s.run([grad], feed)[0] - want).max() / np.abs(want).max())
+        assert off <= 1e-5, f"{name} {k}: the input gradient differs by {off:.3g} (relative)"
+    sizes = {k: p.stat().st_size / 1e6 for k, p in (("plain", src), ("one", one), ("two", two))}
     return {
         "plain": functools.partial(plain.run, None, feed),
-        "shipped mode 1": functools.partial(shipped.run, ["logits"], mode1),
-        "forward copy": functools.partial(s["forward copy"].run, ["logits"], mode1),
-        "shipped saliency": functools.partial(shipped.run, [grad], feed),
-        "no If": functools.partial(s["no If"].run, [grad], feed),
-        "no If + anchors": functools.partial(s["no If + anchors"].run, [grad], feed),
-    }
+        "one graph mode 1": functools.partial(s1.run, ["logits"], mode1),
+        "forward copy mode 1": functools.partial(s2.run, ["logits"], mode1),
+        "one graph saliency": functools.partial(s1.run, [grad], feed),
+        "forward copy saliency": functools.partial(s2.run, [grad], feed),
+        "no If + anchors": functools.partial(s3.run, [grad], feed),
+    }, sizes
 
 
 def main() -> None:
@@ -176,11 +161,14 @@ def main() -> None:
     rows = []
     for name in args.models.split(","):
         with tempfile.TemporaryDirectory() as tmp:
-            times = interleaved(make_variants(name, Path(tmp)), repeats=args.repeats, warmup=2)
+            variants, sizes = make_variants(name, Path(tmp))
+            times = interleaved(variants, repeats=args.repeats, warmup=2)
+        print(f"{name} file MB: " + ", ".join(f"{k} {v:.1f}" for k, v in sizes.items()))
         base = median_ms(times["plain"])
         for variant, ts in times.items():
             t = median_ms(ts)
-            rows.append({"model": name, "variant": variant, "ms": t, "vs_plain": t / base})
+            row = {"model": name, "variant": variant, "ms": t, "vs_plain": t / base}
+            rows.append(row | {f"{k}_mb": v for k, v in sizes.items()})
             print(f"{name} {variant:18s} {t:8.1f} ms  ({t / base:5.2f}x plain)", flush=True)
     cols = [
         ("model", "model"),

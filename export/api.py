@@ -20,6 +20,7 @@ from onnxcam.contract import InputSpec, Layout, TargetLayer
 from onnxcam.errors import ExportError, LayerNotFoundError, ModelLoadError
 
 from . import preprocessing, storage, tasks
+from .gating import EXPLAIN
 from .graph import GraphView
 from .heatmaps import BiasLayer, bias_layers
 from .heatmaps import parse_methods as parse_heatmaps
@@ -33,6 +34,7 @@ from .layers import (
     input_layout,
     resolve_layer,
 )
+from .layout import localize_all, split_forward
 from .passes import ExportState, make_targets, write_metadata
 from .pipeline import run_passes
 from .verify import (
@@ -208,6 +210,7 @@ def export_onnx(
     fullgrad: bool = False,
     reciprocam: bool = False,
     head_gradients: bool = False,
+    forward_copy: bool = False,
 ) -> ExportResult:
     """Rewrite an ONNX classifier, segmenter or detector into an explainable graph (contract v3).
 
@@ -230,6 +233,10 @@ def export_onnx(
     (``onnxcam_reciprocam_k``, computed in mode 4: ``export/reciprocam.py``).
     ``head_gradients`` adds each head's backward in mode 2 (``onnxcam_head_gradient_k``: the
     gradient of the head's score with respect to ``onnxcam_head_input_k``, for ShapleyCAM).
+    ``forward_copy`` writes forward-only and explaining runs as two graphs, each with its own
+    copy of the convolution weights (``export/layout.py``: about twice the file; forward-only
+    runs cost the plain model's time, and an input gradient's backward keeps onnxruntime's
+    blocked layout).
 
     Steps: load and upgrade → ``build_state`` → ``pipeline.PASSES`` → metadata → checks
     (forward nodes kept, ``onnx.checker``) → ``verify_forward`` → write.
@@ -264,10 +271,15 @@ def export_onnx(
     forward = forward_nodes(m)
     run_passes(st)
     _share_duplicate_initializers(m)
-    _localize_weights(m)  # (a constant two branches read is copied into each: then unused)
-    _drop_unused_constants(m)
-    write_metadata(st, _exporter_info(st.view, source.opset, time.perf_counter() - t0))
     check_forward_nodes_kept(forward, m)
+    if forward_copy:
+        split_forward(m, f"onnxcam_{EXPLAIN.label}", _channel_count(st.view, m))
+    _localize_weights(m)  # (a constant two branches read is copied into each: then unused)
+    if forward_copy:
+        localize_all(m)
+    _drop_unused_constants(m, weights=forward_copy)
+    st.forward_copy = forward_copy
+    write_metadata(st, _exporter_info(st, source.opset, time.perf_counter() - t0))
     try:
         with storage.model_source(m) as new:
             check_model(new)
@@ -295,7 +307,7 @@ def export_onnx(
                             f"backward by {off:.3g} (relative); report the model, and export "
                             "with --detect-gradients total meanwhile"
                         )
-                write_metadata(st, _exporter_info(st.view, source.opset, time.perf_counter() - t0))
+                write_metadata(st, _exporter_info(st, source.opset, time.perf_counter() - t0))
     finally:
         if source.scratch is not None:
             shutil.rmtree(source.scratch, ignore_errors=True)
@@ -337,13 +349,19 @@ def _all_nodes(graph: onnx.GraphProto, inside: bool = False):
                 yield from _all_nodes(g, True)
 
 
-def _drop_unused_constants(m: onnx.ModelProto) -> None:
+def _drop_unused_constants(m: onnx.ModelProto, weights: bool = False) -> None:
     """Remove onnxcam's own constants that no node reads (a discarded head branch leaves some;
-    onnxruntime warns about each unused initializer when it loads the graph)."""
+    onnxruntime warns about each unused initializer when it loads the graph); ``weights``:
+    the model's own too (the forward copy leaves the main graph's originals unread once each
+    branch holds its copy)."""
     used: set[str] = {i.name for i in m.graph.input}
     for node, _ in _all_nodes(m.graph):
         used.update(node.input)
-    keep = [t for t in m.graph.initializer if t.name in used or not t.name.startswith("onnxcam/")]
+    keep = [
+        t
+        for t in m.graph.initializer
+        if t.name in used or not (weights or t.name.startswith("onnxcam/"))
+    ]
     if len(keep) != len(m.graph.initializer):
         del m.graph.initializer[:]
         m.graph.initializer.extend(keep)
@@ -615,15 +633,41 @@ def _load_for_export(model: ModelSource) -> tuple[onnx.ModelProto, _Source]:
     return m, _Source(original, source_opset, external, scratch)
 
 
-def _exporter_info(view: GraphView, source_opset: int, seconds: float) -> dict:
+def _channel_count(view: GraphView, m: onnx.ModelProto):
+    """A backward node's output channel count where known: a ``ConvTranspose``'s from its
+    weight (input 1: [C_in, C_out / group, ...]), another node's from its static shape, or
+    an ``Expand``'s from the tensor whose ``Shape`` it expands to."""
+    dims = {t.name: list(t.dims) for t in m.graph.initializer}
+
+    def channels(node: onnx.NodeProto, producer: dict) -> int | None:
+        if node.op_type == "ConvTranspose" and node.input[1] in dims:
+            group = next((a.i for a in node.attribute if a.name == "group"), 1)
+            return dims[node.input[1]][1] * group
+        names = [node.output[0]]
+        if node.op_type == "Expand":  # to the shape of a forward tensor (pooling's adjoint)
+            p = producer.get(node.input[1])
+            names += [p.input[0]] if p is not None and p.op_type == "Shape" else []
+        for name in names:
+            shape = view.shape(name)  # (a dynamic batch is fine: the channels are what counts)
+            if shape is not None and len(shape) == 4 and isinstance(shape[1], int):
+                return shape[1]
+        return None
+
+    return channels
+
+
+def _exporter_info(st: ExportState, source_opset: int, seconds: float) -> dict:
     """The ``onnxcam.exporter`` metadata entry."""
-    return {
+    info = {
         "name": "onnxcam",
         "version": __version__,
         "source_opset": source_opset,
-        "opset": max(view.opset, MIN_OPSET),
+        "opset": max(st.view.opset, MIN_OPSET),
         "seconds": round(seconds, 3),
     }
+    if st.forward_copy:
+        info["forward_copy"] = True
+    return info
 
 
 def _drop_outputs(m: onnx.ModelProto, names: Sequence[str]) -> None:

@@ -99,6 +99,7 @@ class ExportState:
     reciprocam: bool = False
     """Add the ReciproCAM maps (``add_reciprocam``; ``export --reciprocam``)."""
     head_gradients: bool = False
+    forward_copy: bool = False
     """Add each head's backward in mode 2 (``add_heads``; ``export --head-gradients``)."""
     score_seeds: dict[str, str] = field(default_factory=dict)
     """Where the gradients' backward starts (``_score_seed``; ``add_backward``)."""

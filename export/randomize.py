@@ -35,6 +35,7 @@ from onnxcam.contract import Contract
 from onnxcam.errors import ExportError
 
 from .api import ModelSource, export_onnx, load_model
+from .layout import reads, unsplit
 from .verify import _ENABLED
 
 PARAMETER_INPUTS: dict[str, tuple[int, ...]] = {
@@ -68,7 +69,7 @@ def extract_forward(model: ModelSource) -> tuple[onnx.ModelProto, Contract]:
     from the graph inputs (every name outside the ``onnxcam_`` contract), in their order, the
     initializers and inputs they read, and the model's other metadata. A node onnxcam appended
     (``onnxcam…`` or ``…/grad/…`` names) on that path is an ``ExportError``."""
-    m = load_model(model)
+    m = unsplit(load_model(model))
     meta = {p.key: p.value for p in m.metadata_props}
     if contract.META_VERSION not in meta:
         raise ExportError("not an onnxcam export (no onnxcam metadata): give the plain model")
@@ -85,12 +86,12 @@ def extract_forward(model: ModelSource) -> tuple[onnx.ModelProto, Contract]:
         if node is None or id(node) in keep:
             continue
         keep.add(id(node))
-        stack.extend(_reads(node))
+        stack.extend(reads(node))
     nodes = [n for n in g.node if id(n) in keep]
     appended = [n.name for n in nodes if n.name.startswith("onnxcam") or "/grad/" in n.name]
     if appended:
         raise ExportError(f"internal: the forward path runs through onnxcam's node {appended[0]}")
-    read = {i for n in nodes for i in _reads(n)}
+    read = {i for n in nodes for i in reads(n)}
     out = onnx.ModelProto()
     out.CopyFrom(m)
     del out.graph.node[:], out.graph.initializer[:], out.graph.input[:], out.graph.output[:]
@@ -107,17 +108,6 @@ def extract_forward(model: ModelSource) -> tuple[onnx.ModelProto, Contract]:
     out.graph.value_info.extend(v for v in g.value_info if v.name in read)
     out.metadata_props.extend(p for p in m.metadata_props if not p.key.startswith("onnxcam."))
     return out, c
-
-
-def _reads(node: onnx.NodeProto) -> list[str]:
-    """The names a node reads: its inputs, and those its subgraphs read from outside."""
-    names = [i for i in node.input if i]
-    for a in node.attribute:
-        for sub in [a.g] if a.HasField("g") else list(a.graphs):
-            made = {o for n in sub.node for o in n.output} | {t.name for t in sub.initializer}
-            made |= {i.name for i in sub.input}
-            names += [i for n in sub.node for i in _reads(n) if i not in made]
-    return names
 
 
 def _undo_optional_outputs(node: onnx.NodeProto) -> None:
@@ -163,6 +153,7 @@ def export_options(c: Contract) -> dict:
         "fullgrad": bool(pixels and pixels[0].fullgrad),
         "reciprocam": any(t.reciprocam for t in features),
         "head_gradients": any(t.head_gradient for t in features),
+        "forward_copy": bool(c.exporter.get("forward_copy")),
         "heatmaps": heatmaps or None,
         "heatmap_size": next((t.heatmap_size for t in features if t.heatmap_size), "input"),
     }

@@ -208,6 +208,13 @@ def cli() -> None:
     help="Also each head-only path's backward (mode 2): the gradient of the head's score with "
     "respect to its input, for -m shapleycam (its Hessian-vector product).",
 )
+@click.option(
+    "--forward-copy",
+    is_flag=True,
+    help="Forward-only and explaining runs as two graphs, each with its own copy of the "
+    "weights (a larger file): forward-only runs cost the plain model's time, and the input "
+    "gradient's backward keeps onnxruntime's fast layout (docs/graph-contract.md).",
+)
 def export_cmd(model: Path, output: Path, layers: tuple[str, ...], **kw: Any) -> None:
     """Write MODEL with activations and gradient outputs (graph contract v3) to -o OUTPUT."""
     res = _exporter().export_onnx(model, output, layers=list(layers) or None, **kw)
