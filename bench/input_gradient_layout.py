@@ -11,12 +11,10 @@ Variants:
   * ``plain``: the unmodified model;
   * ``one graph mode 1`` / ``forward copy mode 1``: forward only (mode 1);
   * ``one graph saliency`` / ``forward copy saliency``: one explaining run (mode 0) fetching
-    the input gradient;
-  * ``no If + anchors``: a graph surgery, not shipped — the default export's ``If`` inlined
-    into the main graph with ``layout.add_anchors`` applied (what the explaining branch of
-    the forward copy is, with one graph's weights: the reference for the branch's cost).
+    the input gradient.
 
-The input gradients agree (checked, ≤ 1e-5 relative); the file sizes are reported.
+The input gradients agree (checked, ≤ 1e-5 relative); the file sizes are reported. The source
+model has a dynamic batch (``plain_onnx``), as users' models do.
 
     python bench/input_gradient_layout.py [--repeats 20] [--models resnet50,efficientnet_lite0]
 """
@@ -46,77 +44,7 @@ THREADS = 2
 SIZE = 224
 
 
-def _gradient_if(m):
-    """(index, node, then-graph) of the main graph's largest ``If`` (the gradients')."""
-    best = None
-    for i, n in enumerate(m.graph.node):
-        if n.op_type == "If":
-            then = next(a.g for a in n.attribute if a.name == "then_branch")
-            if best is None or len(then.node) > len(best[2].node):
-                best = (i, n, then)
-    return best
-
-
-def replace_if(m, side: str):
-    """A copy of ``m`` with the gradient ``If`` replaced by the nodes of one branch."""
-    import onnx
-    from onnx import helper
-
-    out = onnx.ModelProto()
-    out.CopyFrom(m)
-    i, node, _ = _gradient_if(out)
-    body = next(a.g for a in node.attribute if a.name == f"{side}_branch")
-    nodes = list(out.graph.node)
-    inlined = list(body.node) + [
-        helper.make_node("Identity", [inner.name], [outer])
-        for inner, outer in zip(body.output, node.output, strict=True)
-    ]
-    del out.graph.node[:]
-    out.graph.node.extend(nodes[:i] + inlined + nodes[i + 1 :])
-    out.graph.initializer.extend(body.initializer)
-    return out
-
-
-def add_anchors(m, feed: dict):
-    """Pass each 4-D float output of a ``CHAIN_STARTS`` node through an identity depthwise
-    1×1 ``Conv`` (channels a multiple of 8: onnxruntime's NCHWc block). Shapes from one run
-    (shape inference leaves the gradient of a global pooling symbolic)."""
-    import onnx
-    import onnxruntime as ort
-    from onnx import helper, numpy_helper
-
-    from onnxcam.export.layout import CHAIN_STARTS
-
-    starts = [n.output[0] for n in m.graph.node if n.op_type in CHAIN_STARTS]
-    probe = onnx.ModelProto()
-    probe.CopyFrom(m)
-    probe.graph.output.extend(onnx.ValueInfoProto(name=t) for t in starts)
-    run = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
-    shapes = {t: v.shape for t, v in zip(starts, run.run(starts, feed), strict=True)}
-    nodes, weights = [], {}
-    for n in m.graph.node:
-        nodes.append(n)
-        shape = shapes.get(n.output[0])
-        if shape is None or len(shape) != 4 or shape[1] % 8:
-            continue
-        c = shape[1]
-        if c not in weights:
-            weights[c] = f"anchor/ones{c}"
-            m.graph.initializer.append(
-                numpy_helper.from_array(np.ones((c, 1, 1, 1), np.float32), weights[c])
-            )
-        raw = n.output[0] + "/before_anchor"
-        nodes.append(
-            helper.make_node("Conv", [raw, weights[c]], [n.output[0]], group=c, kernel_shape=[1, 1])
-        )
-        n.output[0] = raw
-    del m.graph.node[:]
-    m.graph.node.extend(nodes)
-    return m
-
-
 def make_variants(name: str, tmp: Path) -> tuple[dict, dict]:
-    import onnx
     import onnxruntime as ort
 
     from onnxcam import contract
@@ -130,7 +58,6 @@ def make_variants(name: str, tmp: Path) -> tuple[dict, dict]:
     export_onnx(src, two, input_gradient=True, forward_copy=True, **kwargs)
     grad = contract.gradient_name(len(res.targets) - 1)
     feed = {"input": x}
-    surgery = add_anchors(replace_if(onnx.load(str(one)), "then"), feed)
 
     def sess(model):
         data = model if isinstance(model, str) else model.SerializeToString()
@@ -138,11 +65,10 @@ def make_variants(name: str, tmp: Path) -> tuple[dict, dict]:
         return ort.InferenceSession(data, threaded_options(THREADS), providers=cpu)
 
     mode1 = {"input": x, contract.MODE_INPUT: np.array(contract.MODE_FORWARD, dtype=np.int64)}
-    plain, s1, s2, s3 = sess(str(src)), sess(str(one)), sess(str(two)), sess(surgery)
+    plain, s1, s2 = sess(str(src)), sess(str(one)), sess(str(two))
     want = s1.run([grad], feed)[0]
-    for k, s in (("forward copy", s2), ("no If + anchors", s3)):
-        off = float(np.abs(s.run([grad], feed)[0] - want).max() / np.abs(want).max())
-        assert off <= 1e-5, f"{name} {k}: the input gradient differs by {off:.3g} (relative)"
+    off = float(np.abs(s2.run([grad], feed)[0] - want).max() / np.abs(want).max())
+    assert off <= 1e-5, f"{name}: the forward copy's input gradient differs by {off:.3g}"
     sizes = {k: p.stat().st_size / 1e6 for k, p in (("plain", src), ("one", one), ("two", two))}
     return {
         "plain": functools.partial(plain.run, None, feed),
@@ -150,7 +76,6 @@ def make_variants(name: str, tmp: Path) -> tuple[dict, dict]:
         "forward copy mode 1": functools.partial(s2.run, ["logits"], mode1),
         "one graph saliency": functools.partial(s1.run, [grad], feed),
         "forward copy saliency": functools.partial(s2.run, [grad], feed),
-        "no If + anchors": functools.partial(s3.run, [grad], feed),
     }, sizes
 
 

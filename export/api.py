@@ -273,7 +273,7 @@ def export_onnx(
     _share_duplicate_initializers(m)
     check_forward_nodes_kept(forward, m)
     if forward_copy:
-        split_forward(m, f"onnxcam_{EXPLAIN.label}", _channel_count(st.view, m))
+        split_forward(m, f"onnxcam_{EXPLAIN.label}", _backward_shape(st.view, m))
     _localize_weights(m)  # (a constant two branches read is copied into each: then unused)
     if forward_copy:
         localize_all(m)
@@ -633,27 +633,22 @@ def _load_for_export(model: ModelSource) -> tuple[onnx.ModelProto, _Source]:
     return m, _Source(original, source_opset, external, scratch)
 
 
-def _channel_count(view: GraphView, m: onnx.ModelProto):
-    """A backward node's output channel count where known: a ``ConvTranspose``'s from its
-    weight (input 1: [C_in, C_out / group, ...]), another node's from its static shape, or
-    an ``Expand``'s from the tensor whose ``Shape`` it expands to."""
+def _backward_shape(view: GraphView, m: onnx.ModelProto):
+    """A backward node's output shape as far as known: a ``ConvTranspose``'s channels from its
+    weight (input 1: [C_in, C_out / group, ...]); an ``Expand``'s whole shape from the forward
+    tensor whose ``Shape`` it expands to (a pooling's adjoint); else the view's."""
     dims = {t.name: list(t.dims) for t in m.graph.initializer}
 
-    def channels(node: onnx.NodeProto, producer: dict) -> int | None:
+    def shape(node: onnx.NodeProto, producer: dict) -> tuple | None:
         if node.op_type == "ConvTranspose" and node.input[1] in dims:
             group = next((a.i for a in node.attribute if a.name == "group"), 1)
-            return dims[node.input[1]][1] * group
-        names = [node.output[0]]
-        if node.op_type == "Expand":  # to the shape of a forward tensor (pooling's adjoint)
-            p = producer.get(node.input[1])
-            names += [p.input[0]] if p is not None and p.op_type == "Shape" else []
-        for name in names:
-            shape = view.shape(name)  # (a dynamic batch is fine: the channels are what counts)
-            if shape is not None and len(shape) == 4 and isinstance(shape[1], int):
-                return shape[1]
-        return None
+            return (None, dims[node.input[1]][1] * group, None, None)
+        p = producer.get(node.input[1]) if node.op_type == "Expand" else None
+        source = p.input[0] if p is not None and p.op_type == "Shape" else node.output[0]
+        found = view.shape(source)
+        return None if found is None else tuple(found)
 
-    return channels
+    return shape
 
 
 def _exporter_info(st: ExportState, source_opset: int, seconds: float) -> dict:

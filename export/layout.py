@@ -44,8 +44,9 @@ EXPLAIN_GRAPH, FORWARD_GRAPH = "onnxcam_explain_graph", "onnxcam_forward_graph"
 SUFFIX = {EXPLAIN_GRAPH: "/explain", FORWARD_GRAPH: "/forward"}
 """What a graph output's producer is renamed to inside each branch (+ this suffix)."""
 CHAIN_STARTS = ("ConvTranspose", "Expand")
-Channels = Callable[[onnx.NodeProto, dict], "int | None"]
-"""(node, producer of each tensor in its graph) → the node's output channel count, if known."""
+Shapes = Callable[[onnx.NodeProto, dict], "tuple | None"]
+"""(node, producer of each tensor in its graph) → the node's output shape as far as known
+(ints, dim_param strings, None where unknown), or None."""
 """Backward ops whose output onnxruntime keeps in NCHW; an anchor after each."""
 
 
@@ -124,18 +125,23 @@ def _prune(nodes: list[onnx.NodeProto], outputs: set[str]) -> list[onnx.NodeProt
     return nodes
 
 
-def add_anchors(nodes: list[onnx.NodeProto], channels: Channels):
+def add_anchors(nodes: list[onnx.NodeProto], shapes: Shapes):
     """After each backward ``CHAIN_STARTS`` node with a known channel count that is a multiple
-    of 8 (onnxruntime's NCHWc block), an identity depthwise 1×1 ``Conv``; returns the nodes and
-    the weight initializers (ones) to add."""
-    out, weights = [], {}
+    of 8 (onnxruntime's NCHWc block), an identity depthwise 1×1 ``Conv``. Returns the nodes, the
+    weight initializers (ones) to add, and the value infos of the anchored tensors whose whole
+    shape is known: onnxruntime keeps a mask's ``Mul`` in NCHWc only when it can show that both
+    operands have the same shape, which with a dynamic batch needs the same ``dim_param`` on
+    the backward side as on the forward side — and shape inference cannot see through the
+    ``Expand`` to a ``Shape`` that starts a pooling's adjoint."""
+    out, weights, infos = [], {}, []
     producer = {o: n for n in nodes for o in n.output if o}
     for n in nodes:
         out.append(n)
         if n.op_type not in CHAIN_STARTS or "/grad/" not in n.name:
             continue
-        c = channels(n, producer)
-        if not c or c % 8:
+        shape = shapes(n, producer)
+        c = shape[1] if shape is not None and len(shape) == 4 else None
+        if not isinstance(c, int) or c % 8:
             continue
         if c not in weights:
             ones = np.ones((c, 1, 1, 1), np.float32)
@@ -145,19 +151,22 @@ def add_anchors(nodes: list[onnx.NodeProto], channels: Channels):
             "Conv", [raw, weights[c].name], [n.output[0]], name=f"{n.name}/anchor",
             group=c, kernel_shape=[1, 1],
         )  # fmt: skip
+        if all(d is not None for d in shape):
+            for t in (raw, n.output[0]):
+                infos.append(helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, list(shape)))
         n.output[0] = raw
         out.append(anchor)
-    return out, list(weights.values())
+    return out, list(weights.values()), infos
 
 
 def split_forward(
     m: onnx.ModelProto,
     gate_graph: str,
-    channels: Channels = lambda n, producer: None,
+    shapes: Shapes = lambda n, producer: None,
 ) -> None:
     """Rewrite ``m`` (a finished export) as the two-branch layout of this module's docstring.
     The gradients' ``If`` is the main graph's ``If`` whose then-branch is named ``gate_graph``;
-    ``channels`` gives a backward node's output channel count where known (``add_anchors``)."""
+    ``shapes`` gives a backward node's output shape as far as known (``add_anchors``)."""
     g = m.graph
     gate = next(
         (n for n in g.node if n.op_type == "If" and _branch(n, "then").name == gate_graph), None
@@ -174,17 +183,18 @@ def split_forward(
             stack.extend(reads(node))
     rest = [n for n in g.node if id(n) not in prefix]
     outputs = [o.name for o in g.output]
-    branches, consts = [], []
+    branches, consts, infos = [], [], []
     for name, side in ((EXPLAIN_GRAPH, "then"), (FORWARD_GRAPH, "else")):
         nodes: list[onnx.NodeProto] = []
         for n in rest:
             nodes.extend(_inline(n, side) if n is gate else [copy.deepcopy(n)])
         if name == EXPLAIN_GRAPH:
-            nodes, weights = add_anchors(nodes, channels)
+            nodes, weights, infos = add_anchors(nodes, shapes)
             consts += weights
         made = {o for n in nodes for o in n.output}
         inner = {o: o + SUFFIX[name] for o in outputs}
-        rename(nodes, {o: inner[o] for o in outputs if o in made})
+        renamed = {o: inner[o] for o in outputs if o in made}
+        rename(nodes, renamed)
         nodes += [
             helper.make_node("Identity", [o], [inner[o]], name=inner[o])
             for o in outputs
@@ -193,7 +203,11 @@ def split_forward(
         nodes = _prune(nodes, set(inner.values()))
         types = {o.name: o.type.tensor_type.elem_type for o in g.output}
         results = [helper.make_tensor_value_info(inner[o], types[o], None) for o in outputs]
-        branches.append(helper.make_graph(nodes, name, [], results))
+        for v in infos if name == EXPLAIN_GRAPH else []:
+            v.name = renamed.get(v.name, v.name)
+        made = {o for n in nodes for o in n.output}
+        known = [v for v in infos if v.name in made] if name == EXPLAIN_GRAPH else []
+        branches.append(helper.make_graph(nodes, name, [], results, value_info=known))
     top = helper.make_node(
         "If", [gate.input[0]], outputs, name=FORWARD_COPY,
         then_branch=branches[0], else_branch=branches[1],
