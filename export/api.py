@@ -210,7 +210,7 @@ def export_onnx(
     fullgrad: bool = False,
     reciprocam: bool = False,
     head_gradients: bool = False,
-    forward_copy: bool = False,
+    forward_copy: bool | None = None,
 ) -> ExportResult:
     """Rewrite an ONNX classifier, segmenter or detector into an explainable graph (contract v3).
 
@@ -234,12 +234,14 @@ def export_onnx(
     ``head_gradients`` adds each head's backward in mode 2 (``onnxcam_head_gradient_k``: the
     gradient of the head's score with respect to ``onnxcam_head_input_k``, for ShapleyCAM).
     ``forward_copy`` writes forward-only and explaining runs as two graphs, each with its own
-    copy of the convolution weights (``export/layout.py``: about twice the file; forward-only
-    runs cost the plain model's time, and an input gradient's backward keeps onnxruntime's
-    blocked layout).
+    copy of the weights (``export/layout.py``: the file grows by the weights once more;
+    forward-only runs cost the plain model's time, and an input gradient's backward keeps
+    onnxruntime's blocked layout). Default (None): on when the export has a pixel target
+    (``input_gradient``, ``rules``, ``fullgrad``), whose backward reads every activation.
 
-    Steps: load and upgrade → ``build_state`` → ``pipeline.PASSES`` → metadata → checks
-    (forward nodes kept, ``onnx.checker``) → ``verify_forward`` → write.
+    Steps: load and upgrade → ``build_state`` → ``pipeline.PASSES`` → forward nodes kept →
+    forward copy (``layout.split_forward``) → branch weights → metadata → ``onnx.checker`` →
+    ``verify_forward`` → write.
     """
     t0 = time.perf_counter()
     out_path = check_output_path(model, output)
@@ -272,6 +274,8 @@ def export_onnx(
     run_passes(st)
     _share_duplicate_initializers(m)
     check_forward_nodes_kept(forward, m)
+    if forward_copy is None:
+        forward_copy = any(t.pixels for t in st.targets)
     if forward_copy:
         split_forward(m, f"onnxcam_{EXPLAIN.label}", _backward_shape(st.view, m))
     _localize_weights(m)  # (a constant two branches read is copied into each: then unused)

@@ -21,9 +21,12 @@ checks this list against ``describe()``):
 
 Consecutive passes with the same ``Gate`` share one ``If`` branch, opened before the first
 and closed after the last: the heatmaps are computed in the gradients' branch (one ``If``, no
-copies), so a forward-only run (mode 1) skips both. After the passes ``export_onnx`` writes the
-contract metadata (``passes.write_metadata``), checks that every forward node is unchanged and
-the graph passes ``onnx.checker``, runs old and new graphs in onnxruntime (``export/verify.py``)
+copies), so a forward-only run (mode 1) skips both. After the passes ``export_onnx`` checks
+that every forward node is unchanged, rewrites the graph as a forward copy where asked
+(``export/layout.py``: forward-only and explaining runs as two branches of one top-level
+``If``; the default with an input gradient), gives the branches their own weights
+(``api._localize_weights``), writes the contract metadata (``passes.write_metadata``), checks
+the graph with ``onnx.checker``, runs old and new graphs in onnxruntime (``export/verify.py``)
 and writes the file.
 """
 

@@ -28,6 +28,7 @@ from onnxcam.errors import ExportError
 from .api import ModelSource, _normalize_opset, export_onnx, load_model
 from .graph import GraphView
 from .layers import candidate_layers, find_head, resolve_layer
+from .layout import unsplit
 
 MEANS_OUTPUT = "probe_channel_means"
 """The probe's output: ``[B, C]``, the mean of each channel of the layer over its positions."""
@@ -79,9 +80,10 @@ def probe_model(
 def original_forward(m: onnx.ModelProto) -> onnx.ModelProto:
     """An onnxcam export's original model: its own outputs and the nodes they need, its image
     input, no onnxcam metadata; MaxPool's ``Indices`` switched off where onnxcam switched them
-    on (the one forward edit export allows, recorded in the node's ``doc_string``)."""
+    on (the one forward edit export allows, recorded in the node's ``doc_string``); a forward
+    copy's forward branch (``layout.unsplit``)."""
     out = onnx.ModelProto()
-    out.CopyFrom(m)
+    out.CopyFrom(unsplit(m))
     g = out.graph
     own = [o.name for o in g.output if not o.name.startswith(contract.NAME_PREFIX)]
     for node in g.node:

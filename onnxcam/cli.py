@@ -209,11 +209,12 @@ def cli() -> None:
     "respect to its input, for -m shapleycam (its Hessian-vector product).",
 )
 @click.option(
-    "--forward-copy",
-    is_flag=True,
+    "--forward-copy/--no-forward-copy",
+    default=None,
     help="Forward-only and explaining runs as two graphs, each with its own copy of the "
     "weights (a larger file): forward-only runs cost the plain model's time, and the input "
-    "gradient's backward keeps onnxruntime's fast layout (docs/graph-contract.md).",
+    "gradient's backward keeps onnxruntime's fast layout. Default: on with an input gradient "
+    "(--input-gradient, --rules, --fullgrad), off otherwise (docs/graph-contract.md).",
 )
 def export_cmd(model: Path, output: Path, layers: tuple[str, ...], **kw: Any) -> None:
     """Write MODEL with activations and gradient outputs (graph contract v3) to -o OUTPUT."""

@@ -58,8 +58,8 @@ def exports(tmp_path_factory) -> dict:
     src.write_bytes(plain_onnx(net, (1, 3, SIZE, SIZE)))
     kw = {"input_gradient": True, "rules": "guided", "heatmaps": "gradcam", "preset": "torch"}
     one, two = tmp / "one.onnx", tmp / "two.onnx"
-    export_onnx(src, one, **kw)
-    export_onnx(src, two, forward_copy=True, **kw)
+    export_onnx(src, one, forward_copy=False, **kw)
+    export_onnx(src, two, **kw)  # on by default with an input gradient
     x = np.random.default_rng(0).normal(size=(2, 3, SIZE, SIZE)).astype(np.float32)
     return {"src": src, "one": one, "two": two, "x": x, "tmp": tmp}
 
@@ -149,9 +149,13 @@ def test_explainer_and_sanity_cascade_read_it(exports) -> None:
 
 
 def test_cli_export_forward_copy(exports) -> None:
-    out = exports["tmp"] / "cli.onnx"
-    res = CliRunner().invoke(
-        cli, ["export", str(exports["src"]), "-o", str(out), "--forward-copy", "--input-gradient"]
-    )
-    assert res.exit_code == 0, res.output
-    assert any(n.name == FORWARD_COPY for n in onnx.load(str(out)).graph.node)
+    def top_if(*flags: str) -> bool:
+        out = exports["tmp"] / "cli.onnx"
+        res = CliRunner().invoke(cli, ["export", str(exports["src"]), "-o", str(out), *flags])
+        assert res.exit_code == 0, res.output
+        return any(n.name == FORWARD_COPY for n in onnx.load(str(out)).graph.node)
+
+    assert top_if("--input-gradient")  # the default with a pixel target
+    assert not top_if("--input-gradient", "--no-forward-copy")
+    assert not top_if()  # a CAM export: its branch reads one tensor, one graph is enough
+    assert top_if("--forward-copy")
