@@ -20,6 +20,7 @@ here: SS-CAM 2 noise samples, IS-CAM 3 steps, RISE 1000 masks — the costs scal
 
     python bench/method_table.py [--repeats 15] [--models resnet50,efficientnet_lite0]
         [--export reciprocam=true] [--perturbation ss_samples=2 is_steps=3 rise_masks=1000]
+        [--methods saliency,gradient-input]
 """
 
 from __future__ import annotations
@@ -98,7 +99,9 @@ def export_flags(spec) -> dict:
     return flags
 
 
-def measure(name: str, tmp: Path, repeats: int, extra: dict, sampling: dict) -> list[dict]:
+def measure(
+    name: str, tmp: Path, repeats: int, extra: dict, sampling: dict, only: list[str] | None = None
+) -> list[dict]:
     import time
 
     import onnxruntime as ort
@@ -145,7 +148,7 @@ def measure(name: str, tmp: Path, repeats: int, extra: dict, sampling: dict) -> 
 
     usable, refused, first = {}, {}, {}
     plain_ms()  # warm
-    for m in METHODS:
+    for m in only or METHODS:
         counter = explainer(m)[1]
         counter.runs = counter.rows = 0
         before = plain_ms()
@@ -204,12 +207,14 @@ def main() -> None:
         help="PerturbationOptions key=value",
     )
     ap.add_argument("--out", default="method_table", help="results/<out>.json")
+    ap.add_argument("--methods", default=None, help="comma-separated subset (default: all)")
     args = ap.parse_args()
+    only = args.methods.split(",") if args.methods else None
     rows = []
     for name in args.models.split(","):
         with tempfile.TemporaryDirectory() as tmp:
             rows += measure(
-                name, Path(tmp), args.repeats, _parse(args.export), _parse(args.perturbation)
+                name, Path(tmp), args.repeats, _parse(args.export), _parse(args.perturbation), only
             )
     cols = [
         ("model", "model"),

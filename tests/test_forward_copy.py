@@ -159,3 +159,22 @@ def test_cli_export_forward_copy(exports) -> None:
     assert not top_if("--input-gradient", "--no-forward-copy")
     assert not top_if()  # a CAM export: its branch reads one tensor, one graph is enough
     assert top_if("--forward-copy")
+
+
+def test_export_verification_runs_the_forward_branch_too(exports) -> None:
+    # a forward branch that computes something else must not pass the export's check
+    from onnx import numpy_helper
+
+    from onnxcam.errors import ExportError
+    from onnxcam.export.verify import verify_forward
+
+    m = onnx.load(str(exports["two"]))
+    c = Contract.from_metadata({p.key: p.value for p in m.metadata_props})
+    original = exports["src"].read_bytes()
+    assert verify_forward(original, m, c.input) <= 1e-5
+    top = next(n for n in m.graph.node if n.name == FORWARD_COPY)
+    forward = next(a.g for a in top.attribute if a.g.name == FORWARD_GRAPH)
+    w = next(t for t in forward.initializer if t.name.startswith("head.weight"))
+    w.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(w) * 1.01, w.name))
+    with pytest.raises(ExportError, match="forward-only run"):
+        verify_forward(original, m, c.input)
