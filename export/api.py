@@ -34,7 +34,7 @@ from .layers import (
     input_layout,
     resolve_layer,
 )
-from .layout import localize_all, split_forward
+from .layout import localize_all, split_forward, subgraphs
 from .passes import ExportState, make_targets, write_metadata
 from .pipeline import run_passes
 from .verify import (
@@ -348,9 +348,8 @@ def _all_nodes(graph: onnx.GraphProto, inside: bool = False):
     a subgraph."""
     for node in graph.node:
         yield node, inside
-        for a in node.attribute:
-            for g in [a.g] if a.HasField("g") else list(a.graphs):
-                yield from _all_nodes(g, True)
+        for g in subgraphs(node):
+            yield from _all_nodes(g, True)
 
 
 def _drop_unused_constants(m: onnx.ModelProto, weights: bool = False) -> None:
@@ -423,10 +422,9 @@ def _localize_weights(m: onnx.ModelProto) -> None:
             for i in node.input:
                 if i in main:
                     users.setdefault(i, set()).add(id(g))
-            for a in node.attribute:
-                for sub in [a.g] if a.HasField("g") else list(a.graphs):
-                    graphs[id(sub)] = sub
-                    walk(sub)
+            for sub in subgraphs(node):
+                graphs[id(sub)] = sub
+                walk(sub)
 
     walk(m.graph)
     inputs = {i.name for i in m.graph.input}

@@ -19,11 +19,12 @@ condition (``onnxcam_mode == 0``):
   empty) and the optional outputs only the backward read switched off again (MaxPool's
   ``Indices``): what a plain model runs, plus the other modes' ``If``s.
 
-onnxruntime prepacks a convolution's weights only when they are initializers of the graph
-the convolution is in (``api._localize_weights``), so each branch holds its own copy of the
-convolution weights: **the file is about twice the size**. That is the trade, and why the
-layout is an option. ``unsplit`` gives back a one-graph model of the forward branch (for
-``randomize.extract_forward``).
+onnxruntime prepacks a weight, and rewrites a convolution to NCHWc, only when its constants are
+initializers of the graph the node is in (``api._localize_weights``, ``localize_all``), so each
+branch holds its own copy of the weights: **the file grows by the model's weights once more**.
+That is the trade: on by default for exports with a pixel target, an option otherwise.
+``unsplit`` gives back a one-graph model of the forward branch (for
+``randomize.extract_forward`` and ``probe.original_forward``).
 """
 
 from __future__ import annotations
@@ -44,13 +45,14 @@ EXPLAIN_GRAPH, FORWARD_GRAPH = "onnxcam_explain_graph", "onnxcam_forward_graph"
 SUFFIX = {EXPLAIN_GRAPH: "/explain", FORWARD_GRAPH: "/forward"}
 """What a graph output's producer is renamed to inside each branch (+ this suffix)."""
 CHAIN_STARTS = ("ConvTranspose", "Expand")
+"""Backward ops whose output onnxruntime keeps in NCHW; an anchor after each."""
 Shapes = Callable[[onnx.NodeProto, dict], "tuple | None"]
 """(node, producer of each tensor in its graph) → the node's output shape as far as known
 (ints, dim_param strings, None where unknown), or None."""
-"""Backward ops whose output onnxruntime keeps in NCHW; an anchor after each."""
 
 
 def subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    """The graphs a node holds as attributes (an ``If``'s branches, a ``Loop``'s body)."""
     return [g for a in node.attribute for g in ([a.g] if a.HasField("g") else list(a.graphs))]
 
 
@@ -100,14 +102,21 @@ def _inline(if_node: onnx.NodeProto, side: str) -> list[onnx.NodeProto]:
     return nodes + extra
 
 
+def live_nodes(nodes: list[onnx.NodeProto], outputs: set[str]) -> tuple[list, set[str]]:
+    """(the nodes of topologically ordered ``nodes`` that ``outputs`` need, in order; every
+    name those nodes and ``outputs`` read) — one pass from the end."""
+    used, kept = set(outputs), []
+    for n in reversed(nodes):
+        if any(o in used for o in n.output if o):
+            kept.append(n)
+            used.update(reads(n))
+    kept.reverse()
+    return kept, used
+
+
 def _prune(nodes: list[onnx.NodeProto], outputs: set[str]) -> list[onnx.NodeProto]:
     """Drop nodes none of whose outputs is read, and unread optional trailing outputs."""
-    while True:
-        used = set(outputs) | {i for n in nodes for i in reads(n)}
-        kept = [n for n in nodes if any(o in used for o in n.output if o)]
-        if len(kept) == len(nodes):
-            break
-        nodes = kept
+    nodes, used = live_nodes(nodes, outputs)
     for n in nodes:
         try:
             schema = defs.get_schema(n.op_type, domain="" if n.domain == "ai.onnx" else n.domain)
@@ -182,35 +191,12 @@ def split_forward(
             prefix.add(id(node))
             stack.extend(reads(node))
     rest = [n for n in g.node if id(n) not in prefix]
-    outputs = [o.name for o in g.output]
-    branches, consts, infos = [], [], []
-    for name, side in ((EXPLAIN_GRAPH, "then"), (FORWARD_GRAPH, "else")):
-        nodes: list[onnx.NodeProto] = []
-        for n in rest:
-            nodes.extend(_inline(n, side) if n is gate else [copy.deepcopy(n)])
-        if name == EXPLAIN_GRAPH:
-            nodes, weights, infos = add_anchors(nodes, shapes)
-            consts += weights
-        made = {o for n in nodes for o in n.output}
-        inner = {o: o + SUFFIX[name] for o in outputs}
-        renamed = {o: inner[o] for o in outputs if o in made}
-        rename(nodes, renamed)
-        nodes += [
-            helper.make_node("Identity", [o], [inner[o]], name=inner[o])
-            for o in outputs
-            if o not in made
-        ]
-        nodes = _prune(nodes, set(inner.values()))
-        types = {o.name: o.type.tensor_type.elem_type for o in g.output}
-        results = [helper.make_tensor_value_info(inner[o], types[o], None) for o in outputs]
-        for v in infos if name == EXPLAIN_GRAPH else []:
-            v.name = renamed.get(v.name, v.name)
-        made = {o for n in nodes for o in n.output}
-        known = [v for v in infos if v.name in made] if name == EXPLAIN_GRAPH else []
-        branches.append(helper.make_graph(nodes, name, [], results, value_info=known))
+    types = {o.name: o.type.tensor_type.elem_type for o in g.output}
+    explain, weights = _branch_graph(rest, gate, "then", EXPLAIN_GRAPH, types, shapes)
+    forward, _ = _branch_graph(rest, gate, "else", FORWARD_GRAPH, types, None)
     top = helper.make_node(
-        "If", [gate.input[0]], outputs, name=FORWARD_COPY,
-        then_branch=branches[0], else_branch=branches[1],
+        "If", [gate.input[0]], list(types), name=FORWARD_COPY,
+        then_branch=explain, else_branch=forward,
     )  # fmt: skip
     kept = [n for n in g.node if id(n) in prefix]
     del g.node[:]
@@ -219,7 +205,40 @@ def split_forward(
     info = [v for v in g.value_info if v.name in made]
     del g.value_info[:]
     g.value_info.extend(info)
-    g.initializer.extend(consts)
+    g.initializer.extend(weights)
+
+
+def _branch_graph(
+    rest: list[onnx.NodeProto],
+    gate: onnx.NodeProto,
+    side: str,
+    name: str,
+    types: dict[str, int],
+    shapes: Shapes | None,
+) -> tuple[onnx.GraphProto, list[onnx.TensorProto]]:
+    """One branch of the forward copy: copies of ``rest`` with ``gate``'s ``side`` branch
+    inlined, anchored when ``shapes`` is given, returning every graph output (``types``) under
+    its name + ``SUFFIX[name]``, pruned. Returns it and the anchors' weights."""
+    nodes: list[onnx.NodeProto] = []
+    for n in rest:
+        nodes.extend(_inline(n, side) if n is gate else [copy.deepcopy(n)])
+    weights, infos = [], []
+    if shapes is not None:
+        nodes, weights, infos = add_anchors(nodes, shapes)
+    made = {o for n in nodes for o in n.output}
+    inner = {o: o + SUFFIX[name] for o in types}
+    renamed = {o: inner[o] for o in types if o in made}
+    rename(nodes, renamed)
+    nodes += [
+        helper.make_node("Identity", [o], [inner[o]], name=inner[o]) for o in types if o not in made
+    ]
+    nodes = _prune(nodes, set(inner.values()))
+    made = {o for n in nodes for o in n.output}
+    for v in infos:
+        v.name = renamed.get(v.name, v.name)
+    results = [helper.make_tensor_value_info(inner[o], t, None) for o, t in types.items()]
+    known = [v for v in infos if v.name in made]
+    return helper.make_graph(nodes, name, [], results, value_info=known), weights
 
 
 def localize_all(m: onnx.ModelProto) -> None:

@@ -99,8 +99,10 @@ class ExportState:
     reciprocam: bool = False
     """Add the ReciproCAM maps (``add_reciprocam``; ``export --reciprocam``)."""
     head_gradients: bool = False
-    forward_copy: bool = False
     """Add each head's backward in mode 2 (``add_heads``; ``export --head-gradients``)."""
+    forward_copy: bool = False
+    """Written as a forward copy (``export/layout.py``; set by ``export_onnx`` after the
+    passes)."""
     score_seeds: dict[str, str] = field(default_factory=dict)
     """Where the gradients' backward starts (``_score_seed``; ``add_backward``)."""
     pixel_class: str = ""

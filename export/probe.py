@@ -28,7 +28,7 @@ from onnxcam.errors import ExportError
 from .api import ModelSource, _normalize_opset, export_onnx, load_model
 from .graph import GraphView
 from .layers import candidate_layers, find_head, resolve_layer
-from .layout import unsplit
+from .layout import live_nodes, unsplit
 
 MEANS_OUTPUT = "probe_channel_means"
 """The probe's output: ``[B, C]``, the mean of each channel of the layer over its positions."""
@@ -146,14 +146,7 @@ def _cut(m: onnx.ModelProto, view: GraphView, tensor: str, axes: tuple[int, int]
 
 def _prune(g: onnx.GraphProto, outputs: list[str]) -> None:
     """Keep of ``g`` only what ``outputs`` need: nodes, inputs, initializers, value_info."""
-    needed = set(outputs)
-    kept = []
-    for node in reversed(g.node):
-        if any(o in needed for o in node.output):
-            kept.append(node)
-            needed.update(i for i in node.input if i)
-            needed.update(_outer_names(node))
-    kept.reverse()
+    kept, needed = live_nodes(list(g.node), set(outputs))
     nodes = [onnx.NodeProto() for _ in kept]
     for new, old in zip(nodes, kept, strict=True):
         new.CopyFrom(old)
@@ -171,17 +164,6 @@ def _prune(g: onnx.GraphProto, outputs: list[str]) -> None:
     wanted = [o for o in g.output if o.name in outputs]
     del g.output[:]
     g.output.extend(wanted)
-
-
-def _outer_names(node: onnx.NodeProto) -> set[str]:
-    """Names a node's subgraphs (If/Loop bodies) read from the enclosing graph."""
-    found: set[str] = set()
-    for a in node.attribute:
-        for sub in [a.g] if a.HasField("g") else list(a.graphs):
-            for n in sub.node:
-                found.update(i for i in n.input if i)
-                found.update(_outer_names(n))
-    return found
 
 
 __all__ = ["MEANS_OUTPUT", "original_forward", "probe_model"]
